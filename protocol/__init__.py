@@ -1,0 +1,24 @@
+"""The exec protocol, sans-io: messages, the codec, error codes and the client's state machine."""
+
+from ._codec import (
+    NOTIFICATION_METHODS as NOTIFICATION_METHODS,
+    REQUEST_METHODS as REQUEST_METHODS,
+    ErrorResponse as ErrorResponse,
+    Message as Message,
+    Notification as Notification,
+    Request as Request,
+    Response as Response,
+    decode as decode,
+    decode_result as decode_result,
+    encode as encode,
+    encode_error as encode_error,
+    encode_notification as encode_notification,
+    encode_request as encode_request,
+    encode_result as encode_result,
+    structure as structure,
+    unstructure as unstructure,
+    wire_name as wire_name,
+)
+from ._errors import ErrorCode as ErrorCode, ProtocolError as ProtocolError, RequestId as RequestId
+from ._messages import *  # noqa: F403  (the message classes are the package's vocabulary)
+from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
