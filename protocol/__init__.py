@@ -19,6 +19,7 @@ from ._codec import (
     unstructure as unstructure,
     wire_name as wire_name,
 )
+from ._binary import decode_binary_output as decode_binary_output, encode_binary_output as encode_binary_output
 from ._errors import ErrorCode as ErrorCode, ProtocolError as ProtocolError, RequestId as RequestId
 from ._messages import *  # noqa: F403  (the message classes are the package's vocabulary)
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
