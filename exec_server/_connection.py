@@ -1,0 +1,229 @@
+"""The session core of one connection: decode, dispatch, answer, and push events.
+
+One reader (this task) and one serialized writer per connection; requests run
+concurrently in the connection's nursery so a long-poll never blocks a start. The
+outbound queue is a bounded memory channel: what happens when it is full is the
+delivery mode's business (``Session.deliver``), and a WebSocket writer stalled past
+``slow_consumer_timeout`` closes the connection with 1008.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+import protocol as p
+from protocol import ErrorCode, ProtocolError
+
+from ._session import OutboundItem, Session
+from ._transport import MessageTransport, TransportClosed
+from ._wire import encode_event
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_TAKEN_OVER: Final = 4001
+
+
+class Connection:
+    """Serves one transport until the peer leaves or the connection is closed."""
+
+    def __init__(self, server: Server, transport: MessageTransport) -> None:
+        self._server = server
+        self._config = server.config
+        self._transport = transport
+        self._send, self._receive = trio.open_memory_channel[OutboundItem](self._config.outbound_queue_messages)
+        self._session: Session | None = None
+        self._generation = 0
+        self._delivery = p.Delivery.BEST_EFFORT
+        self._binary_output = False
+        self._close_reason: tuple[int, str] | None = None
+        self._reader_scope = trio.CancelScope()
+        self._request_limit = trio.Semaphore(self._config.max_concurrent_requests)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._server.connections.add(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                with self._reader_scope:
+                    async with trio.open_nursery() as requests:
+                        await self._read_loop(requests)
+                        requests.cancel_scope.cancel()
+                # The reader ended: stop delivering to us, let the writer flush, then close.
+                self._detach()
+                self._send.close()
+        finally:
+            self._detach()
+            self._server.connection_ended(self)
+            code, reason = self._close_reason or (CLOSE_NORMAL, "")
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self._transport.close(code, reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close this connection (idempotent; the first reason wins)."""
+        if self._close_reason is None:
+            self._close_reason = (code, reason)
+            log.info("closing connection: %d %s", code, reason)
+        self._reader_scope.cancel()
+
+    def finish(self, code: int, reason: str) -> None:
+        """Stop reading; deliver what is queued, then close (graceful shutdown)."""
+        if self._close_reason is None:
+            self._close_reason = (code, reason)
+        self._reader_scope.cancel()
+
+    def _detach(self) -> None:
+        if self._session is not None:
+            self._session.detach(self._generation)
+            self._session = None
+
+    # --- writing -----------------------------------------------------------------------
+
+    async def _enqueue(self, item: OutboundItem) -> None:
+        try:
+            await self._send.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _write_loop(self) -> None:
+        timeout = self._config.slow_consumer_timeout
+        try:
+            async for item in self._receive:
+                message = item if isinstance(item, str | bytes) else encode_event(item, self._binary_output)
+                if self._transport.drops_slow_consumers and self._delivery is p.Delivery.BEST_EFFORT:
+                    with trio.move_on_after(timeout) as scope:
+                        await self._transport.send(message)
+                    if scope.cancelled_caught:
+                        self.close(CLOSE_POLICY, "slow consumer")
+                        return
+                else:
+                    await self._transport.send(message)
+        except TransportClosed:
+            self.close(CLOSE_NORMAL, "peer closed")
+        finally:
+            self._receive.close()
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def _read_loop(self, requests: trio.Nursery) -> None:
+        limit = self._config.max_message_bytes
+        while True:
+            try:
+                raw = await self._transport.receive()
+            except TransportClosed:
+                return
+            if len(raw) > limit:
+                await self._enqueue(p.encode_error(_oversized(raw, limit)))
+                continue
+            try:
+                message = p.decode(raw)
+            except ProtocolError as exc:
+                await self._enqueue(p.encode_error(exc))
+                continue
+            if isinstance(message, p.Request):
+                if message.method == "initialize":
+                    # In order: nothing after it may run before the session exists.
+                    await self._answer(message)
+                else:
+                    await self._request_limit.acquire()
+                    requests.start_soon(self._answer_and_release, message)
+            # Notifications (`initialized`) and stray responses need no answer.
+
+    async def _answer_and_release(self, request: p.Request) -> None:
+        try:
+            await self._answer(request)
+        finally:
+            self._request_limit.release()
+
+    async def _answer(self, request: p.Request) -> None:
+        try:
+            result = await self._dispatch(request)
+        except ProtocolError as exc:
+            await self._enqueue(p.encode_error(exc.with_request_id(request.id)))
+            return
+        except Exception:
+            log.exception("internal error answering %s", request.method)
+            error = ProtocolError(ErrorCode.INTERNAL_ERROR, "internal error", request_id=request.id)
+            await self._enqueue(p.encode_error(error))
+            return
+        if result is not None:
+            await self._enqueue(p.encode_result(request.id, result))
+
+    async def _dispatch(self, request: p.Request) -> Any:
+        params = request.params
+        if request.method == "initialize":
+            return self._initialize(params)
+        session = self._session
+        if session is None:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: call initialize first")
+        match request.method:
+            case "process/start":
+                result, process = session.start(params)
+                # The response is queued before the process's first event can be.
+                await self._enqueue(p.encode_result(request.id, result))
+                session.begin(process)
+                return None
+            case "process/read":
+                return await session.read(params)
+            case "process/write":
+                return await session.write(params)
+            case "process/signal":
+                return session.signal(params)
+            case "process/terminate":
+                return session.terminate(params)
+            case "process/release":
+                return session.release(params)
+            case "process/list":
+                return session.list()
+        raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {request.method}")
+
+    def _initialize(self, params: p.InitializeParams) -> p.InitializeResult:
+        if self._session is not None:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: already initialized")
+        if params.protocol_version != p.PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.INVALID_PARAMS,
+                f"unsupported protocolVersion {params.protocol_version} (this server speaks {p.PROTOCOL_VERSION})",
+            )
+        server = self._server
+        resumed = params.resume_session_id is not None
+        if resumed:
+            session = server.sessions.get(params.resume_session_id)  # type: ignore[arg-type]
+            if session is None:
+                raise ProtocolError(ErrorCode.INVALID_PARAMS, "unknown or expired session")
+        else:
+            if server.shutting_down:
+                raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
+            session = server.new_session()
+        self._delivery = params.delivery
+        self._binary_output = params.binary_output and self._transport_supports_binary()
+        self._generation = session.attach(params.delivery, self._send, self.close)
+        self._session = session
+        return server.initialize_result(session, resumed=resumed, binary_output=self._binary_output)
+
+    def _transport_supports_binary(self) -> bool:
+        return bool(getattr(self._transport, "supports_binary", False))
+
+
+def _oversized(raw: str | bytes, limit: int) -> ProtocolError:
+    request_id: Any = None
+    try:
+        message = p.decode(raw)
+        request_id = getattr(message, "id", None)
+    except ProtocolError as exc:
+        request_id = exc.request_id
+    return ProtocolError(
+        ErrorCode.LIMIT_EXCEEDED,
+        f"limit exceeded: message of {len(raw)} bytes is over the {limit}-byte limit",
+        request_id=request_id,
+    )

@@ -1,0 +1,354 @@
+"""One running command: its pipes, its sequenced events, its exit and its retained output.
+
+Events of a process share one seq counter (output, exited, closed). A seq is assigned in
+the same synchronous step that hands the event to the session, so the order of seqs is
+the order of delivery on every connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal as signal_module
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from protocol import (
+    ClosedEvent,
+    ExitedEvent,
+    OutputEvent,
+    ProcessEvent,
+    ProcessState,
+    ReadResult,
+    Stream,
+    Usage,
+)
+
+from . import _tree
+from ._retention import RetainedOutput
+from ._spawn import SpawnedProcess
+from .sandbox import DenialReport, LaunchPlan, Sandbox
+
+READ_CHUNK_BYTES: Final = 256 * 1024
+# What the denial heuristic may look at: the end of each stream.
+TAIL_BYTES: Final = 4096
+# Retried writeIds remembered per process.
+MAX_WRITE_IDS: Final = 1024
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class _Lifecycle(enum.Enum):
+    RUNNING = "running"
+    EXITED = "exited"
+    CLOSED = "closed"
+
+
+_ALLOWED: Final = {
+    (_Lifecycle.RUNNING, _Lifecycle.EXITED),
+    (_Lifecycle.EXITED, _Lifecycle.CLOSED),
+}
+
+Deliver = Callable[[ProcessEvent], Awaitable[None]]
+
+
+class ManagedProcess:
+    """A spawned command, from fork to ``closed``.
+
+    Args:
+        process_id: the client's id for it.
+        argv: the command as requested (not the launcher's argv).
+        spawned: the forked process and its pipe fds.
+        plan: the sandbox launch plan it was started with.
+        sandbox: asked for the denial report when the process exits.
+        retention: where its output is retained for ``process/read``.
+        deliver: hands an event to the session's current connection (may wait in
+            lossless mode; that wait is the backpressure on the pipes).
+        timeout: seconds until the whole tree is killed, or None.
+        marker: the tree marker in its environment (see ``_tree``).
+        retain_after_close: seconds its terminal record is kept after ``closed``.
+    """
+
+    def __init__(
+        self,
+        *,
+        process_id: str,
+        argv: tuple[str, ...],
+        spawned: SpawnedProcess,
+        plan: LaunchPlan,
+        sandbox: Sandbox,
+        retention: RetainedOutput,
+        deliver: Deliver,
+        timeout: float | None,
+        marker: str,
+        retain_after_close: float,
+    ) -> None:
+        self.process_id = process_id
+        self.argv = argv
+        self.pid = spawned.popen.pid
+        self._popen = spawned.popen
+        self._spawned = spawned
+        self._plan = plan
+        self._sandbox = sandbox
+        self.retention = retention
+        self._deliver = deliver
+        self._timeout = timeout
+        self._marker = marker
+        self.retain_after_close = retain_after_close
+        self._started = time.monotonic()
+        self._state = _Lifecycle.RUNNING
+        self._last_seq = 0
+        self._changed = trio.Event()
+        self._tails = {Stream.STDOUT: bytearray(), Stream.STDERR: bytearray()}
+        self._open_pipes = 2
+        self._pipes_eof = trio.Event()
+        self._stdin_fd = spawned.stdin_fd
+        self._stdin_lock = trio.Lock()
+        self._write_ids: dict[str, None] = {}
+        self.exited: ExitedEvent | None = None
+        self.timed_out = False
+        self.closed_event = trio.Event()
+
+    # --- state -----------------------------------------------------------------------
+
+    def _move(self, new: _Lifecycle) -> None:
+        if (self._state, new) not in _ALLOWED:
+            raise IllegalTransition(f"process {self.process_id}: {self._state.value} -> {new.value}")
+        self._state = new
+
+    @property
+    def state(self) -> ProcessState:
+        return ProcessState(self._state.value)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state is _Lifecycle.CLOSED
+
+    @property
+    def next_seq(self) -> int:
+        return self._last_seq + 1
+
+    def _next_seq(self) -> int:
+        self._last_seq += 1
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+        return self._last_seq
+
+    # --- running -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Pump the pipes, reap the process, push ``exited`` then ``closed``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, self._spawned.stdout_fd, Stream.STDOUT)
+                nursery.start_soon(self._pump, self._spawned.stderr_fd, Stream.STDERR)
+                if self._timeout is not None:
+                    nursery.start_soon(self._enforce_timeout, self._timeout)
+                await self._reap()
+                # The pumps end at EOF of both pipes; a grandchild may hold them open.
+                await self._pipes_eof.wait()
+                nursery.cancel_scope.cancel()
+            self._move(_Lifecycle.CLOSED)
+            await self._emit(ClosedEvent(process_id=self.process_id, seq=self._next_seq()))
+        finally:
+            self._close_stdin()
+            for fd in (self._spawned.stdout_fd, self._spawned.stderr_fd):
+                _close_quietly(fd)
+            self._plan.cleanup()
+            self.closed_event.set()
+
+    async def _pump(self, fd: int, stream: Stream) -> None:
+        try:
+            while True:
+                try:
+                    data = os.read(fd, READ_CHUNK_BYTES)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+                    continue
+                if not data:
+                    return
+                await self._emit_output(stream, data)
+        finally:
+            self._open_pipes -= 1
+            if not self._open_pipes:
+                self._pipes_eof.set()
+
+    def _drain_readable(self) -> list[tuple[Stream, bytes]]:
+        """What the process wrote before it was reaped: read it so it is sequenced first."""
+        drained = []
+        for fd, stream in ((self._spawned.stdout_fd, Stream.STDOUT), (self._spawned.stderr_fd, Stream.STDERR)):
+            while True:
+                try:
+                    data = os.read(fd, READ_CHUNK_BYTES)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    break
+                drained.append((stream, data))
+        return drained
+
+    async def _emit_output(self, stream: Stream, data: bytes) -> None:
+        tail = self._tails[stream]
+        tail += data[-TAIL_BYTES:]
+        del tail[:-TAIL_BYTES]
+        seq = self._next_seq()
+        self.retention.append(seq, stream, data)
+        await self._emit(OutputEvent(process_id=self.process_id, seq=seq, stream=stream, chunk=data))
+
+    async def _emit(self, event: ProcessEvent) -> None:
+        await self._deliver(event)
+
+    async def _reap(self) -> None:
+        pidfd = os.pidfd_open(self.pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        _pid, status, rusage = os.wait4(self.pid, 0)
+        self._popen.returncode = os.waitstatus_to_exitcode(status)
+        duration_ms = (time.monotonic() - self._started) * 1000.0
+        if os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            exit_code, signal_name = 128 + signum, _signal_name(signum)
+        else:
+            exit_code, signal_name = os.WEXITSTATUS(status), None
+        # Output written before the exit is in the pipes now: sequence it before `exited`.
+        for stream, data in self._drain_readable():
+            await self._emit_output(stream, data)
+        report: DenialReport = await self._sandbox.denial_report(
+            self._plan, self.pid, exit_code, bytes(self._tails[Stream.STDOUT]), bytes(self._tails[Stream.STDERR])
+        )
+        self._move(_Lifecycle.EXITED)
+        self.exited = ExitedEvent(
+            process_id=self.process_id,
+            seq=self._next_seq(),
+            exit_code=exit_code,
+            signal=signal_name,
+            timed_out=self.timed_out,
+            sandbox_denied=report.denied,
+            duration_ms=round(duration_ms, 3),
+            usage=Usage(
+                user_cpu_ms=round(rusage.ru_utime * 1000.0, 3),
+                system_cpu_ms=round(rusage.ru_stime * 1000.0, 3),
+                max_rss_kb=rusage.ru_maxrss,
+            ),
+            denials=report.denials,
+            sandbox_denied_source=report.source,
+        )
+        await self._emit(self.exited)
+
+    async def _enforce_timeout(self, timeout: float) -> None:
+        await trio.sleep(timeout)
+        if self._state is _Lifecycle.RUNNING:
+            self.timed_out = True
+        self.signal_tree(signal_module.SIGKILL)
+
+    # --- control -----------------------------------------------------------------------
+
+    def signal_tree(self, signum: int) -> bool:
+        return _tree.signal_tree(self.pid, self.pid, self._marker, signum)
+
+    def signal_group(self, signum: int) -> bool:
+        if self.is_closed:
+            return False
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    async def terminate(self, grace: float) -> None:
+        """SIGTERM to the whole tree, SIGKILL after ``grace`` seconds if it still runs."""
+        self.signal_tree(signal_module.SIGTERM)
+        with trio.move_on_after(grace):
+            await self.closed_event.wait()
+            return
+        self.signal_tree(signal_module.SIGKILL)
+
+    def kill_now(self) -> None:
+        self.signal_tree(signal_module.SIGKILL)
+
+    async def write_stdin(self, data: bytes, write_id: str | None, eof: bool) -> bool:
+        """Write to stdin; a repeated ``write_id`` is acknowledged but not applied again.
+
+        Returns:
+            False if stdin is not piped or already closed.
+        """
+        async with self._stdin_lock:
+            if write_id is not None and write_id in self._write_ids:
+                return True
+            if self._stdin_fd is None:
+                return False
+            if write_id is not None:
+                self._write_ids[write_id] = None
+                if len(self._write_ids) > MAX_WRITE_IDS:
+                    del self._write_ids[next(iter(self._write_ids))]
+            view = memoryview(data)
+            try:
+                while view:
+                    try:
+                        written = os.write(self._stdin_fd, view)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(self._stdin_fd)
+                        continue
+                    view = view[written:]
+            except (BrokenPipeError, OSError):
+                self._close_stdin()
+                return False
+            if eof:
+                self._close_stdin()
+            return True
+
+    def _close_stdin(self) -> None:
+        if self._stdin_fd is not None:
+            fd, self._stdin_fd = self._stdin_fd, None
+            _close_quietly(fd)
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def wait_for_change(self, after_seq: int, timeout: float) -> None:
+        """Long-poll: return when a seq beyond ``after_seq`` exists, on close, or on timeout."""
+        with trio.move_on_after(timeout):
+            while self._last_seq <= after_seq and not self.is_closed:
+                await self._changed.wait()
+
+    def read(self, after_seq: int, max_bytes: int | None) -> ReadResult:
+        chunks, truncated = self.retention.read(after_seq, max_bytes)
+        next_seq = chunks[-1].seq + 1 if truncated else self._last_seq + 1
+        exited = self.exited
+        return ReadResult(
+            chunks=tuple(chunks),
+            next_seq=next_seq,
+            retained_from_seq=self.retention.retained_from_seq,
+            exited=exited is not None,
+            exit_code=exited.exit_code if exited else None,
+            signal=exited.signal if exited else None,
+            timed_out=exited.timed_out if exited else False,
+            sandbox_denied=exited.sandbox_denied if exited else None,
+            closed=self.is_closed,
+            last_seq=self._last_seq,
+            duration_ms=exited.duration_ms if exited else None,
+            usage=exited.usage if exited else None,
+            denials=exited.denials if exited else (),
+            sandbox_denied_source=exited.sandbox_denied_source if exited else None,
+            evicted_bytes=self.retention.evicted_bytes,
+        )
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal_module.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"

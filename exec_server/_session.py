@@ -1,0 +1,313 @@
+"""Sessions: who owns which processes, which connection receives their events, and for how long.
+
+A session outlives its connection. When the connection drops it is *detached* for the
+TTL (processes run on, output is retained); ``initialize{resumeSessionId}`` re-attaches
+it; resuming an attached session takes it over from the old connection. Every attach
+bumps the generation, so a stale connection's teardown cannot detach a session it no
+longer owns.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+
+from protocol import (
+    Delivery,
+    EmptyResult,
+    ErrorCode,
+    ListResult,
+    OutputEvent,
+    ProcessEvent,
+    ProcessInfo,
+    ProtocolError,
+    ReadParams,
+    ReadResult,
+    ReleaseParams,
+    SignalParams,
+    SignalResult,
+    StartParams,
+    StartResult,
+    TerminateParams,
+    TerminateResult,
+    WriteParams,
+    WriteResult,
+    WriteStatus,
+)
+
+from . import _spawn, _tree
+from ._process import ManagedProcess
+from ._retention import RetainedOutput
+from .sandbox import SandboxUnavailable
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+log = logging.getLogger(__name__)
+
+OutboundItem = str | bytes | ProcessEvent
+# How long TTL expiry and shutdown wait for killed trees to report `closed`.
+KILL_SETTLE_SECONDS: Final = 5.0
+
+
+class SessionState(enum.Enum):
+    ATTACHED = "attached"
+    DETACHED = "detached"
+    EXPIRED = "expired"
+
+
+@attrs.define(eq=False)
+class Attachment:
+    """A connection as its session sees it."""
+
+    generation: int
+    delivery: Delivery
+    send: trio.MemorySendChannel[OutboundItem]
+    close: Callable[[int, str], None]
+    dropped_events: int = 0
+
+
+class Session:
+    """One client's processes and their delivery state."""
+
+    def __init__(self, server: Server) -> None:
+        self.id = secrets.token_urlsafe(18)
+        self._server = server
+        self._config = server.config
+        self.state = SessionState.DETACHED
+        self.processes: dict[str, ManagedProcess] = {}
+        self._tombstones: collections.OrderedDict[str, ErrorCode] = collections.OrderedDict()
+        self.attachment: Attachment | None = None
+        self.generation = 0
+        self._nursery: trio.Nursery | None = None
+        self._ttl_scope: trio.CancelScope | None = None
+        self._done = trio.Event()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The session's home: its processes' tasks live in this nursery."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            for process in self.processes.values():
+                process.kill_now()
+                process.retention.release()
+            self.processes.clear()
+            self._server.forget_session(self)
+
+    def attach(self, delivery: Delivery, send: trio.MemorySendChannel[OutboundItem], close: Callable[[int, str], None]) -> int:
+        """Attach a connection, taking the session over from any older one.
+
+        Returns:
+            The generation the caller must present to ``detach``.
+        """
+        if self.state is SessionState.EXPIRED:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, "session expired")
+        previous = self.attachment
+        self.generation += 1
+        self.attachment = Attachment(self.generation, delivery, send, close)
+        self.state = SessionState.ATTACHED
+        if self._ttl_scope is not None:
+            self._ttl_scope.cancel()
+            self._ttl_scope = None
+        if previous is not None:
+            previous.close(4001, "session taken over")
+        return self.generation
+
+    def detach(self, generation: int) -> None:
+        """Detach the connection of ``generation``; a no-op for a stale generation."""
+        if generation != self.generation or self.state is not SessionState.ATTACHED:
+            return
+        self.attachment = None
+        self.state = SessionState.DETACHED
+        if self._nursery is not None:
+            self._ttl_scope = trio.CancelScope()
+            self._nursery.start_soon(self._expire_after_ttl, self._ttl_scope)
+
+    async def _expire_after_ttl(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(self._config.detached_session_ttl)
+            log.info("session %s expired after %.1fs detached", self.id, self._config.detached_session_ttl)
+            await self.expire()
+
+    async def expire(self) -> None:
+        """Kill every process tree of the session and forget it."""
+        self.state = SessionState.EXPIRED
+        await self.kill_all(settle=KILL_SETTLE_SECONDS)
+        self._done.set()
+
+    async def kill_all(self, settle: float) -> None:
+        for process in list(self.processes.values()):
+            process.kill_now()
+        with trio.move_on_after(settle):
+            for process in list(self.processes.values()):
+                await process.closed_event.wait()
+
+    # --- delivery ------------------------------------------------------------------
+
+    async def deliver(self, event: ProcessEvent) -> None:
+        """Hand an event to the attached connection, per its delivery mode (protocol §7)."""
+        attachment = self.attachment
+        if attachment is None:
+            return  # detached: the output is retained, the client reads it on resume
+        try:
+            if isinstance(event, OutputEvent) and attachment.delivery is Delivery.BEST_EFFORT:
+                try:
+                    attachment.send.send_nowait(event)
+                except trio.WouldBlock:
+                    attachment.dropped_events += 1
+            else:
+                # Must-deliver events, and everything in lossless mode, wait for room;
+                # in lossless mode that wait stops the pipe pump: the backpressure.
+                await attachment.send.send(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the connection went away; resume + read repairs it
+
+    # --- methods ---------------------------------------------------------------------
+
+    def _process(self, process_id: str) -> ManagedProcess:
+        process = self.processes.get(process_id)
+        if process is not None:
+            return process
+        tombstone = self._tombstones.get(process_id)
+        if tombstone is ErrorCode.PROCESS_RELEASED:
+            raise ProtocolError(ErrorCode.PROCESS_RELEASED, f"process {process_id!r} was released")
+        if tombstone is ErrorCode.UNKNOWN_PROCESS:
+            raise ProtocolError(ErrorCode.UNKNOWN_PROCESS, f"process {process_id!r} expired")
+        raise ProtocolError(ErrorCode.UNKNOWN_PROCESS, f"unknown process {process_id!r}")
+
+    def start(self, params: StartParams) -> tuple[StartResult, ManagedProcess]:
+        """Spawn a command; the caller sends the response, then calls ``begin``."""
+        server = self._server
+        if server.shutting_down:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down: no new processes")
+        if params.process_id in self.processes or params.process_id in self._tombstones:
+            raise ProtocolError(ErrorCode.DUPLICATE_PROCESS, f"duplicate processId {params.process_id!r}")
+        if len(self.processes) >= self._config.max_processes_per_session:
+            raise ProtocolError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"limit exceeded: at most {self._config.max_processes_per_session} processes per session",
+            )
+        retain_bytes = params.retain_bytes or self._config.retain_bytes
+        if retain_bytes > self._config.retain_total_bytes:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, "limit exceeded: retainBytes is above the server's total cap")
+        try:
+            policy = server.sandbox.resolve(params.sandbox)
+        except SandboxUnavailable as exc:
+            raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
+        cwd = params.cwd or server.default_cwd
+        marker = secrets.token_hex(8)
+        env = _spawn.build_env(params.env, params.inherit_env, marker, _tree.TREE_MARKER_VAR)
+        _spawn.check_spawnable(params.argv[0], cwd, env)
+        try:
+            plan = server.sandbox.prepare(policy, list(params.argv), cwd, env)
+        except SandboxUnavailable as exc:
+            raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
+        try:
+            spawned = _spawn.spawn(plan.argv, cwd=cwd, env=plan.env, pipe_stdin=params.pipe_stdin, pass_fds=plan.pass_fds)
+        except ProtocolError:
+            plan.cleanup()
+            raise
+        process = ManagedProcess(
+            process_id=params.process_id,
+            argv=params.argv,
+            spawned=spawned,
+            plan=plan,
+            sandbox=server.sandbox,
+            retention=RetainedOutput(retain_bytes, server.retention_budget),
+            deliver=self.deliver,
+            timeout=params.timeout_ms / 1000.0 if params.timeout_ms is not None else None,
+            marker=marker,
+            retain_after_close=(
+                params.retain_after_close_ms / 1000.0
+                if params.retain_after_close_ms is not None
+                else self._config.retain_after_close
+            ),
+        )
+        self.processes[params.process_id] = process
+        server.register_pid(process.pid)
+        return StartResult(process_id=params.process_id, pid=process.pid, sandbox_type=plan.sandbox_type), process
+
+    def begin(self, process: ManagedProcess) -> None:
+        """Start pumping a process whose start response is already queued."""
+        assert self._nursery is not None
+        self._nursery.start_soon(self._supervise, process)
+
+    async def _supervise(self, process: ManagedProcess) -> None:
+        try:
+            await process.run()
+        finally:
+            self._server.unregister_pid(process.pid)
+        await trio.sleep(process.retain_after_close)
+        self._forget(process, ErrorCode.UNKNOWN_PROCESS)
+
+    def _forget(self, process: ManagedProcess, tombstone: ErrorCode) -> None:
+        if self.processes.get(process.process_id) is not process:
+            return
+        del self.processes[process.process_id]
+        process.retention.release()
+        self._tombstones[process.process_id] = tombstone
+        while len(self._tombstones) > self._config.max_tombstones:
+            self._tombstones.popitem(last=False)
+
+    async def read(self, params: ReadParams) -> ReadResult:
+        process = self._process(params.process_id)
+        if params.wait_ms and not process.is_closed and process.next_seq <= params.after_seq + 1:
+            await process.wait_for_change(params.after_seq, params.wait_ms / 1000.0)
+        return process.read(params.after_seq, params.max_bytes)
+
+    async def write(self, params: WriteParams) -> WriteResult:
+        process = self.processes.get(params.process_id)
+        if process is None:
+            return WriteResult(status=WriteStatus.UNKNOWN_PROCESS)
+        accepted = await process.write_stdin(params.chunk, params.write_id, params.eof)
+        return WriteResult(status=WriteStatus.ACCEPTED if accepted else WriteStatus.STDIN_CLOSED)
+
+    def signal(self, params: SignalParams) -> SignalResult:
+        process = self._process(params.process_id)
+        return SignalResult(delivered=process.signal_group(_tree.SIGNALS[params.signal.value]))
+
+    def terminate(self, params: TerminateParams) -> TerminateResult:
+        process = self._process(params.process_id)
+        running = process.exited is None
+        if not process.is_closed:
+            assert self._nursery is not None
+            self._nursery.start_soon(process.terminate, params.grace_ms / 1000.0)
+        return TerminateResult(running=running)
+
+    def release(self, params: ReleaseParams) -> EmptyResult:
+        process = self.processes.get(params.process_id)
+        if process is None:
+            if params.process_id in self._tombstones:
+                return EmptyResult()  # idempotent
+            raise ProtocolError(ErrorCode.UNKNOWN_PROCESS, f"unknown process {params.process_id!r}")
+        if not process.is_closed:
+            raise ProtocolError(ErrorCode.NOT_TERMINAL, f"process {params.process_id!r} has not closed")
+        self._forget(process, ErrorCode.PROCESS_RELEASED)
+        return EmptyResult()
+
+    def list(self) -> ListResult:
+        return ListResult(
+            processes=tuple(
+                ProcessInfo(
+                    process_id=process.process_id,
+                    pid=process.pid,
+                    argv=process.argv,
+                    state=process.state,
+                    next_seq=process.next_seq,
+                )
+                for process in self.processes.values()
+            )
+        )

@@ -1,0 +1,106 @@
+"""Process trees: find and signal every descendant of a command, even those that left its group.
+
+Each command runs in its own process group, so ``killpg`` reaches most of the tree. A
+descendant that called ``setsid``/``setpgid`` has left the group; while its ancestors live
+we find it through the parent links, and once they are gone it has been re-parented to us
+(the server is a child subreaper) and carries the tree's marker in its environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from typing import Final
+
+import psutil
+
+# Set in every command's environment: how an orphaned descendant is traced to its tree.
+TREE_MARKER_VAR: Final = "EXEC_SERVER_TREE"
+_PR_SET_CHILD_SUBREAPER: Final = 36
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux); False if refused."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _marker_of(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get(TREE_MARKER_VAR)
+    except (psutil.Error, OSError):
+        return None
+
+
+def tree_members(root_pid: int, marker: str) -> set[int]:
+    """Every live pid of the tree: the root's descendants and marked orphans of ours."""
+    pids: set[int] = set()
+    try:
+        root = psutil.Process(root_pid)
+        if root.status() != psutil.STATUS_ZOMBIE:
+            pids.add(root_pid)
+        pids.update(child.pid for child in root.children(recursive=True))
+    except psutil.Error:
+        pass
+    try:
+        own_children = psutil.Process().children()
+    except psutil.Error:
+        own_children = []
+    for orphan in own_children:
+        if orphan.pid != root_pid and _marker_of(orphan) == marker:
+            pids.add(orphan.pid)
+            try:
+                pids.update(child.pid for child in orphan.children(recursive=True))
+            except psutil.Error:
+                pass
+    return pids
+
+
+def signal_tree(root_pid: int, pgid: int, marker: str, signum: int) -> bool:
+    """Send ``signum`` to the process group and to every member of the tree.
+
+    Returns:
+        True if at least one process received it.
+    """
+    delivered = False
+    try:
+        os.killpg(pgid, signum)
+        delivered = True
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in tree_members(root_pid, marker):
+        try:
+            os.kill(pid, signum)
+            delivered = True
+        except (ProcessLookupError, PermissionError):
+            pass
+    return delivered
+
+
+def reap_orphans(registered: set[int]) -> None:
+    """Reap zombie children of ours that no process waiter owns (re-parented orphans).
+
+    Reaps by pid only: ``waitpid(-1)`` would steal the exit status of a command whose
+    waiter has not collected it yet.
+    """
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return
+    for child in children:
+        if child.pid in registered:
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError):
+            pass
+
+
+SIGNALS: Final = {
+    "interrupt": signal.SIGINT,
+    "terminate": signal.SIGTERM,
+    "kill": signal.SIGKILL,
+    "hangup": signal.SIGHUP,
+}
