@@ -1,0 +1,397 @@
+"""The kernel audit interface: record parsing, the read-log multicast socket, and audit enable/restore.
+
+Pure Python over ``AF_NETLINK``/``NETLINK_AUDIT``; no auditd, no libaudit. Three pieces:
+
+- :func:`parse_record` turns one netlink audit message into an :class:`AuditRecord`
+  (``type``, ``serial``, ``fields``), decoding the kernel's hex-encoded "untrusted" strings.
+- :class:`AuditReadLog` is a socket bound to the ``AUDIT_NLGRP_READLOG`` multicast group: every
+  record the kernel emits is copied to it, whether or not an audit daemon is registered.
+- :class:`AuditControl` gets and sets the kernel's audit status, and :class:`AuditLease` enables
+  audit for as long as at least one exec-server on the host needs it, then restores what the
+  first of them found (see :func:`acquire_audit`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Final
+
+import attrs
+import trio
+
+NETLINK_AUDIT: Final = 9
+AUDIT_NLGRP_READLOG: Final = 1
+
+# Netlink message types (linux/netlink.h, linux/audit.h).
+NLMSG_ERROR: Final = 2
+NLMSG_DONE: Final = 3
+AUDIT_GET: Final = 1000
+AUDIT_SET: Final = 1001
+
+# Record types we act on (include/uapi/linux/audit.h).
+AUDIT_SYSCALL: Final = 1300
+AUDIT_SECCOMP: Final = 1326
+AUDIT_LANDLOCK_ACCESS: Final = 1423
+AUDIT_LANDLOCK_DOMAIN: Final = 1424
+
+_NLM_F_REQUEST: Final = 0x1
+_NLM_F_ACK: Final = 0x4
+_NLMSG_HEADER: Final = struct.Struct("=IHHII")
+
+# struct audit_status: eleven u32 since Linux 5.9 (older kernels accept a prefix of it).
+_STATUS: Final = struct.Struct("=11I")
+_STATUS_ENABLED: Final = 0x1
+_STATUS_BACKLOG_LIMIT: Final = 0x10
+
+# Enough room for a burst of denials (a build that probes hundreds of paths) before kauditd
+# drains the queue; past the limit the kernel drops Landlock records (they are allocated
+# GFP_ATOMIC) and would make seccomp's GFP_KERNEL records wait up to backlog_wait_time.
+WANTED_BACKLOG_LIMIT: Final = 8192
+
+CONTROL_TIMEOUT_S: Final = 2.0
+_RECV_BUFFER: Final = 1 << 16
+# The read-log socket's kernel buffer: records that arrive while the trio task is busy wait
+# here; on overflow the kernel drops them and recv raises ENOBUFS (counted, never fatal).
+READLOG_RCVBUF: Final = 4 << 20
+
+# Keys whose values the kernel logs with audit_log_untrustedstring(): quoted when printable,
+# otherwise hex-encoded without quotes.
+_UNTRUSTED_KEYS: Final = frozenset({"path", "exe", "comm", "ocomm", "name", "proctitle", "cwd"})
+_HEADER_RE: Final = re.compile(r"audit\((\d+)\.(\d+):(\d+)\):\s?")
+_FIELD_RE: Final = re.compile(r'([A-Za-z_][\w-]*)=("[^"]*"|\S*)')
+_HEX_RE: Final = re.compile(r"(?:[0-9A-F]{2})+")
+
+DEFAULT_LOCK_PATH: Final = "/run/exec-server/audit-state.json"
+
+
+class AuditUnavailable(Exception):
+    """Kernel audit cannot be used here; ``str(exc)`` says why."""
+
+
+@attrs.frozen
+class AuditRecord:
+    """One audit record: ``type`` (e.g. 1423), the event ``serial`` and its ``key=value`` fields."""
+
+    type: int
+    serial: int
+    timestamp: float
+    fields: dict[str, str]
+
+
+@attrs.frozen
+class AuditStatus:
+    """The kernel's ``struct audit_status`` (the fields we read or restore)."""
+
+    enabled: int
+    failure: int
+    pid: int
+    rate_limit: int
+    backlog_limit: int
+    lost: int
+    backlog: int
+
+
+def decode_value(key: str, raw: str) -> str:
+    """Return a field value without quotes, hex-decoding the kernel's untrusted-string form."""
+    if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
+        return raw[1:-1]
+    if key in _UNTRUSTED_KEYS and _HEX_RE.fullmatch(raw):
+        return bytes.fromhex(raw).decode("utf-8", errors="surrogateescape")
+    return raw
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """Parse ``key=value key="quoted" key=48455820`` into a dict (first occurrence wins)."""
+    fields: dict[str, str] = {}
+    for match in _FIELD_RE.finditer(text):
+        key, raw = match.group(1), match.group(2)
+        fields.setdefault(key, decode_value(key, raw))
+    return fields
+
+
+def parse_record(record_type: int, payload: bytes) -> AuditRecord | None:
+    """Parse one audit message body (``audit(SEC.MSEC:SERIAL): fields``); None if it has no header."""
+    text = payload.rstrip(b"\0").decode("utf-8", errors="surrogateescape")
+    header = _HEADER_RE.match(text)
+    if header is None:
+        return None
+    seconds, millis, serial = header.groups()
+    return AuditRecord(
+        type=record_type,
+        serial=int(serial),
+        timestamp=int(seconds) + int(millis) / 1000,
+        fields=parse_fields(text[header.end() :]),
+    )
+
+
+def iter_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """Split a netlink datagram into ``(type, seq, payload)`` messages."""
+    offset = 0
+    while offset + _NLMSG_HEADER.size <= len(data):
+        length, msg_type, _flags, seq, _pid = _NLMSG_HEADER.unpack_from(data, offset)
+        # The kernel's audit messages are sent with nlmsg_len covering the text; guard against
+        # a truncated or bogus length instead of looping forever.
+        if length < _NLMSG_HEADER.size:
+            length = len(data) - offset
+        end = min(offset + length, len(data))
+        yield msg_type, seq, data[offset + _NLMSG_HEADER.size : end]
+        offset += (length + 3) & ~3
+
+
+class AuditReadLog:
+    """A non-blocking socket on the audit read-log multicast group.
+
+    Raises:
+        AuditUnavailable: the group cannot be joined (no CAP_AUDIT_READ, or a user namespace).
+    """
+
+    def __init__(self) -> None:
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot open a NETLINK_AUDIT socket: {exc.strerror}") from exc
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READLOG_RCVBUF)
+            sock.bind((0, 1 << (AUDIT_NLGRP_READLOG - 1)))
+        except OSError as exc:
+            sock.close()
+            raise AuditUnavailable(
+                f"cannot join the audit read-log multicast group: {exc.strerror}"
+            ) from exc
+        sock.setblocking(False)
+        self._sock = sock
+        self.overruns = 0
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read_available(self) -> list[AuditRecord]:
+        """Return every record already queued on the socket, without blocking."""
+        records: list[AuditRecord] = []
+        while True:
+            try:
+                data = self._sock.recv(_RECV_BUFFER)
+            except BlockingIOError:
+                return records
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    # The kernel dropped records because our buffer was full: count it and go
+                    # on; the socket stays usable.
+                    self.overruns += 1
+                    continue
+                raise
+            for msg_type, _seq, payload in iter_messages(data):
+                record = parse_record(msg_type, payload)
+                if record is not None:
+                    records.append(record)
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self._sock)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class AuditControl:
+    """Synchronous ``AUDIT_GET``/``AUDIT_SET`` over a private netlink socket.
+
+    Raises:
+        AuditUnavailable: the socket cannot be opened or the kernel refuses the request.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+            self._sock.bind((0, 0))
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot open a NETLINK_AUDIT socket: {exc.strerror}") from exc
+        self._sock.settimeout(CONTROL_TIMEOUT_S)
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _request(self, msg_type: int, body: bytes) -> tuple[int, bytes]:
+        self._seq += 1
+        seq = self._seq
+        header = _NLMSG_HEADER.pack(
+            _NLMSG_HEADER.size + len(body), msg_type, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0
+        )
+        try:
+            self._sock.sendto(header + body, (0, 0))
+            while True:
+                data = self._sock.recv(_RECV_BUFFER)
+                for reply_type, reply_seq, payload in iter_messages(data):
+                    if reply_seq != seq:
+                        continue
+                    if reply_type == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", payload)
+                        if code != 0:
+                            raise AuditUnavailable(
+                                f"audit request {msg_type} refused: {os.strerror(-code)}"
+                            )
+                        if msg_type == AUDIT_SET:
+                            return reply_type, payload
+                        continue  # AUDIT_GET: the ack comes first, the status follows
+                    return reply_type, payload
+        except TimeoutError as exc:
+            raise AuditUnavailable(f"audit request {msg_type} got no answer") from exc
+        except OSError as exc:
+            raise AuditUnavailable(f"audit request {msg_type} failed: {exc.strerror}") from exc
+
+    def get_status(self) -> AuditStatus:
+        """Return the kernel's audit status (``AUDIT_GET``)."""
+        _type, payload = self._request(AUDIT_GET, b"")
+        values = _STATUS.unpack_from(payload.ljust(_STATUS.size, b"\0"))
+        _mask, enabled, failure, pid, rate_limit, backlog_limit, lost, backlog = values[:8]
+        return AuditStatus(
+            enabled=enabled,
+            failure=failure,
+            pid=pid,
+            rate_limit=rate_limit,
+            backlog_limit=backlog_limit,
+            lost=lost,
+            backlog=backlog,
+        )
+
+    def set_status(self, *, enabled: int | None = None, backlog_limit: int | None = None) -> None:
+        """Change the audit enabled flag and/or backlog limit (``AUDIT_SET``)."""
+        mask = 0
+        if enabled is not None:
+            mask |= _STATUS_ENABLED
+        if backlog_limit is not None:
+            mask |= _STATUS_BACKLOG_LIMIT
+        if not mask:
+            return
+        body = _STATUS.pack(mask, enabled or 0, 0, 0, 0, backlog_limit or 0, 0, 0, 0, 0, 0)
+        self._request(AUDIT_SET, body)
+
+
+def _permission_problem() -> str | None:
+    """Say why this process cannot control audit, or None if it looks permitted."""
+    try:
+        with open("/proc/self/uid_map") as uid_map:
+            # Audit control is refused in any user namespace but the initial one, whose map is
+            # the full identity range.
+            if uid_map.read().split() != ["0", "0", "4294967295"]:
+                return "running inside a user namespace (audit is refused there)"
+        with open("/proc/self/status") as status:
+            cap_eff = next(
+                int(line.split()[1], 16) for line in status if line.startswith("CapEff:")
+            )
+    except (OSError, StopIteration, ValueError) as exc:
+        return f"cannot read process credentials: {exc}"
+    cap_audit_control, cap_audit_read = 30, 37
+    if not cap_eff & (1 << cap_audit_control):
+        return "missing CAP_AUDIT_CONTROL"
+    if not cap_eff & (1 << cap_audit_read):
+        return "missing CAP_AUDIT_READ"
+    return None
+
+
+@attrs.define
+class AuditLease:
+    """Audit enabled on behalf of this server; :meth:`release` restores the host when it is the last.
+
+    Several exec-servers may run on one host. Each holds a shared ``flock`` on ``lock_path``;
+    the file records the audit state the first of them found. A server that exits and can take
+    the lock exclusively is the last user and restores that state; one that cannot leaves audit
+    as it is for the others. A crashed server leaves the file behind, so the state it found is
+    still restored by the last server that exits later.
+    """
+
+    control: AuditControl
+    lock_file: int
+    changed: bool
+    found: AuditStatus
+    released: bool = False
+
+    def release(self) -> None:
+        """Restore the saved audit state if no other exec-server still uses it. Idempotent."""
+        if self.released:
+            return
+        self.released = True
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another exec-server still relies on audit being on
+            saved = _read_saved(self.lock_file)
+            if saved is not None:
+                try:
+                    self.control.set_status(
+                        enabled=saved["enabled"], backlog_limit=saved["backlog_limit"]
+                    )
+                except AuditUnavailable:
+                    return  # leave the file so that a later server can still restore it
+                os.ftruncate(self.lock_file, 0)
+        finally:
+            os.close(self.lock_file)
+            self.control.close()
+
+
+def _read_saved(fd: int) -> dict[str, int] | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    raw = os.read(fd, 4096)
+    if not raw.strip():
+        return None
+    try:
+        saved = json.loads(raw)
+        return {"enabled": int(saved["enabled"]), "backlog_limit": int(saved["backlog_limit"])}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def acquire_audit(lock_path: str = DEFAULT_LOCK_PATH) -> AuditLease:
+    """Make sure the kernel emits audit records, remembering what to restore.
+
+    Enables audit and raises the backlog limit to :data:`WANTED_BACKLOG_LIMIT` if they are
+    lower. Changes nothing when audit is already on (an auditd runs) or locked (``enabled=2``).
+
+    Raises:
+        AuditUnavailable: not permitted here, or the kernel refused.
+    """
+    problem = _permission_problem()
+    if problem is not None:
+        raise AuditUnavailable(problem)
+    control = AuditControl()
+    try:
+        os.makedirs(os.path.dirname(lock_path), mode=0o700, exist_ok=True)
+        lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        control.close()
+        raise AuditUnavailable(f"cannot open {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        found = control.get_status()
+        changed = False
+        if found.enabled != 2:
+            if _read_saved(lock_file) is None:
+                # First user on this host: remember the state we are about to change.
+                os.ftruncate(lock_file, 0)
+                os.lseek(lock_file, 0, os.SEEK_SET)
+                saved = {"enabled": found.enabled, "backlog_limit": found.backlog_limit}
+                os.write(lock_file, json.dumps(saved).encode())
+                os.fsync(lock_file)
+            wanted_enabled = 1 if found.enabled == 0 else None
+            wanted_backlog = (
+                WANTED_BACKLOG_LIMIT if 0 < found.backlog_limit < WANTED_BACKLOG_LIMIT else None
+            )
+            if wanted_enabled is not None or wanted_backlog is not None:
+                control.set_status(enabled=wanted_enabled, backlog_limit=wanted_backlog)
+                changed = True
+        # Downgrade: other servers may now join; none can restore while we hold this.
+        fcntl.flock(lock_file, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(lock_file)
+        control.close()
+        raise
+    return AuditLease(control=control, lock_file=lock_file, changed=changed, found=found)

@@ -1,0 +1,453 @@
+"""Which sandboxed process trees hit a denial: audit records mapped to the launched pid.
+
+Mapping design (why each record lands on the right process):
+
+- **Landlock** (``LANDLOCK_ACCESS`` 1423, ``LANDLOCK_DOMAIN`` 1424). Every launch calls
+  ``landlock_restrict_self`` in the launcher, which then execs the command, so the domain's
+  creator pid *is* the command's pid — the pid the server reaps. Descendants inherit the domain
+  and their denials carry its id. The kernel writes ``LANDLOCK_DOMAIN status=allocated pid=…``
+  once per domain, right after that domain's first ``LANDLOCK_ACCESS`` record (same event
+  serial), so ACCESS records wait in ``pending`` for the domain record. Nothing here depends on
+  the offending grandchild still existing: the domain id carries the identity.
+- **seccomp** (``SECCOMP`` 1326, from the launcher's network filter with
+  ``SECCOMP_FILTER_FLAG_LOG``) carries only the offending task's pid. If that pid is a child of
+  this server it is the root; otherwise we walk ``/proc/<pid>/stat`` parents up to the child of
+  this server, or fall back to the task's process group (the server starts each command as a
+  group leader). That needs the task to still exist when the record is read (it does while it
+  is running or a zombie). A grandchild that already exited and was reaped cannot be placed:
+  its record is dropped and counted in ``unattributed``. (Limit: network attempts by
+  short-lived grandchildren can be missed; Landlock filesystem denials cannot.)
+- A pid that is not ours (another Landlock or seccomp user on the host) is dropped. A pid that
+  is already gone is kept *unverified* for :data:`UNVERIFIED_TTL_S`: that is the window
+  between the server reaping its child and asking for the report.
+
+Memory is bounded: at most :data:`MAX_DENIALS_PER_PROCESS` denials kept per process (the count
+goes on), :data:`MAX_TRACKED` processes and domains, and a process is forgotten once reported.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import attrs
+import trio
+
+from protocol import Denial, SandboxMode, SandboxPolicy
+
+from ._audit import (
+    AUDIT_LANDLOCK_ACCESS,
+    AUDIT_LANDLOCK_DOMAIN,
+    AUDIT_SECCOMP,
+    DEFAULT_LOCK_PATH,
+    AuditControl,
+    AuditLease,
+    AuditReadLog,
+    AuditRecord,
+    AuditUnavailable,
+    acquire_audit,
+)
+from ._heuristic import guess_denials
+
+log = logging.getLogger(__name__)
+
+MAX_DENIALS_PER_PROCESS: Final = 8
+MAX_TRACKED: Final = 1024
+UNVERIFIED_TTL_S: Final = 2.0
+# After the reap, records may still sit in the kernel's audit queue (kauditd had not run yet).
+# We ask the kernel for its backlog and wait while it is non-empty, at most this long.
+SETTLE_BUDGET_S: Final = 0.010
+SETTLE_POLL_S: Final = 0.0005
+_MAX_ANCESTRY: Final = 64
+# Landlock ABI 7 added LANDLOCK_RESTRICT_SELF_LOG_* and the audit records.
+AUDIT_MIN_LANDLOCK_ABI: Final = 7
+
+SOURCE_AUDIT: Final = "audit"
+SOURCE_HEURISTIC: Final = "heuristic"
+SOURCE_NONE: Final = "none"
+AUDIT_MODES: Final = ("auto", "on", "off")
+
+# Syscall numbers that the launcher's seccomp filter may log, by audit arch.
+_SYSCALL_NAMES: Final = {
+    "c000003e": {41: "socket", 42: "connect", 49: "bind", 53: "socketpair", 44: "sendto"},
+    "c00000b7": {198: "socket", 203: "connect", 200: "bind", 199: "socketpair", 206: "sendto"},
+}
+
+
+@attrs.frozen
+class DenialReport:
+    """Whether a process tree was denied by the sandbox, and what was blocked (first few)."""
+
+    denied: bool
+    denials: tuple[Denial, ...]
+    source: str  # "audit" | "heuristic" | "none" (unsandboxed)
+
+
+NOT_SANDBOXED: Final = DenialReport(denied=False, denials=(), source=SOURCE_NONE)
+
+
+@attrs.define
+class _Tally:
+    denials: list[Denial] = attrs.Factory(list)
+    count: int = 0
+    verified: bool = True
+    seen_at: float = 0.0
+
+    def add(self, denial: Denial) -> None:
+        self.count += 1
+        if len(self.denials) < MAX_DENIALS_PER_PROCESS and denial not in self.denials:
+            self.denials.append(denial)
+
+
+def landlock_denial(fields: dict[str, str]) -> Denial:
+    """Build a :class:`Denial` from a ``LANDLOCK_ACCESS`` record's fields."""
+    blocker = fields.get("blockers", "unknown")
+    if "path" in fields:
+        target = fields["path"]
+    elif "daddr" in fields or "dest" in fields:
+        target = _endpoint(fields.get("daddr", ""), fields.get("dest", ""))
+    elif "saddr" in fields or "src" in fields:
+        target = _endpoint(fields.get("saddr", ""), fields.get("src", ""))
+    elif "opid" in fields:
+        target = f"pid {fields['opid']} ({fields.get('ocomm', '?')})"
+    else:
+        target = ""
+    return Denial(blocker=blocker, target=target)
+
+
+def _endpoint(address: str, port: str) -> str:
+    address = address or "*"
+    if ":" in address:
+        address = f"[{address}]"
+    return f"{address}:{port}" if port else address
+
+
+def seccomp_denial(fields: dict[str, str]) -> Denial:
+    """Build a :class:`Denial` from a ``SECCOMP`` record's fields (blocker ``seccomp``)."""
+    arch = fields.get("arch", "")
+    syscall = fields.get("syscall", "?")
+    try:
+        name = _SYSCALL_NAMES.get(arch, {}).get(int(syscall), f"syscall {syscall}")
+    except ValueError:
+        name = f"syscall {syscall}"
+    return Denial(blocker="seccomp", target=name)
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """Return ``(ppid, pgrp)`` of a live or zombie task, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: the fields start after the last ")".
+    rest = data[data.rfind(b")") + 2 :].split()
+    return int(rest[1]), int(rest[2])
+
+
+@attrs.frozen
+class _Placement:
+    root: int | None  # the server's child that this task descends from
+    verified: bool  # False: the task was already gone, root is a guess (the pid itself)
+
+
+def place_task(pid: int, server_pid: int) -> _Placement:
+    """Find which child of ``server_pid`` the task ``pid`` descends from.
+
+    Returns ``_Placement(root=None)`` for a task that is not ours.
+    """
+    first = _stat(pid)
+    if first is None:
+        return _Placement(root=pid, verified=False)
+    current, (ppid, pgrp) = pid, first
+    for _ in range(_MAX_ANCESTRY):
+        if ppid == server_pid:
+            return _Placement(root=current, verified=True)
+        if ppid <= 1:
+            break
+        parent = _stat(ppid)
+        if parent is None:
+            break
+        current, (ppid, _) = ppid, parent
+    # Re-parented (its parent died) or daemonised: the process group still names the command
+    # unless the task left it.
+    leader = _stat(pgrp)
+    if leader is not None and leader[0] == server_pid:
+        return _Placement(root=pgrp, verified=True)
+    return _Placement(root=None, verified=True)
+
+
+class DenialLedger:
+    """Audit records in, per-process denials out. Pure bookkeeping; no I/O but ``/proc`` reads.
+
+    Args:
+        server_pid: the process whose children are the launched commands.
+        clock: monotonic seconds, for the unverified-record expiry.
+        place: how to map a task pid to its root (``place_task`` by default; tests swap it).
+    """
+
+    def __init__(
+        self,
+        server_pid: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        place: Callable[[int, int], _Placement] = place_task,
+    ) -> None:
+        self._server_pid = server_pid
+        self._clock = clock
+        self._place = place
+        self._domains: collections.OrderedDict[str, int | None] = collections.OrderedDict()
+        self._pending: collections.OrderedDict[str, list[Denial]] = collections.OrderedDict()
+        self._tallies: collections.OrderedDict[int, _Tally] = collections.OrderedDict()
+        self.unattributed = 0
+
+    def feed(self, records: Sequence[AuditRecord]) -> None:
+        """Account for a batch of records, in the order the kernel sent them."""
+        for record in records:
+            if record.type == AUDIT_LANDLOCK_ACCESS:
+                self._on_access(record.fields)
+            elif record.type == AUDIT_LANDLOCK_DOMAIN:
+                self._on_domain(record.fields)
+            elif record.type == AUDIT_SECCOMP:
+                self._on_seccomp(record.fields)
+        self._expire()
+
+    def take(self, pid: int) -> tuple[bool, tuple[Denial, ...]]:
+        """Return and forget what process ``pid`` (a reaped root) was denied."""
+        tally = self._tallies.pop(pid, None)
+        # Its domains stay mapped (a surviving grandchild keeps them alive) but nothing will
+        # ask about this pid again; mark them so later records are not kept for a reused pid.
+        for domain, root in self._domains.items():
+            if root == pid:
+                self._domains[domain] = None
+        if tally is None or tally.count == 0:
+            return False, ()
+        return True, tuple(tally.denials)
+
+    def _on_access(self, fields: dict[str, str]) -> None:
+        domain = fields.get("domain")
+        if domain is None:
+            return
+        denial = landlock_denial(fields)
+        if domain in self._domains:
+            root = self._domains[domain]
+            if root is not None:
+                self._tally(root, verified=True).add(denial)
+            return
+        pending = self._pending.setdefault(domain, [])
+        if len(pending) < MAX_DENIALS_PER_PROCESS:
+            pending.append(denial)
+        _bound(self._pending)
+
+    def _on_domain(self, fields: dict[str, str]) -> None:
+        domain = fields.get("domain")
+        status = fields.get("status")
+        if domain is None:
+            return
+        if status == "deallocated":
+            self._domains.pop(domain, None)
+            self._pending.pop(domain, None)
+            return
+        if status != "allocated":
+            return
+        pending = self._pending.pop(domain, [])
+        try:
+            creator = int(fields.get("pid", ""))
+        except ValueError:
+            return
+        placement = self._place(creator, self._server_pid)
+        self._domains[domain] = placement.root
+        _bound(self._domains)
+        if placement.root is None:
+            self.unattributed += len(pending)
+            return
+        tally = self._tally(placement.root, verified=placement.verified)
+        for denial in pending:
+            tally.add(denial)
+
+    def _on_seccomp(self, fields: dict[str, str]) -> None:
+        try:
+            pid = int(fields.get("pid", ""))
+        except ValueError:
+            return
+        placement = self._place(pid, self._server_pid)
+        if placement.root is None:
+            self.unattributed += 1
+            return
+        self._tally(placement.root, verified=placement.verified).add(seccomp_denial(fields))
+
+    def _tally(self, root: int, *, verified: bool) -> _Tally:
+        tally = self._tallies.get(root)
+        if tally is None:
+            tally = self._tallies[root] = _Tally(verified=verified, seen_at=self._clock())
+            _bound(self._tallies)
+        elif verified and not tally.verified:
+            tally.verified = True
+        self._tallies.move_to_end(root)
+        return tally
+
+    def _expire(self) -> None:
+        horizon = self._clock() - UNVERIFIED_TTL_S
+        stale = [
+            pid
+            for pid, tally in self._tallies.items()
+            if not tally.verified and tally.seen_at < horizon
+        ]
+        for pid in stale:
+            del self._tallies[pid]
+
+
+def _bound(mapping: collections.OrderedDict[object, object]) -> None:
+    while len(mapping) > MAX_TRACKED:
+        mapping.popitem(last=False)
+
+
+class DenialMonitor:
+    """Decides ``sandboxDenied``: from kernel audit records when it can, else from stderr.
+
+    Args:
+        audit_denials: ``"auto"`` (use audit where permitted), ``"on"`` (audit or fail),
+            ``"off"`` (heuristic only, the host's audit state is never touched).
+        landlock_abi: the running kernel's Landlock ABI (audit records need 7 or later).
+        lock_path: the file that coordinates audit enable/restore between servers on a host.
+
+    Raises:
+        AuditUnavailable: ``audit_denials="on"`` and audit cannot work here (server start fails).
+    """
+
+    def __init__(
+        self,
+        audit_denials: str = "auto",
+        *,
+        landlock_abi: int,
+        lock_path: str = DEFAULT_LOCK_PATH,
+    ) -> None:
+        if audit_denials not in AUDIT_MODES:
+            raise ValueError(f"audit_denials must be one of {AUDIT_MODES}, not {audit_denials!r}")
+        self._mode = audit_denials
+        self._lock_path = lock_path
+        self._ledger = DenialLedger(os.getpid())
+        self._readlog: AuditReadLog | None = None
+        self._lease: AuditLease | None = None
+        self._control: AuditControl | None = None
+        self.unavailable_reason: str | None = None
+        if audit_denials == "off":
+            self.unavailable_reason = "disabled by --audit-denials off"
+        elif landlock_abi < AUDIT_MIN_LANDLOCK_ABI:
+            self.unavailable_reason = (
+                f"Landlock ABI {landlock_abi} has no audit records (needs {AUDIT_MIN_LANDLOCK_ABI})"
+            )
+        if audit_denials == "on" and self.unavailable_reason is not None:
+            raise AuditUnavailable(self.unavailable_reason)
+
+    @property
+    def source(self) -> str:
+        """``"audit"`` or ``"heuristic"``: what decides denials for sandboxed processes.
+
+        Before :meth:`run` has started this is what the monitor will try.
+        """
+        return SOURCE_HEURISTIC if self.unavailable_reason is not None else SOURCE_AUDIT
+
+    @property
+    def unattributed(self) -> int:
+        """Audit records of ours that could not be mapped to a process (see module docs)."""
+        return self._ledger.unattributed
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Enable audit if configured, read records until cancelled, then restore the host.
+
+        Raises:
+            AuditUnavailable: ``audit_denials="on"`` and audit could not be set up.
+        """
+        if self.unavailable_reason is None:
+            try:
+                # Join the group before enabling so that no record falls in between.
+                self._readlog = AuditReadLog()
+                self._lease = acquire_audit(self._lock_path)
+                self._control = self._lease.control
+            except AuditUnavailable as exc:
+                self._close()
+                if self._mode == "on":
+                    raise
+                self.unavailable_reason = str(exc)
+                log.info("denials come from the stderr heuristic: %s", exc)
+        task_status.started()
+        try:
+            if self._readlog is None:
+                await trio.sleep_forever()
+            while True:
+                await self._readlog.wait_readable()
+                self._drain()
+        finally:
+            self._close()
+
+    def _drain(self) -> None:
+        if self._readlog is not None:
+            self._ledger.feed(self._readlog.read_available())
+
+    def _close(self) -> None:
+        if self._readlog is not None:
+            self._readlog.close()
+            self._readlog = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+            self._control = None
+
+    async def _settle(self) -> None:
+        """Wait (bounded) until the kernel's audit queue is empty, so our records have arrived."""
+        if self._control is None:
+            return
+        deadline = trio.current_time() + SETTLE_BUDGET_S
+        while True:
+            try:
+                backlog = self._control.get_status().backlog
+            except AuditUnavailable:
+                return
+            if backlog == 0 or trio.current_time() >= deadline:
+                return
+            await trio.sleep(SETTLE_POLL_S)
+            self._drain()
+
+    async def report_denials(
+        self,
+        policy: SandboxPolicy | None,
+        pid: int,
+        exit_code: int,
+        stdout_tail: bytes,
+        stderr_tail: bytes,
+        *,
+        cwd: str | None = None,
+        writable_roots: Sequence[str] = (),
+    ) -> DenialReport:
+        """Say whether the reaped process ``pid`` (and its descendants) hit a sandbox denial.
+
+        Call right after reaping. With audit this drains the records already delivered, waits
+        at most :data:`SETTLE_BUDGET_S` for any still in the kernel queue, and forgets ``pid``.
+
+        Args:
+            policy: the policy it ran under; None or mode ``none`` means unsandboxed.
+            pid: the launched (and now reaped) pid.
+            exit_code: its exit status (the heuristic uses it).
+            stdout_tail: unused by both sources today; kept so callers need not change.
+            stderr_tail: the last bytes of its stderr (the heuristic reads it).
+            cwd: its working directory (the heuristic resolves relative paths against it).
+            writable_roots: every root it was allowed to write (the heuristic's "outside").
+        """
+        del stdout_tail
+        if policy is None or policy.mode is SandboxMode.NONE:
+            return NOT_SANDBOXED
+        if self._readlog is None:
+            denials = guess_denials(
+                policy, exit_code, stderr_tail, cwd=cwd, writable_roots=writable_roots
+            )
+            return DenialReport(denied=bool(denials), denials=denials, source=SOURCE_HEURISTIC)
+        self._drain()
+        await self._settle()
+        self._drain()
+        denied, denials = self._ledger.take(pid)
+        return DenialReport(denied=denied, denials=denials, source=SOURCE_AUDIT)
