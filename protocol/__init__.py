@@ -23,3 +23,20 @@ from ._binary import decode_binary_output as decode_binary_output, encode_binary
 from ._errors import ErrorCode as ErrorCode, ProtocolError as ProtocolError, RequestId as RequestId
 from ._messages import *  # noqa: F403  (the message classes are the package's vocabulary)
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._assembler import (
+    DEFAULT_MAX_OUTPUT_BYTES as DEFAULT_MAX_OUTPUT_BYTES,
+    LONG_POLL_WAIT_MS as LONG_POLL_WAIT_MS,
+    READ_MAX_BYTES as READ_MAX_BYTES,
+    REORDER_BUFFER_BYTES as REORDER_BUFFER_BYTES,
+    REORDER_BUFFER_EVENTS as REORDER_BUFFER_EVENTS,
+    Action as Action,
+    Assembler as Assembler,
+    AssemblerError as AssemblerError,
+    AssemblerState as AssemblerState,
+    Complete as Complete,
+    Completion as Completion,
+    NeedRead as NeedRead,
+    Progress as Progress,
+    TerminalRecord as TerminalRecord,
+    Wait as Wait,
+)
