@@ -1,0 +1,217 @@
+"""Completion latency of one-shot ``/usr/bin/true``: every arm against the same server, interleaved.
+
+Arms run in a rotating order inside each iteration (arm k goes first in iteration k), so
+drift of the machine (page cache, CPU frequency, a noisy neighbour) lands on every arm
+alike instead of on whichever arm ran last.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import attrs
+import trio
+
+import protocol as p
+
+from ._clients import BenchClient, open_bench_client
+from ._raw import RawConnection, Spec
+from ._report import Section, fmt_ms
+from ._stats import ArmSummary
+
+TRUE: Final = ("/usr/bin/true",)
+READ_ONLY: Final = p.SandboxPolicy(mode=p.SandboxMode.READ_ONLY)
+
+# One call of an arm: (seconds, process/read calls it made).
+Once = Callable[[], Awaitable[tuple[float, int]]]
+
+
+@attrs.frozen
+class Arm:
+    name: str
+    once: Once
+    remote: bool = True
+
+
+@attrs.define
+class ArmResult:
+    name: str
+    runs: list[list[float]] = attrs.Factory(list)
+    reads: int = 0
+    calls: int = 0
+
+    @property
+    def summary(self) -> ArmSummary:
+        return ArmSummary.of(self.runs)
+
+    @property
+    def samples(self) -> list[float]:
+        return [s for run in self.runs for s in run]
+
+
+class _Ids:
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._next = 0
+
+    def __call__(self) -> str:
+        self._next += 1
+        return f"{self._prefix}-{self._next}"
+
+
+def client_arm(name: str, client: BenchClient, *, sandbox: p.SandboxPolicy | None = None) -> Arm:
+    async def once() -> tuple[float, int]:
+        start = time.perf_counter()
+        record = await client.run(TRUE, sandbox=sandbox)
+        elapsed = time.perf_counter() - start
+        if record.exit_code != 0 or record.failure is not None:
+            raise RuntimeError(f"{name}: incomplete record {record}")
+        return elapsed, record.read_calls
+
+    return Arm(name, once)
+
+
+def raw_pushed_arm(connection: RawConnection) -> Arm:
+    ids = _Ids("pr")
+
+    async def once() -> tuple[float, int]:
+        spec = Spec(process_id=ids(), argv=TRUE)
+        start = time.perf_counter()
+        [record] = await connection.run_pushed([spec])
+        elapsed = time.perf_counter() - start
+        await connection.release([spec.process_id])
+        if record.exit_code != 0:
+            raise RuntimeError(f"pushed-raw: {record}")
+        return elapsed, record.read_calls
+
+    return Arm("pushed-raw", once)
+
+
+def raw_baseline_arm(name: str, connection: RawConnection, final_read: bool) -> Arm:
+    ids = _Ids(name)
+
+    async def once() -> tuple[float, int]:
+        spec = Spec(process_id=ids(), argv=TRUE)
+        start = time.perf_counter()
+        outcome = await (connection.run_final_read(spec) if final_read else connection.run_poll(spec))
+        elapsed = time.perf_counter() - start
+        await connection.release([spec.process_id])
+        if outcome.exit_code != 0 or not outcome.closed:
+            raise RuntimeError(f"{name}: {outcome}")
+        return elapsed, outcome.read_calls
+
+    return Arm(name, once)
+
+
+def subprocess_arm() -> Arm:
+    async def once() -> tuple[float, int]:
+        start = time.perf_counter()
+        subprocess.run(TRUE, check=True)  # blocks the loop on purpose: nothing else runs meanwhile
+        return time.perf_counter() - start, 0
+
+    return Arm("subprocess.run", once, remote=False)
+
+
+def trio_process_arm() -> Arm:
+    async def once() -> tuple[float, int]:
+        start = time.perf_counter()
+        await trio.run_process(TRUE)
+        return time.perf_counter() - start, 0
+
+    return Arm("trio.run_process", once, remote=False)
+
+
+async def measure(arms: Sequence[Arm], runs: int, calls: int, *, warmup: int = 3) -> list[ArmResult]:
+    """``runs`` runs of ``calls`` interleaved calls per arm (after ``warmup`` untimed calls each)."""
+    for arm in arms:
+        for _ in range(warmup):
+            await arm.once()
+    results = [ArmResult(arm.name) for arm in arms]
+    for _ in range(runs):
+        samples: list[list[float]] = [[] for _ in arms]
+        for i in range(calls):
+            for k in range(len(arms)):
+                index = (i + k) % len(arms)
+                elapsed, reads = await arms[index].once()
+                samples[index].append(elapsed)
+                results[index].reads += reads
+                results[index].calls += 1
+        for result, run in zip(results, samples, strict=True):
+            result.runs.append(run)
+    return results
+
+
+# --- the section ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Protocol:
+    label: str
+    runs: int
+    calls: int
+
+
+@attrs.define
+class LatencyOutcome:
+    section: Section
+    by_protocol: dict[str, list[ArmResult]]
+    client_name: str
+    sandboxed: bool
+
+
+async def probe_sandbox(client: BenchClient) -> str | None:
+    """None if a readOnly one-shot works, else why not."""
+    try:
+        record = await client.run(TRUE, sandbox=READ_ONLY)
+    except Exception as exc:  # noqa: BLE001 - any refusal means "skip the arm", with the reason
+        return f"{type(exc).__name__}: {exc}"
+    if record.exit_code != 0 or record.failure is not None:
+        return f"readOnly /usr/bin/true did not succeed: exit {record.exit_code}, failure {record.failure}"
+    return None
+
+
+async def run_section(url: str, token: str, protocols: Sequence[Protocol]) -> LatencyOutcome:
+    section = Section("Completion latency (one-shot /usr/bin/true)")
+    async with open_bench_client(url, token) as client, RawConnection.open(url, token) as raw:
+        arms = [
+            client_arm("pushed", client),
+            raw_pushed_arm(raw),
+            raw_baseline_arm("final-read", raw, final_read=True),
+            raw_baseline_arm("poll", raw, final_read=False),
+        ]
+        why_not = await probe_sandbox(client)
+        if why_not is None:
+            arms.append(client_arm("pushed-sandboxed", client, sandbox=READ_ONLY))
+        else:
+            section.note(f"sandboxed arm skipped: {why_not}")
+        arms += [subprocess_arm(), trio_process_arm()]
+        by_protocol = {}
+        for proto in protocols:
+            results = await measure(arms, proto.runs, proto.calls)
+            by_protocol[proto.label] = results
+            _table(section, proto, results)
+    section.note(
+        f"`pushed` and `pushed-sandboxed` go through `{client.name}` ({'exec_client.Client.run' if client.name == 'exec_client' else 'raw fallback: exec_client not importable'}); "
+        "`pushed-raw`, `final-read` and `poll` share one minimal raw-protocol loop (benchmarks/_raw.py), "
+        "so pushed-raw vs final-read isolates the protocol change. `poll` skips decoding the server's pushed events, "
+        "as a legacy server would not send them. The server is a separate `exec-server` process (unsandboxed default, "
+        "readOnly requested per call for the sandboxed arm)."
+    )
+    return LatencyOutcome(section, by_protocol, client.name, why_not is None)
+
+
+def _table(section: Section, proto: Protocol, results: Sequence[ArmResult]) -> None:
+    floor = next((r for r in results if r.name == "subprocess.run"), None)
+    table = section.table(
+        "arm", "p50 ms", "p90 ms", "p99 ms", "per-run p50 ms", "reads/call", "p50 / subprocess.run",
+        caption=f"**{proto.label}**: {proto.runs} runs × {proto.calls} calls per arm; percentiles are the median across runs.",
+    )  # fmt: skip
+    for result in results:
+        summary = result.summary
+        ratio = f"{summary.p50 / floor.summary.p50:.2f}×" if floor is not None else "-"
+        per_run = " / ".join(fmt_ms(run.p50) for run in summary.runs)
+        reads = f"{result.reads / result.calls:.2f}" if result.calls else "-"
+        table.add(result.name, fmt_ms(summary.p50), fmt_ms(summary.p90), fmt_ms(summary.p99), per_run, reads, ratio)
