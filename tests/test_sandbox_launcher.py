@@ -1,0 +1,537 @@
+"""The sandbox launcher and the Python side that plans it, against the real kernel.
+
+Every sandboxed command here really runs under the launcher (Landlock, seccomp, an empty
+network namespace, and — when the tests run as root — the drop to an unprivileged uid),
+and every "denied" test checks the effect too: the file does not exist, the listener saw
+no connection. Directories live directly under /tmp because pytest's tmp_path is private
+to root (0700) and the sandboxed uid could not even reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import attrs
+import pytest
+import trio
+
+import exec_server.sandbox._sandbox as sandbox_module
+from exec_server.sandbox import (
+    Identity,
+    KernelSupport,
+    LaunchPlan,
+    Sandbox,
+    SandboxSettings,
+    SandboxUnavailable,
+    choose_identity,
+    detect,
+    find_launcher,
+)
+from exec_server.sandbox._launcher import EXIT_EXEC_FAILED, EXIT_SETUP_FAILED
+from protocol import SandboxMode, SandboxPolicy
+
+TIMEOUT_S: Final = 20.0
+IS_ROOT: Final = os.geteuid() == 0
+NOBODY: Final = 65534
+# The sandboxed uid must be able to run the interpreter: pyenv's lives under /root (0700).
+PY: Final = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+BASE_ENV: Final = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+SETTINGS: Final = SandboxSettings(audit_denials="off")
+KERNEL: Final = detect()
+
+needs_sandbox = pytest.mark.skipif(KERNEL.landlock_abi < 3, reason="kernel without Landlock ABI 3")
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="the uid drop only happens when the server is root")
+
+pytestmark = needs_sandbox
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    created = Sandbox.create(SETTINGS)
+    assert created.available, created.unavailable_reason
+    return created
+
+
+def _scratch_dir(mode: int) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="sandbox-test-", dir="/tmp"))
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def workspace() -> Iterator[Path]:
+    """A workspace the sandboxed uid owns (nobody when the tests run as root)."""
+    path = _scratch_dir(0o755)
+    if IS_ROOT:
+        os.chown(path, NOBODY, NOBODY)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A world-writable directory outside the workspace: only the sandbox stands in the way."""
+    path = _scratch_dir(0o777)
+    path.chmod(0o777)  # mkdtemp's mode is masked by the umask
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _policy(mode: SandboxMode, *, roots: tuple[str, ...] = (), network: bool = False) -> SandboxPolicy:
+    return SandboxPolicy(mode=mode, writable_roots=roots, network=network)
+
+
+async def _run(plan: LaunchPlan, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(TIMEOUT_S):
+        try:
+            return await trio.run_process(
+                plan.argv, cwd=str(cwd), env=plan.env, capture_stdout=True, capture_stderr=True, check=False
+            )
+        finally:
+            plan.cleanup()
+
+
+async def _sandboxed(
+    sandbox: Sandbox, cwd: Path, argv: list[str], mode: SandboxMode = SandboxMode.WORKSPACE_WRITE, **policy: object
+) -> subprocess.CompletedProcess[bytes]:
+    plan = sandbox.prepare(_policy(mode, **policy), argv, str(cwd), dict(BASE_ENV))  # type: ignore[arg-type]
+    assert plan.sandbox_type == "landlock"
+    return await _run(plan, cwd)
+
+
+def _python(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+# -- filesystem --------------------------------------------------------------------------
+
+
+async def test_write_outside_the_workspace_is_refused(sandbox: Sandbox, workspace: Path, outside: Path) -> None:
+    target = outside / "touched"
+    result = await _sandboxed(sandbox, workspace, ["touch", str(target)])
+    assert result.returncode == 1
+    assert b"Permission denied" in result.stderr
+    assert not target.exists()
+
+
+async def test_dash_redirect_and_python_open_outside_are_refused(
+    sandbox: Sandbox, workspace: Path, outside: Path
+) -> None:
+    redirect = await _sandboxed(sandbox, workspace, ["dash", "-c", f"echo x > {outside}/redirected"])
+    opened = await _sandboxed(sandbox, workspace, _python(f"open({str(outside / 'opened')!r}, 'w')"))
+    assert redirect.returncode != 0 and opened.returncode != 0
+    assert b"PermissionError" in opened.stderr
+    assert list(outside.iterdir()) == []
+
+
+async def test_create_in_etc_is_refused(sandbox: Sandbox, workspace: Path) -> None:
+    result = await _sandboxed(sandbox, workspace, ["touch", "/etc/exec-sandbox-test"])
+    assert result.returncode == 1
+    assert not os.path.exists("/etc/exec-sandbox-test")
+
+
+async def test_write_inside_the_workspace_and_its_temp_dir_works(sandbox: Sandbox, workspace: Path) -> None:
+    script = 'echo in > inside.txt && mkdir sub && echo t > "$TMPDIR/t" && cat "$TMPDIR/t" && echo "$TMPDIR"'
+    result = await _sandboxed(sandbox, workspace, ["sh", "-c", script])
+    assert result.returncode == 0, result.stderr
+    assert (workspace / "inside.txt").read_text() == "in\n"
+    assert (workspace / "sub").is_dir()
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "t"
+    temp = lines[1]
+    assert temp != str(workspace) and not os.path.exists(temp), "the plan's cleanup removes the temp dir"
+
+
+async def test_writable_roots_are_writable(sandbox: Sandbox, workspace: Path, outside: Path) -> None:
+    result = await _sandboxed(sandbox, workspace, ["touch", str(outside / "granted")], roots=(str(outside),))
+    assert result.returncode == 0, result.stderr
+    assert (outside / "granted").exists()
+
+
+async def test_read_only_refuses_writes_in_cwd_but_allows_reads_and_dev_null(
+    sandbox: Sandbox, workspace: Path
+) -> None:
+    (workspace / "existing").write_text("old")
+    script = "cat /etc/hostname >/dev/null && echo hi > /dev/null && echo read-ok; echo x > new; echo x > existing"
+    result = await _sandboxed(sandbox, workspace, ["sh", "-c", script], mode=SandboxMode.READ_ONLY)
+    assert result.stdout == b"read-ok\n"
+    assert result.returncode != 0
+    assert not (workspace / "new").exists()
+    assert (workspace / "existing").read_text() == "old"
+
+
+async def test_truncate_outside_is_refused(sandbox: Sandbox, workspace: Path, outside: Path) -> None:
+    victim = outside / "victim"
+    victim.write_text("keep me")
+    victim.chmod(0o666)
+    result = await _sandboxed(sandbox, workspace, _python(f"import os; os.truncate({str(victim)!r}, 0)"))
+    assert result.returncode != 0
+    assert victim.read_text() == "keep me"
+
+
+async def test_a_grandchild_inherits_the_restrictions(sandbox: Sandbox, workspace: Path, outside: Path) -> None:
+    target = outside / "from-grandchild"
+    script = f"import subprocess; subprocess.run(['sh', '-c', 'sh -c \"touch {target}\"; echo rc=$?'])"
+    result = await _sandboxed(sandbox, workspace, _python(script))
+    assert result.stdout == b"rc=1\n"
+    assert not target.exists()
+
+
+async def test_running_a_compiler_in_the_workspace_works(sandbox: Sandbox, workspace: Path) -> None:
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    (workspace / "hello.c").write_text('#include <stdio.h>\nint main(void){puts("hello");return 0;}\n')
+    result = await _sandboxed(sandbox, workspace, ["sh", "-c", "cc -o hello hello.c && ./hello"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello\n"
+
+
+# -- root's power --------------------------------------------------------------------------
+
+
+@needs_root
+async def test_the_command_does_not_run_as_root(sandbox: Sandbox, workspace: Path) -> None:
+    script = "import os; print(os.getresuid(), os.getresgid(), os.getgroups())"
+    result = await _sandboxed(sandbox, workspace, _python(script))
+    assert result.stdout.decode().strip() == f"({NOBODY}, {NOBODY}, {NOBODY}) ({NOBODY}, {NOBODY}, {NOBODY}) []"
+
+
+async def test_no_capabilities_and_no_new_privs(sandbox: Sandbox, workspace: Path) -> None:
+    result = await _sandboxed(sandbox, workspace, ["cat", "/proc/self/status"], mode=SandboxMode.READ_ONLY)
+    status = dict(line.split(":\t", 1) for line in result.stdout.decode().splitlines() if ":\t" in line)
+    for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[key], 16) == 0, key
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+
+
+@needs_root
+async def test_chmod_and_chown_outside_the_workspace_are_refused(
+    sandbox: Sandbox, workspace: Path, outside: Path
+) -> None:
+    victim = outside / "root-owned"
+    victim.write_text("x")
+    victim.chmod(0o644)
+    script = (
+        f"import os\n"
+        f"for f in (lambda: os.chmod({str(victim)!r}, 0o777), lambda: os.chown({str(victim)!r}, {NOBODY}, {NOBODY})):\n"
+        f"    try: f(); print('done')\n"
+        f"    except PermissionError: print('refused')\n"
+    )
+    result = await _sandboxed(sandbox, workspace, _python(script))
+    assert result.stdout == b"refused\nrefused\n"
+    info = victim.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o644 and info.st_uid == 0
+
+
+@needs_root
+async def test_hostname_cannot_be_changed(sandbox: Sandbox, workspace: Path) -> None:
+    before = socket.gethostname()
+    result = await _sandboxed(sandbox, workspace, _python("import socket; socket.sethostname('pwned')"))
+    assert result.returncode != 0
+    assert socket.gethostname() == before
+
+
+# -- network -------------------------------------------------------------------------------
+
+
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    return listener
+
+
+def _nothing_arrived(listener: socket.socket) -> bool:
+    # The command has exited: a connection that got through would be waiting in the backlog.
+    try:
+        conn, _ = listener.accept()
+    except BlockingIOError:
+        return True
+    conn.close()
+    return False
+
+
+CONNECT: Final = """
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=5)
+    print("connected")
+except OSError as exc:
+    print(type(exc).__name__, exc.errno)
+"""
+
+
+async def test_tcp_connect_to_a_loopback_listener_does_not_reach_it(sandbox: Sandbox, workspace: Path) -> None:
+    with _listener() as listener:
+        port = listener.getsockname()[1]
+        result = await _sandboxed(sandbox, workspace, _python(CONNECT.format(port=port)))
+        assert result.stdout == b"PermissionError 13\n", result.stderr
+        assert _nothing_arrived(listener)
+
+
+async def test_tcp_connect_works_when_the_policy_allows_network(sandbox: Sandbox, workspace: Path) -> None:
+    # The control for the test above: same command, same listener, network allowed.
+    with _listener() as listener:
+        port = listener.getsockname()[1]
+        result = await _sandboxed(sandbox, workspace, _python(CONNECT.format(port=port)), network=True)
+        assert result.stdout == b"connected\n", result.stderr
+        assert not _nothing_arrived(listener)
+
+
+async def test_udp_send_fails(sandbox: Sandbox, workspace: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        port = receiver.getsockname()[1]
+        script = (
+            "import socket\n"
+            "try:\n"
+            f"    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {port}))\n"
+            "    print('sent')\n"
+            "except OSError as exc: print(exc.errno)\n"
+        )
+        result = await _sandboxed(sandbox, workspace, _python(script))
+        assert result.stdout == b"13\n", result.stderr
+        with pytest.raises(BlockingIOError):
+            receiver.recv(16)
+
+
+async def test_other_socket_families_are_refused(sandbox: Sandbox, workspace: Path) -> None:
+    script = (
+        "import socket\n"
+        "for fam, typ in ((socket.AF_NETLINK, socket.SOCK_RAW), (socket.AF_PACKET, socket.SOCK_RAW),\n"
+        "                 (socket.AF_INET6, socket.SOCK_DGRAM), (socket.AF_INET, socket.SOCK_RAW)):\n"
+        "    try: socket.socket(fam, typ); print('created')\n"
+        "    except OSError as exc: print(exc.errno)\n"
+    )
+    result = await _sandboxed(sandbox, workspace, _python(script))
+    assert result.stdout == b"13\n13\n13\n13\n", result.stderr
+
+
+async def test_af_unix_still_works(sandbox: Sandbox, workspace: Path) -> None:
+    script = (
+        "import socket\n"
+        "a, b = socket.socketpair(); a.sendall(b'pair'); print(b.recv(4).decode())\n"
+        "server = socket.socket(socket.AF_UNIX); server.bind('s.sock'); server.listen()\n"
+        "client = socket.socket(socket.AF_UNIX); client.connect('s.sock')\n"
+        "conn, _ = server.accept(); client.sendall(b'path'); print(conn.recv(4).decode())\n"
+    )
+    result = await _sandboxed(sandbox, workspace, _python(script))
+    assert result.stdout == b"pair\npath\n", result.stderr
+
+
+# -- launcher contract -----------------------------------------------------------------------
+
+
+async def test_a_missing_program_exits_127_with_a_message(sandbox: Sandbox, workspace: Path) -> None:
+    result = await _sandboxed(sandbox, workspace, ["no-such-program-xyz"])
+    assert result.returncode == EXIT_EXEC_FAILED
+    assert b"cannot execute 'no-such-program-xyz'" in result.stderr
+
+
+async def test_a_setup_failure_exits_125_and_runs_nothing(workspace: Path, outside: Path) -> None:
+    launcher = find_launcher()
+    marker = outside / "ran"
+    argv = [launcher.path, "--abi", "7", "--mode", "workspaceWrite", "--rw", "/no/such/dir", "--net", "0"]
+    if IS_ROOT:
+        argv += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
+    plan = LaunchPlan([*argv, "--", "touch", str(marker)], dict(BASE_ENV), (), "landlock")
+    result = await _run(plan, workspace)
+    assert result.returncode == EXIT_SETUP_FAILED
+    assert b"sandbox setup failed: open /no/such/dir" in result.stderr
+    assert not marker.exists()
+
+
+async def test_a_kernel_older_than_the_plan_is_a_setup_failure(workspace: Path) -> None:
+    launcher = find_launcher()
+    argv = [launcher.path, "--abi", str(KERNEL.landlock_abi + 1), "--mode", "readOnly", "--net", "1", "--", "true"]
+    result = await _run(LaunchPlan(argv, dict(BASE_ENV), (), "landlock"), workspace)
+    assert result.returncode == EXIT_SETUP_FAILED
+    assert b"older than the planned ABI" in result.stderr
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to start the launcher as another user")
+async def test_a_non_root_server_gets_a_user_and_network_namespace(workspace: Path, outside: Path) -> None:
+    # What a server not running as root does: no --uid, and unshare needs a user namespace.
+    launcher = find_launcher()
+    argv = [launcher.path, "--abi", str(KERNEL.landlock_abi), "--mode", "workspaceWrite"]
+    argv += ["--rw", str(workspace), "--net", "0", "--"]
+    argv += _python(
+        "import os, socket\n"
+        "print(os.getuid())\n"
+        f"open({str(workspace / 'in')!r}, 'w')\n"
+        f"try: open({str(outside / 'out')!r}, 'w')\n"
+        "except PermissionError: print('refused')\n"
+        "try: socket.create_connection(('127.0.0.1', 9), timeout=5)\n"
+        "except OSError as exc: print(exc.errno)\n"
+    )
+    with trio.fail_after(TIMEOUT_S):
+        result = await trio.run_process(
+            argv, cwd=str(workspace), env=BASE_ENV, user=NOBODY, group=NOBODY, extra_groups=[],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    assert result.stdout == f"{NOBODY}\nrefused\n13\n".encode(), result.stderr
+    assert (workspace / "in").exists() and not (outside / "out").exists()
+
+
+async def test_an_older_abi_plan_still_confines(workspace: Path, outside: Path) -> None:
+    # A kernel that offers only ABI 3 (no Landlock network rules): seccomp alone keeps TCP off.
+    old = Sandbox(SETTINGS, attrs.evolve(KERNEL, landlock_abi=3), find_launcher())
+    script = f"import socket\ntry: socket.socket()\nexcept OSError as e: print(e.errno)\nopen({str(outside / 'x')!r}, 'w')"
+    result = await _sandboxed(old, workspace, _python(script))
+    assert result.stdout == b"13\n"
+    assert b"PermissionError" in result.stderr
+    assert not (outside / "x").exists()
+
+
+# -- the Python side: policy, detection seam, identity ---------------------------------------
+
+
+@pytest.mark.parametrize("abi", [0, 1, 2])
+def test_a_kernel_without_enough_landlock_refuses_every_sandboxed_request(
+    monkeypatch: pytest.MonkeyPatch, workspace: Path, abi: int
+) -> None:
+    monkeypatch.setattr(sandbox_module, "detect", lambda: attrs.evolve(KERNEL, landlock_abi=abi))
+    weak = Sandbox.create(SETTINGS)
+    assert weak.capabilities()["available"] is False
+    assert weak.capabilities()["modes"] == []
+    for mode in (SandboxMode.READ_ONLY, SandboxMode.WORKSPACE_WRITE):
+        with pytest.raises(SandboxUnavailable, match="Landlock"):
+            weak.prepare(_policy(mode), ["true"], str(workspace), dict(BASE_ENV))
+
+
+def test_without_network_isolation_only_network_true_policies_run(
+    monkeypatch: pytest.MonkeyPatch, workspace: Path
+) -> None:
+    monkeypatch.setattr(sandbox_module, "detect", lambda: attrs.evolve(KERNEL, network_namespace=False))
+    partial = Sandbox.create(SETTINGS)
+    assert partial.capabilities()["available"] is True
+    assert partial.capabilities()["network"] is False
+    with pytest.raises(SandboxUnavailable, match="network"):
+        partial.prepare(_policy(SandboxMode.READ_ONLY), ["true"], str(workspace), dict(BASE_ENV))
+    plan = partial.prepare(_policy(SandboxMode.READ_ONLY, network=True), ["true"], str(workspace), dict(BASE_ENV))
+    assert plan.sandbox_type == "landlock" and "--net" in plan.argv
+
+
+def test_root_without_the_capabilities_to_drop_root_is_refused(
+    monkeypatch: pytest.MonkeyPatch, workspace: Path
+) -> None:
+    monkeypatch.setattr(sandbox_module, "detect", lambda: attrs.evolve(KERNEL, root=True, identity_drop=False))
+    stuck = Sandbox.create(SETTINGS)
+    with pytest.raises(SandboxUnavailable, match="drop root"):
+        stuck.prepare(_policy(SandboxMode.READ_ONLY), ["true"], str(workspace), dict(BASE_ENV))
+
+
+def test_a_missing_launcher_makes_the_sandbox_unavailable(workspace: Path) -> None:
+    without = Sandbox(SETTINGS, KERNEL, None)
+    assert without.capabilities()["available"] is False
+    with pytest.raises(SandboxUnavailable, match="launcher"):
+        without.prepare(_policy(SandboxMode.READ_ONLY), ["true"], str(workspace), dict(BASE_ENV))
+
+
+def test_mode_none_is_refused_unless_allowed(sandbox: Sandbox, workspace: Path) -> None:
+    none = _policy(SandboxMode.NONE)
+    with pytest.raises(SandboxUnavailable, match="allow-unsandboxed"):
+        sandbox.resolve(none)
+    with pytest.raises(SandboxUnavailable, match="allow-unsandboxed"):
+        sandbox.prepare(none, ["true"], str(workspace), dict(BASE_ENV))
+    permissive = Sandbox(SandboxSettings(allow_unsandboxed=True, audit_denials="off"), KERNEL, None)
+    assert permissive.resolve(none) == none
+    plan = permissive.prepare(none, ["true"], str(workspace), dict(BASE_ENV))
+    assert (plan.argv, plan.sandbox_type) == (["true"], "none")
+    assert "none" in permissive.capabilities()["modes"]
+
+
+def test_resolve_applies_the_operator_default(sandbox: Sandbox) -> None:
+    assert sandbox.resolve(None) == SandboxPolicy(mode=SandboxMode.READ_ONLY)
+    strict = Sandbox(SandboxSettings(default_mode=SandboxMode.WORKSPACE_WRITE, audit_denials="off"), KERNEL, None)
+    assert strict.resolve(None).mode is SandboxMode.WORKSPACE_WRITE
+
+
+def test_writable_roots_must_exist(sandbox: Sandbox, workspace: Path) -> None:
+    policy = _policy(SandboxMode.WORKSPACE_WRITE, roots=("/no/such/root",))
+    with pytest.raises(SandboxUnavailable, match="does not exist"):
+        sandbox.prepare(policy, ["true"], str(workspace), dict(BASE_ENV))
+
+
+def test_read_only_grants_no_writable_roots_and_no_temp_dir(sandbox: Sandbox, workspace: Path) -> None:
+    plan = sandbox.prepare(
+        _policy(SandboxMode.READ_ONLY, roots=(str(workspace),)), ["true"], str(workspace), dict(BASE_ENV)
+    )
+    assert "--rw" not in plan.argv and "TMPDIR" not in plan.env
+    assert plan.argv[plan.argv.index("--") + 1 :] == ["true"]
+
+
+def test_the_temp_dir_belongs_to_the_sandboxed_uid(sandbox: Sandbox, workspace: Path) -> None:
+    plan = sandbox.prepare(_policy(SandboxMode.WORKSPACE_WRITE), ["true"], str(workspace), dict(BASE_ENV))
+    try:
+        temp = Path(plan.env["TMPDIR"])
+        assert plan.env["TMP"] == plan.env["TEMP"] == str(temp)
+        assert temp.stat().st_uid == (NOBODY if IS_ROOT else os.geteuid())
+        assert stat.S_IMODE(temp.stat().st_mode) == 0o700
+        assert str(temp) in plan.writable_roots
+    finally:
+        plan.cleanup()
+        plan.cleanup()  # idempotent
+    assert not temp.exists()
+
+
+def test_identity_is_the_workspace_owner_else_the_fallback(workspace: Path) -> None:
+    fallback = Identity(NOBODY, NOBODY)
+    assert choose_identity(str(workspace), root=False, fallback=fallback) is None
+    assert choose_identity("/", root=True, fallback=fallback) == fallback
+    if IS_ROOT:
+        os.chown(workspace, 4242, 0)  # no passwd entry, and a gid 0 group that must not be kept
+        assert choose_identity(str(workspace), root=True, fallback=fallback) == Identity(4242, NOBODY)
+        os.chown(workspace, 4242, 4343)
+        assert choose_identity(str(workspace), root=True, fallback=fallback) == Identity(4242, 4343)
+
+
+def test_plans_carry_the_identity_choice_to_the_launcher(workspace: Path) -> None:
+    as_root = Sandbox(SETTINGS, attrs.evolve(KERNEL, root=True, identity_drop=True), find_launcher())
+    plan = as_root.prepare(_policy(SandboxMode.READ_ONLY), ["true"], "/", dict(BASE_ENV))
+    assert plan.argv[plan.argv.index("--uid") : plan.argv.index("--uid") + 4] == ["--uid", "65534", "--gid", "65534"]
+    as_user = Sandbox(SETTINGS, attrs.evolve(KERNEL, root=False, identity_drop=False), find_launcher())
+    assert "--uid" not in as_user.prepare(_policy(SandboxMode.READ_ONLY), ["true"], "/", dict(BASE_ENV)).argv
+
+
+def test_capabilities_report_what_the_kernel_enforces(sandbox: Sandbox) -> None:
+    caps = sandbox.capabilities()
+    assert caps["available"] is True and caps["types"] == ["landlock"]
+    assert caps["modes"] == ["readOnly", "workspaceWrite"]
+    assert caps["landlockAbi"] == KERNEL.landlock_abi
+    assert caps["network"] is (KERNEL.network_namespace and KERNEL.seccomp_filter)
+    assert caps["denialSource"] == "heuristic"  # audit_denials="off" in these tests
+
+
+def test_a_stale_or_missing_binary_is_rebuilt_into_the_cache(workspace: Path) -> None:
+    package = workspace / "pkg"
+    package.mkdir()
+    shutil.copy(Path(sandbox_module.__file__).with_name("launcher.c"), package / "launcher.c")
+    cache = workspace / "cache"
+    first = find_launcher(package_dir=package, cache_dir=cache)
+    assert Path(first.path).parent == cache and first.path.endswith(first.source_id)
+    assert subprocess.run([first.path, "--source-id"], capture_output=True, text=True).stdout.strip() == first.source_id
+    # An edit changes the hash: a new binary, not the stale one.
+    with open(package / "launcher.c", "a") as source:
+        source.write("/* edited */\n")
+    second = find_launcher(package_dir=package, cache_dir=cache)
+    assert second.source_id != first.source_id and second.path != first.path
+
+
+def test_detect_reports_this_kernel() -> None:
+    found = detect()
+    assert isinstance(found, KernelSupport)
+    assert found.root is IS_ROOT
+    assert found.landlock_abi >= 3  # the module is skipped otherwise
