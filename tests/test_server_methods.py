@@ -1,0 +1,541 @@
+"""Every method of protocol §3–§4 over a real loopback WebSocket, with real processes.
+
+Plain JSON through ``rawclient``: these tests pin the wire, not our codec.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from rawclient import (  # noqa: F401  (fixtures are used by name)
+    Event,
+    RawClient,
+    client,
+    is_gone,
+    no_leftover_processes,
+    open_raw_client,
+    output_of,
+)
+
+PY = sys.executable
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [e.kind for e in events]
+
+
+def exited_of(events: list[Event]) -> dict[str, Any]:
+    (exited,) = [e.params for e in events if e.kind == "exited"]
+    return exited
+
+
+async def echo_lines(client: RawClient, process_id: str, *pieces: bytes) -> None:
+    """Feed ``cat`` one piece at a time, waiting for each echo so each is one chunk (one seq)."""
+    expected = b""
+    for piece in pieces:
+        expected += piece
+        assert (await client.call("process/write", {"processId": process_id, "chunk": b64(piece)}))["status"] == "accepted"
+        await client.wait_output(process_id, expected)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# --- initialize ---------------------------------------------------------------------------
+
+
+async def test_initialize_result(server: Any, no_leftover_processes: None) -> None:
+    with trio.fail_after(10):
+        async with open_raw_client(server.url, server.token) as raw:
+            result = await raw.call(
+                "initialize", {"clientName": "t", "clientVersion": "0", "protocolVersion": 1, "delivery": "bestEffort"}
+            )
+            await raw.notify("initialized", {})
+            assert isinstance(result["sessionId"], str) and len(result["sessionId"]) >= 16
+            assert result["protocolVersion"] == 1
+            assert result["serverName"] and result["serverVersion"]
+            caps = result["capabilities"]
+            assert caps["pushEvents"] is True and caps["lossless"] is True and caps["release"] is True
+            assert isinstance(caps["sandbox"]["available"], bool) and isinstance(caps["sandbox"]["types"], list)
+            limits = result["limits"]
+            config = server.server.config
+            assert limits["maxMessageBytes"] == config.max_message_bytes
+            assert limits["maxProcessesPerSession"] == config.max_processes_per_session
+            assert limits["retainBytes"] == config.retain_bytes
+            assert limits["detachedSessionTtlMs"] == int(config.detached_session_ttl * 1000)
+            assert result["resumed"] is False
+            # `initialized` needs no answer; the session serves right after it.
+            assert (await raw.call("process/list"))["processes"] == []
+            # Each connection gets its own session.
+            async with open_raw_client(server.url, server.token) as other:
+                assert (await other.initialize())["sessionId"] != result["sessionId"]
+
+
+async def test_initialize_accepts_messages_without_jsonrpc_field(server: Any, no_leftover_processes: None) -> None:
+    with trio.fail_after(10):
+        async with open_raw_client(server.url, server.token) as raw:
+            response = await raw.request("initialize", {"clientName": "codex", "protocolVersion": 1}, jsonrpc=False)
+            assert "sessionId" in response["result"]
+            response = await raw.request("process/list", {}, request_id="str-id", jsonrpc=False)
+            assert response["id"] == "str-id" and response["result"] == {"processes": []}
+
+
+# --- process/start -------------------------------------------------------------------------
+
+
+async def test_start_result_and_exit(client: RawClient) -> None:
+    with trio.fail_after(10):
+        result = await client.start("p1", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+        assert result["processId"] == "p1"
+        assert isinstance(result["pid"], int) and result["pid"] > 1
+        assert result["sandboxType"] == "none"
+        events = await client.events_for("p1")
+        assert output_of(events, "stdout") == b"out\n"
+        assert output_of(events, "stderr") == b"err\n"
+        exited = exited_of(events)
+        assert exited["exitCode"] == 3 and exited["signal"] is None
+        assert exited["timedOut"] is False and exited["sandboxDenied"] is False
+        assert is_gone(result["pid"])
+
+
+async def test_start_runs_in_its_own_process_group(client: RawClient) -> None:
+    with trio.fail_after(10):
+        result = await client.start("g", [PY, "-c", "import os; print(os.getpgid(0), os.getpid())"])
+        events = await client.events_for("g")
+        pgid, pid = output_of(events).split()
+        assert int(pgid) == int(pid) == result["pid"]
+        assert int(pgid) != os.getpgid(0)
+
+
+async def test_start_cwd(client: RawClient, tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        events = await client.run("cwd", ["pwd", "-P"], cwd=str(tmp_path))
+        assert output_of(events) == f"{tmp_path.resolve()}\n".encode()
+
+
+async def test_start_env_merges_with_inherited(client: RawClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXEC_TEST_INHERITED", "from-server")
+    monkeypatch.setenv("EXEC_TEST_OVERRIDDEN", "old")
+    with trio.fail_after(10):
+        events = await client.run("env", ["/usr/bin/env"], env={"EXEC_TEST_OVERRIDDEN": "new", "EXEC_TEST_ADDED": "a b=c"})
+        lines = set(output_of(events).decode().splitlines())
+        assert {"EXEC_TEST_INHERITED=from-server", "EXEC_TEST_OVERRIDDEN=new", "EXEC_TEST_ADDED=a b=c"} <= lines
+        assert "EXEC_TEST_OVERRIDDEN=old" not in lines
+
+
+async def test_start_inherit_env_false(client: RawClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXEC_TEST_INHERITED", "leak")
+    with trio.fail_after(10):
+        events = await client.run("clean", ["/usr/bin/env"], env={"ONLY": "this"}, inheritEnv=False)
+        names = {line.split("=", 1)[0] for line in output_of(events).decode().splitlines()}
+        # The server tags each tree with one marker variable of its own (how it finds
+        # descendants that left the group); nothing else may appear.
+        assert "ONLY" in names
+        assert {name for name in names if not name.startswith("EXEC_SERVER_")} == {"ONLY"}, names
+
+
+async def test_start_without_pipe_stdin_reads_eof(client: RawClient) -> None:
+    with trio.fail_after(10):
+        events = await client.run("nostdin", ["cat"])
+        assert output_of(events) == b"" and exited_of(events)["exitCode"] == 0
+        result = await client.call("process/write", {"processId": "nostdin", "chunk": b64(b"x")})
+        assert result["status"] == "stdinClosed"
+
+
+@pytest.mark.parametrize(
+    ("argv", "cwd", "errno_name"),
+    [
+        (["/nonexistent/program"], None, "ENOENT"),
+        (["no-such-program-on-path-xyz"], None, "ENOENT"),
+        (["/etc/passwd"], None, "EACCES"),  # a regular file without the x bit
+        (["/tmp"], None, "EACCES"),  # a directory
+        (["true"], "/nonexistent/dir", "ENOENT"),
+        (["true"], "/etc/passwd", "ENOTDIR"),
+    ],
+)
+async def test_start_spawn_failures(client: RawClient, argv: list[str], cwd: str | None, errno_name: str) -> None:
+    with trio.fail_after(10):
+        params: dict[str, Any] = {"processId": "bad", "argv": argv}
+        if cwd is not None:
+            params["cwd"] = cwd
+        error = await client.expect_error("process/start", params, -32007)
+        assert error.data["errno"] == errno_name
+        assert isinstance(error.data["strerror"], str) and error.data["strerror"]
+        # A failed spawn leaves nothing behind: the id is free and no events were pushed.
+        assert client.events_of("bad") == []
+        events = await client.run("bad", ["true"])
+        assert exited_of(events)["exitCode"] == 0
+
+
+async def test_start_not_executable_file(client: RawClient, tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    with trio.fail_after(10):
+        error = await client.expect_error("process/start", {"processId": "nx", "argv": [str(script)]}, -32007)
+        assert error.data["errno"] == "EACCES"
+        script.chmod(0o755)
+        events = await client.run("x", [str(script)])
+        assert output_of(events) == b"hi\n"
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+async def test_output_is_byte_exact(client: RawClient, tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 64 + b"\x00\x00\xc3\x28\xff\xfe\xed\xa0\x80 tail without newline"
+    blob = tmp_path / "blob"
+    blob.write_bytes(payload)
+    with trio.fail_after(10):
+        events = await client.run("bin", ["sh", "-c", 'cat "$1"; cat "$1" >&2', "sh", str(blob)])
+        assert output_of(events, "stdout") == payload
+        assert output_of(events, "stderr") == payload
+
+
+async def test_20_mib_binary_stdout_by_push(start_server: Any, no_leftover_processes: None, tmp_path: Path) -> None:
+    """Acceptance: 20 MiB of binary stdout arrives byte-exact by push, with contiguous seqs."""
+    payload = hashlib.shake_256(b"exec-server").digest(20 * 1024 * 1024)
+    blob = tmp_path / "blob"
+    blob.write_bytes(payload)
+    server = await start_server()
+    with trio.fail_after(40):
+        async with open_raw_client(server.url, server.token) as raw:
+            # Lossless: nothing may be dropped whatever the scheduling, so the assertion is exact.
+            await raw.initialize(delivery="lossless")
+            events = await raw.run("big", ["cat", str(blob)])
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert kinds(events)[-2:] == ["exited", "closed"]
+            data = output_of(events)
+            assert len(data) == len(payload)
+            assert hashlib.sha256(data).hexdigest() == hashlib.sha256(payload).hexdigest()
+            assert raw.closed is None
+
+
+# --- process/read --------------------------------------------------------------------------
+
+
+async def test_read_after_seq_and_max_bytes(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("r", ["cat"], pipeStdin=True)
+        await echo_lines(client, "r", b"aaaa", b"bbbb", b"cccc")
+        assert [e.seq for e in client.events_of("r")] == [1, 2, 3]
+        await client.call("process/write", {"processId": "r", "chunk": "", "eof": True})
+        events = await client.events_for("r")
+        assert [(e.kind, e.seq) for e in events] == [("output", 1), ("output", 2), ("output", 3), ("exited", 4), ("closed", 5)]
+
+        def chunks(result: dict[str, Any]) -> list[tuple[int, str, bytes]]:
+            return [(c["seq"], c["stream"], base64.b64decode(c["chunk"])) for c in result["chunks"]]
+
+        whole = await client.call("process/read", {"processId": "r"})
+        assert chunks(whole) == [(1, "stdout", b"aaaa"), (2, "stdout", b"bbbb"), (3, "stdout", b"cccc")]
+        assert whole["nextSeq"] == 6 and whole["lastSeq"] == 5 and whole["retainedFromSeq"] == 1
+        assert whole["exited"] is True and whole["closed"] is True and whole["exitCode"] == 0
+        assert whole["signal"] is None and whole["timedOut"] is False and whole["sandboxDenied"] is False
+        assert whole["durationMs"] >= 0 and whole["usage"]["maxRssKb"] > 0
+        assert whole["evictedBytes"] == {"stdout": 0, "stderr": 0}
+
+        # Truncated by maxBytes: nextSeq is the seq after the last returned chunk.
+        first = await client.call("process/read", {"processId": "r", "afterSeq": 0, "maxBytes": 5})
+        assert chunks(first) == [(1, "stdout", b"aaaa")] and first["nextSeq"] == 2
+        # The first chunk is always included, even over maxBytes.
+        tiny = await client.call("process/read", {"processId": "r", "afterSeq": 1, "maxBytes": 1})
+        assert chunks(tiny) == [(2, "stdout", b"bbbb")] and tiny["nextSeq"] == 3
+        # Exactly fitting: not truncated, so nextSeq also covers exited and closed.
+        rest = await client.call("process/read", {"processId": "r", "afterSeq": 1, "maxBytes": 8})
+        assert chunks(rest) == [(2, "stdout", b"bbbb"), (3, "stdout", b"cccc")] and rest["nextSeq"] == 6
+        # Past the output: no chunks, terminal state, nextSeq > lastSeq.
+        end = await client.call("process/read", {"processId": "r", "afterSeq": 3})
+        assert end["chunks"] == [] and end["nextSeq"] == 6 and end["closed"] is True
+        beyond = await client.call("process/read", {"processId": "r", "afterSeq": 5})
+        assert beyond["chunks"] == [] and beyond["nextSeq"] == 6
+
+
+async def test_read_reports_eviction(client: RawClient) -> None:
+    with trio.fail_after(10):
+        # Each 4-byte chunk costs 4 + 128 bytes of retention: 300 bytes keep two chunks.
+        await client.start("ev", ["cat"], pipeStdin=True, retainBytes=300)
+        await echo_lines(client, "ev", b"1111", b"2222", b"3333")
+        result = await client.call("process/read", {"processId": "ev", "afterSeq": 0})
+        assert result["retainedFromSeq"] == 2
+        assert [c["seq"] for c in result["chunks"]] == [2, 3]
+        assert result["evictedBytes"] == {"stdout": 4, "stderr": 0}
+        await client.call("process/write", {"processId": "ev", "eof": True})
+        await client.events_for("ev")
+
+
+async def test_read_while_running(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("run", ["cat"], pipeStdin=True)
+        await echo_lines(client, "run", b"hello")
+        result = await client.call("process/read", {"processId": "run"})
+        assert result["exited"] is False and result["closed"] is False
+        assert result["exitCode"] is None and result["signal"] is None
+        assert result["nextSeq"] == 2 and result["lastSeq"] == 1
+        await client.call("process/write", {"processId": "run", "eof": True})
+        await client.events_for("run")
+
+
+async def test_read_long_poll_returns_when_output_arrives(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("lp", ["cat"], pipeStdin=True)
+        read_id = await client.send_request("process/read", {"processId": "lp", "afterSeq": 0, "waitMs": 60_000})
+        # Requests run in arrival order: once a later request is answered, the read is
+        # already parked in its long-poll.
+        await client.call("process/list")
+        await client.call("process/write", {"processId": "lp", "chunk": b64(b"late")})
+        response = await client.response(read_id)
+        result = response["result"]
+        assert [base64.b64decode(c["chunk"]) for c in result["chunks"]] == [b"late"]
+        assert result["nextSeq"] == 2
+        # Parked again after the last seq: the process closing also ends the wait.
+        read_id = await client.send_request("process/read", {"processId": "lp", "afterSeq": 1, "waitMs": 60_000})
+        await client.call("process/list")
+        await client.call("process/write", {"processId": "lp", "eof": True})
+        result = (await client.response(read_id))["result"]
+        assert result["chunks"] == [] and result["exited"] is True
+        assert result["nextSeq"] >= 3
+
+
+async def test_read_long_poll_times_out(server: Any, autojump_clock: trio.testing.MockClock) -> None:
+    async with open_raw_client(server.url, server.token) as raw:
+        with trio.fail_after(120):
+            await raw.initialize()
+            await raw.start("quiet", ["cat"], pipeStdin=True)
+            before = trio.current_time()
+            result = await raw.call("process/read", {"processId": "quiet", "afterSeq": 0, "waitMs": 30_000})
+            waited = trio.current_time() - before
+            assert result["chunks"] == [] and result["closed"] is False and result["nextSeq"] == 1
+            assert 30 <= waited < 60
+        # From here on, real processes run: let the clock follow real time again.
+        autojump_clock.autojump_threshold = math.inf
+        autojump_clock.rate = 1.0
+        with trio.fail_after(10):
+            await raw.call("process/write", {"processId": "quiet", "eof": True})
+            events = await raw.events_for("quiet")
+            assert exited_of(events)["exitCode"] == 0
+
+
+# --- process/write -------------------------------------------------------------------------
+
+
+async def test_write_reaches_child_and_eof_closes_stdin(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("w", [PY, "-c", "import sys; data = sys.stdin.buffer.read(); sys.stdout.buffer.write(data[::-1])"], pipeStdin=True)
+        assert (await client.call("process/write", {"processId": "w", "chunk": b64(b"\x00abc\xff")}))["status"] == "accepted"
+        assert (await client.call("process/write", {"processId": "w", "chunk": b64(b"def"), "eof": True}))["status"] == "accepted"
+        events = await client.events_for("w")
+        assert output_of(events) == b"fed\xffcba\x00"
+        assert (await client.call("process/write", {"processId": "w", "chunk": b64(b"more")}))["status"] == "stdinClosed"
+
+
+async def test_write_eof_without_data(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("e", ["cat"], pipeStdin=True)
+        assert (await client.call("process/write", {"processId": "e", "eof": True}))["status"] == "accepted"
+        events = await client.events_for("e")
+        assert output_of(events) == b"" and exited_of(events)["exitCode"] == 0
+        assert (await client.call("process/write", {"processId": "e", "eof": True}))["status"] == "stdinClosed"
+
+
+async def test_write_id_retried_is_applied_once(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("dup", ["cat"], pipeStdin=True)
+        for _ in range(3):
+            result = await client.call("process/write", {"processId": "dup", "chunk": b64(b"once;"), "writeId": "w-1"})
+            assert result["status"] == "accepted"
+        await client.call("process/write", {"processId": "dup", "chunk": b64(b"twice;"), "writeId": "w-2"})
+        await client.call("process/write", {"processId": "dup", "chunk": b64(b"twice;"), "writeId": "w-2"})
+        await client.call("process/write", {"processId": "dup", "chunk": b64(b"free;")})
+        await client.call("process/write", {"processId": "dup", "chunk": b64(b"free;"), "eof": True})
+        events = await client.events_for("dup")
+        assert output_of(events) == b"once;twice;free;free;"
+
+
+async def test_write_unknown_process_and_no_pipe(client: RawClient) -> None:
+    with trio.fail_after(10):
+        result = await client.call("process/write", {"processId": "never", "chunk": b64(b"x")})
+        assert result["status"] == "unknownProcess"
+        await client.start("nopipe", ["cat"])
+        result = await client.call("process/write", {"processId": "nopipe", "chunk": b64(b"x")})
+        assert result["status"] == "stdinClosed"
+        await client.events_for("nopipe")
+
+
+# --- process/signal ------------------------------------------------------------------------
+
+# The child installs its handler before it says "ready", so the signal cannot race it.
+INTERRUPTIBLE_CHILD = (
+    "import signal, sys\n"
+    "def on_int(*_): print('child-int', flush=True); sys.exit(3)\n"
+    "signal.signal(signal.SIGINT, on_int)\n"
+    "print('ready', flush=True)\n"
+    "while True: signal.pause()\n"
+)
+TRAP_BOTH = 'trap "echo parent-int" INT; "$0" -c "$1"; echo parent-after $?; exit 9'
+
+
+async def test_signal_interrupt_reaches_the_group(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("sig", ["sh", "-c", TRAP_BOTH, PY, INTERRUPTIBLE_CHILD])
+        await client.wait_output("sig", b"ready\n")
+        assert (await client.call("process/signal", {"processId": "sig", "signal": "interrupt"}))["delivered"] is True
+        events = await client.events_for("sig")
+        # Both the child and the parent shell waiting for it got SIGINT: the whole group.
+        assert output_of(events) == b"ready\nchild-int\nparent-int\nparent-after 3\n"
+        assert exited_of(events)["exitCode"] == 9 and exited_of(events)["signal"] is None
+
+
+@pytest.mark.parametrize(("name", "signum"), [("terminate", signal.SIGTERM), ("kill", signal.SIGKILL), ("hangup", signal.SIGHUP)])
+async def test_signal_names(client: RawClient, name: str, signum: signal.Signals) -> None:
+    with trio.fail_after(10):
+        await client.start("s", ["sleep", "30"])
+        assert (await client.call("process/signal", {"processId": "s", "signal": name}))["delivered"] is True
+        exited = exited_of(await client.events_for("s"))
+        assert exited["exitCode"] == 128 + signum and exited["signal"] == signum.name
+        # After close, nothing is left to deliver to.
+        assert (await client.call("process/signal", {"processId": "s", "signal": name}))["delivered"] is False
+
+
+# --- process/terminate ---------------------------------------------------------------------
+
+
+async def test_terminate_kills_whole_tree_including_setsid_grandchild(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("tree", ["sh", "-c", "setsid sh -c 'echo $$; exec sleep 60' & sleep 60"])
+        out = await client.wait_output("tree", b"\n")
+        grandchild = int(out.split()[0])
+        assert os.getsid(grandchild) == grandchild  # it left the group and the session
+        result = await client.call("process/terminate", {"processId": "tree", "graceMs": 5000})
+        assert result["running"] is True
+        events = await client.events_for("tree")  # closed needs the grandchild's stdout closed too
+        exited = exited_of(events)
+        assert exited["exitCode"] == 128 + signal.SIGTERM and exited["signal"] == "SIGTERM"
+        assert is_gone(grandchild)
+        # Already exited: running is false, and terminate stays harmless.
+        assert (await client.call("process/terminate", {"processId": "tree"}))["running"] is False
+
+
+async def test_terminate_escalates_to_sigkill_after_grace(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("stubborn", ["sh", "-c", 'trap "" TERM; echo ready; sleep 60'])
+        await client.wait_output("stubborn", b"ready\n")
+        before = trio.current_time()
+        assert (await client.call("process/terminate", {"processId": "stubborn", "graceMs": 200}))["running"] is True
+        exited = exited_of(await client.events_for("stubborn"))
+        assert exited["exitCode"] == 137 and exited["signal"] == "SIGKILL"
+        assert trio.current_time() - before >= 0.2
+
+
+async def test_terminate_running_false_after_exit_before_close(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("hold", ["sh", "-c", "sleep 60 & echo $!"])
+        holder = int((await client.wait_output("hold", b"\n")).split()[0])
+        await client.wait_event("hold", lambda e: e.kind == "exited")
+        # Exited, but a grandchild still holds stdout: not closed, and not running either.
+        assert (await client.call("process/terminate", {"processId": "hold", "graceMs": 5000}))["running"] is False
+        events = await client.events_for("hold")
+        assert kinds(events)[-1] == "closed"
+        assert is_gone(holder)
+
+
+# --- process/release -----------------------------------------------------------------------
+
+
+async def test_release_lifecycle(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("rel", ["cat"], pipeStdin=True)
+        error = await client.expect_error("process/release", {"processId": "rel"}, -32008)
+        assert "rel" in error.message
+        await client.call("process/write", {"processId": "rel", "chunk": b64(b"x"), "eof": True})
+        await client.events_for("rel")
+        assert await client.call("process/release", {"processId": "rel"}) == {}
+        assert await client.call("process/release", {"processId": "rel"}) == {}  # idempotent
+        await client.expect_error("process/read", {"processId": "rel"}, -32003)
+        await client.expect_error("process/release", {"processId": "never-started"}, -32001)
+        listed = await client.call("process/list")
+        assert [p["processId"] for p in listed["processes"]] == []
+
+
+# --- process/list --------------------------------------------------------------------------
+
+
+async def test_list(client: RawClient) -> None:
+    with trio.fail_after(10):
+        started = await client.start("live", ["cat"], pipeStdin=True)
+        await echo_lines(client, "live", b"hi")
+        await client.run("done", ["true"])
+        listed = {p["processId"]: p for p in (await client.call("process/list"))["processes"]}
+        assert listed["live"] == {"processId": "live", "pid": started["pid"], "argv": ["cat"], "state": "running", "nextSeq": 2}
+        assert listed["done"]["state"] == "closed" and listed["done"]["nextSeq"] == 3 and listed["done"]["argv"] == ["true"]
+        await client.call("process/write", {"processId": "live", "eof": True})
+        await client.events_for("live")
+
+
+# --- exits, timeouts, usage ----------------------------------------------------------------
+
+
+async def test_timeout_kills_whole_tree_and_keeps_partial_output(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start(
+            "slow", ["sh", "-c", "echo partial; setsid sh -c 'echo $$; exec sleep 60' & sleep 60 & wait"], timeoutMs=300
+        )
+        events = await client.events_for("slow")
+        out = output_of(events)
+        assert out.startswith(b"partial\n")
+        grandchild = int(out.split()[1])
+        exited = exited_of(events)
+        assert exited["timedOut"] is True
+        assert exited["exitCode"] == 137 and exited["signal"] == "SIGKILL"
+        assert exited["durationMs"] >= 300
+        assert is_gone(grandchild)
+        read = await client.call("process/read", {"processId": "slow"})
+        assert read["timedOut"] is True and read["closed"] is True
+        assert b"".join(base64.b64decode(c["chunk"]) for c in read["chunks"]) == out
+
+
+async def test_timeout_not_reached(client: RawClient) -> None:
+    with trio.fail_after(10):
+        exited = exited_of(await client.run("fast", ["true"], timeoutMs=60_000))
+        assert exited["timedOut"] is False and exited["exitCode"] == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1, signal.SIGSEGV])
+async def test_self_killed_exit_code_and_signal_name(client: RawClient, signum: signal.Signals) -> None:
+    with trio.fail_after(10):
+        exited = exited_of(await client.run("k", [PY, "-c", f"import os; os.kill(os.getpid(), {int(signum)})"]))
+        assert exited["exitCode"] == 128 + signum
+        assert exited["signal"] == signum.name
+        assert exited["timedOut"] is False
+
+
+async def test_plain_exit_codes(client: RawClient) -> None:
+    with trio.fail_after(10):
+        for code in (0, 1, 127, 255):
+            exited = exited_of(await client.run(f"x{code}", ["sh", "-c", f"exit {code}"]))
+            assert exited["exitCode"] == code and exited["signal"] is None
+
+
+async def test_usage_and_duration(client: RawClient) -> None:
+    burn = "import time\nend = time.process_time() + 0.15\nwhile time.process_time() < end: pass\nb = bytearray(30 * 1024 * 1024)\n"
+    with trio.fail_after(10):
+        before = trio.current_time()
+        exited = exited_of(await client.run("cpu", [PY, "-c", burn]))
+        elapsed_ms = (trio.current_time() - before) * 1000
+        usage = exited["usage"]
+        assert usage["userCpuMs"] + usage["systemCpuMs"] >= 100
+        assert usage["userCpuMs"] >= 0 and usage["systemCpuMs"] >= 0
+        assert 30 * 1024 <= usage["maxRssKb"] < 4 * 1024 * 1024
+        assert 150 <= exited["durationMs"] <= elapsed_ms + 50
+        short = exited_of(await client.run("short", ["true"]))
+        assert 0 < short["durationMs"] < exited["durationMs"]
