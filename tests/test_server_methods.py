@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -539,3 +540,38 @@ async def test_usage_and_duration(client: RawClient) -> None:
         assert 150 <= exited["durationMs"] <= elapsed_ms + 50
         short = exited_of(await client.run("short", ["true"]))
         assert 0 < short["durationMs"] < exited["durationMs"]
+
+
+# --- server teardown -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #1")
+async def test_cancelled_server_kills_and_reaps_its_processes(no_leftover_processes: None) -> None:
+    """Like trio.run_process: a cancelled server kills each tree and waits for the child."""
+    from conftest import UNSANDBOXED
+
+    from exec_server import Server, ServerConfig, serve_websocket
+    from exec_server.sandbox import Sandbox
+
+    config = ServerConfig(token="t" * 40, sandbox=UNSANDBOXED)
+    popen = None
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                server = Server(config, Sandbox.create(config.sandbox))
+                await nursery.start(server.run)
+                listener = await nursery.start(serve_websocket, server, "127.0.0.1", 0)
+                async with open_raw_client(f"ws://127.0.0.1:{listener.port}", config.token) as raw:
+                    await raw.initialize()
+                    pid = (await raw.start("orphan", ["sleep", "60"]))["pid"]
+                    (session,) = server.sessions.values()
+                    popen = session.processes["orphan"]._popen
+                    nursery.cancel_scope.cancel()
+        # Killed and reaped: not even a zombie is left for someone else to collect.
+        assert popen.returncode is not None
+        assert not psutil.pid_exists(pid)
+    finally:
+        # Without this, the leaked Popen's ResourceWarning would fail some later test.
+        if popen is not None and popen.returncode is None:
+            popen.kill()
+            popen.wait()
