@@ -94,7 +94,13 @@ async def _run(plan: LaunchPlan, cwd: Path) -> subprocess.CompletedProcess[bytes
     with trio.fail_after(TIMEOUT_S):
         try:
             return await trio.run_process(
-                plan.argv, cwd=str(cwd), env=plan.env, capture_stdout=True, capture_stderr=True, check=False
+                plan.argv,
+                cwd=str(cwd),
+                env=plan.env,
+                pass_fds=plan.pass_fds,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
             )
         finally:
             plan.cleanup()
@@ -329,6 +335,55 @@ async def test_af_unix_still_works(sandbox: Sandbox, workspace: Path) -> None:
     )
     result = await _sandboxed(sandbox, workspace, _python(script))
     assert result.stdout == b"pair\npath\n", result.stderr
+
+
+async def test_the_command_sees_an_empty_network_namespace(sandbox: Sandbox, workspace: Path) -> None:
+    script = (
+        "import os\n"
+        "print([line.split(':')[0].strip() for line in open('/proc/net/dev').readlines()[2:]])\n"
+        "links = []\n"
+        "for fd in os.listdir('/proc/self/fd'):\n"
+        "    try: links.append(os.readlink(f'/proc/self/fd/{fd}'))\n"
+        "    except FileNotFoundError: pass  # listdir's own fd\n"
+        "print(any(link.startswith('net:') for link in links))\n"
+    )
+    result = await _sandboxed(sandbox, workspace, _python(script), mode=SandboxMode.READ_ONLY)
+    assert result.stdout == b"['lo']\nFalse\n", result.stderr  # and the namespace fd did not leak
+
+
+async def test_sandboxed_commands_cannot_reach_each_others_abstract_sockets(
+    sandbox: Sandbox, workspace: Path
+) -> None:
+    # Root servers share one empty network namespace, and abstract unix sockets live in
+    # the network namespace: Landlock's scoping is what keeps two commands apart.
+    if sandbox.kernel.landlock_abi < 6 and sandbox.capabilities()["networkNamespace"] == "shared-empty":
+        pytest.fail("a shared namespace needs Landlock scoping (ABI 6)")
+    name = f"exec-sandbox-test-{os.getpid()}"
+    serve = (
+        "import socket, sys\n"
+        f"s = socket.socket(socket.AF_UNIX); s.bind('\\0{name}'); s.listen()\n"
+        "c = socket.socket(socket.AF_UNIX); c.connect('\\0" + name + "'); print('self-ok', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    plan = sandbox.prepare(_policy(SandboxMode.READ_ONLY), _python(serve), str(workspace), dict(BASE_ENV))
+    with trio.fail_after(TIMEOUT_S):
+        server = await trio.lowlevel.open_process(
+            plan.argv, cwd=str(workspace), env=plan.env, pass_fds=plan.pass_fds,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert server.stdin is not None and server.stdout is not None
+        try:
+            assert await server.stdout.receive_some(64) == b"self-ok\n"
+            connect = (
+                "import socket\n"
+                f"try: socket.socket(socket.AF_UNIX).connect('\\0{name}'); print('connected')\n"
+                "except OSError as exc: print(exc.errno)\n"
+            )
+            other = await _sandboxed(sandbox, workspace, _python(connect), mode=SandboxMode.READ_ONLY)
+            assert other.stdout == b"1\n", other.stderr  # EPERM from Landlock's scope
+        finally:
+            await server.stdin.aclose()
+            await server.wait()
 
 
 # -- launcher contract -----------------------------------------------------------------------

@@ -82,7 +82,7 @@ def find_launcher(*, package_dir: Path = _HERE, cache_dir: Path | None = None) -
     return Launcher(str(cached), wanted)
 
 
-def self_test(launcher: Launcher, args: list[str]) -> str | None:
+def self_test(launcher: Launcher, args: list[str], netns_fd: int | None = None) -> str | None:
     """Run the launcher with ``--check`` (apply everything, exec nothing).
 
     Returns:
@@ -95,6 +95,7 @@ def self_test(launcher: Launcher, args: list[str]) -> str | None:
             text=True,
             cwd="/",
             env={},
+            pass_fds=() if netns_fd is None else (netns_fd,),
             timeout=SELF_TEST_TIMEOUT_S,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:

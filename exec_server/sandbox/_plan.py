@@ -52,6 +52,7 @@ def launcher_args(
     mode: SandboxMode,
     writable: Sequence[str],
     network: bool,
+    netns_fd: int | None,
     identity: Identity | None,
     log_new_exec: bool,
 ) -> list[str]:
@@ -63,6 +64,8 @@ def launcher_args(
     for path in writable:
         args += ["--rw", path]
     args += ["--net", "1" if network else "0"]
+    if netns_fd is not None and not network:
+        args += ["--netns-fd", str(netns_fd)]
     if identity is not None:
         args += ["--uid", str(identity.uid), "--gid", str(identity.gid)]
     if log_new_exec:

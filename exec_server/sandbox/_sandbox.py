@@ -18,6 +18,7 @@ from ._errors import SandboxUnavailable
 from ._identity import Identity, choose_identity
 from ._kernel import KernelSupport, detect
 from ._launcher import Launcher, find_launcher, self_test
+from ._netns import SHARED_NETNS_MIN_ABI, open_empty_netns
 from ._plan import NO_CLEANUP, LaunchPlan, launcher_args
 from ._policy import LANDLOCK_LOG_ABI, check_enforceable, writable_paths
 from ._settings import SandboxSettings
@@ -37,12 +38,14 @@ def _launcher_args(
     policy: SandboxPolicy,
     writable: tuple[str, ...],
     identity: Identity | None,
+    netns_fd: int | None,
 ) -> list[str]:
     return launcher_args(
         landlock_abi=kernel.landlock_abi,
         mode=policy.mode,
         writable=writable,
         network=policy.network,
+        netns_fd=netns_fd,
         identity=identity,
         # Only worth it when someone reads the records; the flag itself is harmless.
         log_new_exec=kernel.landlock_abi >= LANDLOCK_LOG_ABI and settings.audit_denials != "off",
@@ -68,6 +71,8 @@ class Sandbox:
         kernel: what the kernel and this process can enforce.
         launcher: the launcher binary, or None when there is none (nothing sandboxed runs).
         unavailable_reason: why sandboxed requests are refused, if they are.
+        netns_fd: an empty network namespace for commands to join (root servers; see
+            ``_netns.py``), or None to create one per command.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class Sandbox:
         launcher: Launcher | None,
         *,
         unavailable_reason: str | None = None,
+        netns_fd: int | None = None,
     ) -> None:
         self.settings = settings
         self.kernel = kernel
@@ -85,6 +91,7 @@ class Sandbox:
             unavailable_reason = "no sandbox launcher"
         self.unavailable_reason = unavailable_reason
         self._fallback = _fallback_identity(settings)
+        self._netns_fd = netns_fd
         self._monitor = DenialMonitor(settings.audit_denials, landlock_abi=kernel.landlock_abi)
 
     @classmethod
@@ -103,6 +110,12 @@ class Sandbox:
             launcher = find_launcher()
         except SandboxUnavailable as exc:
             return cls(settings, kernel, None, unavailable_reason=str(exc))
+        netns_fd: int | None = None
+        if kernel.root and kernel.network_namespace and kernel.landlock_abi >= SHARED_NETNS_MIN_ABI:
+            try:
+                netns_fd = open_empty_netns(launcher)
+            except SandboxUnavailable:
+                pass  # the self-test below decides whether per-command namespaces work
         reason = "unreachable"
         for network in (False, True):
             probe = SandboxPolicy(mode=SandboxMode.READ_ONLY, network=network)
@@ -112,12 +125,14 @@ class Sandbox:
                 reason = str(exc)
                 continue
             identity = choose_identity("/", root=kernel.root, fallback=_fallback_identity(settings))
-            problem = self_test(launcher, _launcher_args(settings, kernel, probe, (), identity))
+            problem = self_test(launcher, _launcher_args(settings, kernel, probe, (), identity, netns_fd), netns_fd)
             if problem is None:
                 if network:  # the static checks were optimistic about isolation
                     kernel = attrs.evolve(kernel, network_namespace=False)
-                return cls(settings, kernel, launcher)
+                return cls(settings, kernel, launcher, netns_fd=netns_fd)
             reason = problem
+        if netns_fd is not None:
+            os.close(netns_fd)
         return cls(settings, kernel, launcher, unavailable_reason=reason)
 
     # -- what the server reports -------------------------------------------------------
@@ -142,6 +157,7 @@ class Sandbox:
             "landlockAbi": self.kernel.landlock_abi,
             "denialSource": self._monitor.source,
             "runAs": "unprivileged-uid" if self.kernel.root else "server-uid",
+            "networkNamespace": "shared-empty" if self._netns_fd is not None else "per-process",
         }
         if self.unavailable_reason is not None:
             caps["reason"] = self.unavailable_reason
@@ -202,11 +218,12 @@ class Sandbox:
             writable = (*writable, temp)
             env.update(TMPDIR=temp, TMP=temp, TEMP=temp)
         assert self._launcher is not None  # available implies a launcher
-        full_argv = [self._launcher.path, *_launcher_args(self.settings, self.kernel, policy, writable, identity), "--", *argv]
+        netns_fd = None if policy.network else self._netns_fd
+        full_argv = [self._launcher.path, *_launcher_args(self.settings, self.kernel, policy, writable, identity, netns_fd), "--", *argv]
         return LaunchPlan(
             full_argv,
             env,
-            (),
+            () if netns_fd is None else (netns_fd,),
             SANDBOX_TYPE_LANDLOCK,
             cleanup=cleanup,
             policy=policy,
