@@ -46,6 +46,8 @@ class Connection:
         self._binary_output = False
         self._close_reason: tuple[int, str] | None = None
         self._reader_scope = trio.CancelScope()
+        # Cancelled by `close` (abort, nothing more is written); replaced in `run`.
+        self._connection_scope = trio.CancelScope()
         self._request_limit = trio.Semaphore(self._config.max_concurrent_requests)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -54,6 +56,7 @@ class Connection:
         self._server.connections.add(self)
         try:
             async with trio.open_nursery() as nursery:
+                self._connection_scope = nursery.cancel_scope
                 nursery.start_soon(self._write_loop)
                 with self._reader_scope:
                     async with trio.open_nursery() as requests:
@@ -70,17 +73,20 @@ class Connection:
                 await self._transport.close(code, reason)
 
     def close(self, code: int, reason: str) -> None:
-        """Close this connection (idempotent; the first reason wins)."""
+        """Abort this connection now (takeover, slow consumer, peer gone). Idempotent; the
+        first reason is the one the peer sees."""
+        self._set_reason(code, reason)
+        self._connection_scope.cancel()
+
+    def finish(self, code: int, reason: str) -> None:
+        """Stop reading, deliver everything queued, then close (graceful shutdown)."""
+        self._set_reason(code, reason)
+        self._reader_scope.cancel()
+
+    def _set_reason(self, code: int, reason: str) -> None:
         if self._close_reason is None:
             self._close_reason = (code, reason)
             log.info("closing connection: %d %s", code, reason)
-        self._reader_scope.cancel()
-
-    def finish(self, code: int, reason: str) -> None:
-        """Stop reading; deliver what is queued, then close (graceful shutdown)."""
-        if self._close_reason is None:
-            self._close_reason = (code, reason)
-        self._reader_scope.cancel()
 
     def _detach(self) -> None:
         if self._session is not None:

@@ -89,6 +89,8 @@ class Session:
         self._nursery: trio.Nursery | None = None
         self._ttl_scope: trio.CancelScope | None = None
         self._done = trio.Event()
+        self._attached = trio.Event()
+        self._lossless = False
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -119,6 +121,8 @@ class Session:
         self.generation += 1
         self.attachment = Attachment(self.generation, delivery, send, close)
         self.state = SessionState.ATTACHED
+        self._lossless = delivery is Delivery.LOSSLESS
+        self._attached.set()
         if self._ttl_scope is not None:
             self._ttl_scope.cancel()
             self._ttl_scope = None
@@ -132,6 +136,7 @@ class Session:
             return
         self.attachment = None
         self.state = SessionState.DETACHED
+        self._attached = trio.Event()
         if self._nursery is not None:
             self._ttl_scope = trio.CancelScope()
             self._nursery.start_soon(self._expire_after_ttl, self._ttl_scope)
@@ -145,6 +150,7 @@ class Session:
     async def expire(self) -> None:
         """Kill every process tree of the session and forget it."""
         self.state = SessionState.EXPIRED
+        self._attached.set()  # release lossless pumps waiting for a resume
         await self.kill_all(settle=KILL_SETTLE_SECONDS)
         self._done.set()
 
@@ -159,21 +165,28 @@ class Session:
 
     async def deliver(self, event: ProcessEvent) -> None:
         """Hand an event to the attached connection, per its delivery mode (protocol §7)."""
-        attachment = self.attachment
-        if attachment is None:
-            return  # detached: the output is retained, the client reads it on resume
-        try:
-            if isinstance(event, OutputEvent) and attachment.delivery is Delivery.BEST_EFFORT:
-                try:
-                    attachment.send.send_nowait(event)
-                except trio.WouldBlock:
-                    attachment.dropped_events += 1
-            else:
-                # Must-deliver events, and everything in lossless mode, wait for room;
-                # in lossless mode that wait stops the pipe pump: the backpressure.
-                await attachment.send.send(event)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the connection went away; resume + read repairs it
+        while True:
+            attachment = self.attachment
+            if attachment is None:
+                if self._lossless and isinstance(event, OutputEvent) and self.state is SessionState.DETACHED:
+                    # Lossless and nobody attached: hold the pipes until a resume (or TTL
+                    # expiry kills the tree) rather than let retention evict output.
+                    await self._attached.wait()
+                    continue
+                return  # the output is retained; the client reads it on resume
+            try:
+                if isinstance(event, OutputEvent) and attachment.delivery is Delivery.BEST_EFFORT:
+                    try:
+                        attachment.send.send_nowait(event)
+                    except trio.WouldBlock:
+                        attachment.dropped_events += 1
+                else:
+                    # Must-deliver events, and everything in lossless mode, wait for room;
+                    # in lossless mode that wait stops the pipe pump: the backpressure.
+                    await attachment.send.send(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the connection went away; resume + read repairs it
+            return
 
     # --- methods ---------------------------------------------------------------------
 

@@ -54,9 +54,12 @@ def _launcher_args(
 
 def _temp_dir_cleanup(path: str) -> Callable[[], None]:
     def cleanup() -> None:
-        # rmtree is idempotent with ignore_errors, and on Linux it walks by fd, so a
-        # symlink the command planted cannot redirect the removal.
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.rmdir(path)  # the common case, and a fraction of rmtree's cost
+        except OSError:
+            # rmtree is idempotent with ignore_errors, and on Linux it walks by fd, so a
+            # symlink the command planted cannot redirect the removal.
+            shutil.rmtree(path, ignore_errors=True)
 
     return cleanup
 
