@@ -290,7 +290,9 @@ def unstructure(value: Any) -> Any:
 
 
 def _dumps(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    # ASCII-only output: a lone surrogate echoed from input (an id, a method name) must not
+    # make the answer unencodable as UTF-8.
+    return json.dumps(payload, separators=(",", ":"))
 
 
 def encode_request(request_id: RequestId, params: Any, method: str | None = None) -> str:
@@ -332,6 +334,10 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
 def decode(text: str | bytes) -> Message:
     """Decode one JSON-RPC message.
 
@@ -344,7 +350,7 @@ def decode(text: str | bytes) -> Message:
             offending message carried a usable id.
     """
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise ProtocolError(ErrorCode.PARSE_ERROR, "parse error: not valid JSON") from None
     if not isinstance(payload, dict):
@@ -353,7 +359,8 @@ def decode(text: str | bytes) -> Message:
     request_id = raw_id if _valid_id(raw_id) else None
     if "jsonrpc" in payload and payload["jsonrpc"] != "2.0":
         raise ProtocolError(ErrorCode.INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"', request_id=request_id)
-    if "id" in payload and raw_id is not None and request_id is None:
+    if "id" in payload and request_id is None and (raw_id is not None or "method" in payload):
+        # A null id is only allowed on an error response that could not name its request.
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: id must be an integer or a string")
 
     if "method" not in payload:

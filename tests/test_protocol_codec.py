@@ -975,14 +975,9 @@ def test_decode_result_rejects_malformed_results(method: str, raw: Any, expected
     assert sorted(info.value.data["errors"]) == sorted(expected)
 
 
-# --- known codec defects (see the report; each flips to a pass when fixed) ----------------------------
+# --- regressions: codec defects found by these tests and fixed ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec bug: _dumps uses ensure_ascii=False, so a lone surrogate decoded from a \\ud800 escape is "
-    "echoed into text that cannot be encoded as UTF-8 (WebSocket send / stdio write would raise)",
-)
 @pytest.mark.parametrize(
     "text",
     [
@@ -995,21 +990,11 @@ def test_every_error_encodes_to_valid_utf8(text: str) -> None:
     p.encode_error(error).encode("utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='codec bug: a call with "id": null is taken for a notification and answered -32601 "method not found" '
-    "for a method that exists; protocol.md says an id is an integer or a string (-32600)",
-)
 def test_call_with_null_id_is_an_invalid_request() -> None:
     error = decode_error('{"jsonrpc":"2.0","id":null,"method":"process/list","params":{}}')
     assert error.code == p.ErrorCode.INVALID_REQUEST
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec bug: json.loads accepts the non-JSON tokens NaN/Infinity/-Infinity (RFC 8259 has none); "
-    "strict decoding should answer -32700",
-)
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_non_json_number_tokens_are_parse_errors(token: str) -> None:
     error = decode_error('{"id":1,"result":{"durationMs":' + token + "}}")
