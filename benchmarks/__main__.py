@@ -19,6 +19,7 @@ from . import _concurrency, _latency, _memory, _peers, _sandbox_overhead, _throu
 from ._profile import profiling
 from ._report import Section, Target, plot_cdf, render
 from ._servers import server_process
+from ._stack_floor import stack_floor_server
 
 DEFAULT_OUT: Final = Path(__file__).resolve().parent / "RESULTS.md"
 MIB: Final = 1024 * 1024
@@ -105,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         sources = _throughput.make_sources(Path(tmp), plan.stream_bytes)
-        with server_process(audit_denials=args.audit_denials) as server:
+        with server_process(audit_denials=args.audit_denials) as server, stack_floor_server() as floor_url:
             roles = [("server", server.pid), ("client", os.getpid())]
             if "latency" not in args.skip:
                 with profiling(args.profile, "latency", roles):
                     latency = report.attempt(
-                        "latency", lambda: trio.run(_latency.run_section, server.url, server.token, plan.protocols)
+                        "latency", lambda: trio.run(_latency.run_section, server.url, server.token, plan.protocols, floor_url)
                     )
                 if latency is not None:
                     report.sections.append(latency.section)

@@ -7,6 +7,8 @@ alike instead of on whichever arm ran last.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,9 +16,11 @@ from typing import Final
 
 import attrs
 import trio
+import trio_websocket
 
 import protocol as p
 
+from . import _stack_floor
 from ._clients import BenchClient, open_bench_client
 from ._raw import RawConnection, Spec
 from ._report import Section, fmt_ms
@@ -173,9 +177,11 @@ async def probe_sandbox(client: BenchClient) -> str | None:
     return None
 
 
-async def run_section(url: str, token: str, protocols: Sequence[Protocol]) -> LatencyOutcome:
+async def run_section(url: str, token: str, protocols: Sequence[Protocol], floor_url: str | None = None) -> LatencyOutcome:
     section = Section("Completion latency (one-shot /usr/bin/true)")
-    async with open_bench_client(url, token) as client, RawConnection.open(url, token) as raw:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(open_bench_client(url, token))
+        raw = await stack.enter_async_context(RawConnection.open(url, token))
         arms = [
             client_arm("pushed", client),
             raw_pushed_arm(raw),
@@ -187,6 +193,9 @@ async def run_section(url: str, token: str, protocols: Sequence[Protocol]) -> La
             arms.append(client_arm("pushed-sandboxed", client, sandbox=READ_ONLY))
         else:
             section.note(f"sandboxed arm skipped: {why_not}")
+        if floor_url is not None:
+            floor_ws = await stack.enter_async_context(trio_websocket.open_websocket_url(floor_url))
+            arms.append(Arm("stack-floor", functools.partial(_stack_floor.once, floor_ws)))
         arms += [subprocess_arm(), trio_process_arm()]
         by_protocol = {}
         for proto in protocols:
@@ -198,7 +207,9 @@ async def run_section(url: str, token: str, protocols: Sequence[Protocol]) -> La
         "`pushed-raw`, `final-read` and `poll` share one minimal raw-protocol loop (benchmarks/_raw.py), "
         "so pushed-raw vs final-read isolates the protocol change. `poll` skips decoding the server's pushed events, "
         "as a legacy server would not send them. The server is a separate `exec-server` process (unsandboxed default, "
-        "readOnly requested per call for the sandboxed arm)."
+        "readOnly requested per call for the sandboxed arm). `stack-floor` is the least any server on this stack can do: "
+        "a trio-websocket server process that spawns /usr/bin/true the same way (vfork, pidfd) and answers with one "
+        "message, no JSON-RPC (benchmarks/_stack_floor.py)."
     )
     return LatencyOutcome(section, by_protocol, client.name, why_not is None)
 

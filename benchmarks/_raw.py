@@ -24,6 +24,8 @@ import trio_websocket
 import protocol as p
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+# trio-websocket reads 4 KiB at a time by default: 64 parser passes per 256 KiB output frame.
+RECEIVE_BUFFER_BYTES: Final = 256 * 1024
 READ_MAX_BYTES: Final = p.READ_MAX_BYTES
 LONG_POLL_MS: Final = 10_000
 
@@ -67,7 +69,7 @@ class RawConnection:
     ) -> AsyncIterator[RawConnection]:
         headers = [(b"Authorization", f"Bearer {token}".encode())]
         async with trio_websocket.open_websocket_url(
-            url, extra_headers=headers, max_message_size=MAX_MESSAGE_BYTES
+            url, extra_headers=headers, max_message_size=MAX_MESSAGE_BYTES, receive_buffer_size=RECEIVE_BUFFER_BYTES
         ) as websocket:
             params = p.InitializeParams(
                 client_name="bench-raw", protocol_version=p.PROTOCOL_VERSION, delivery=delivery, binary_output=binary_output
