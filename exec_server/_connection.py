@@ -175,9 +175,11 @@ class Connection:
         match request.method:
             case "process/start":
                 result, process = session.start(params)
-                # The response is queued before the process's first event can be.
-                await self._enqueue(p.encode_result(request.id, result))
-                session.begin(process)
+                try:
+                    # The response is queued before the process's first event can be.
+                    await self._enqueue(p.encode_result(request.id, result))
+                finally:
+                    session.begin(process)  # even if cancelled: the process must be reaped
                 return None
             case "process/read":
                 return await session.read(params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+import resource
 import signal as signal_module
 import time
 from collections.abc import Awaitable, Callable
@@ -156,6 +157,7 @@ class ManagedProcess:
             self._move(_Lifecycle.CLOSED)
             await self._emit(ClosedEvent(process_id=self.process_id, seq=self._next_seq()))
         finally:
+            await self._kill_and_reap()
             self._close_stdin()
             for fd in (self._spawned.stdout_fd, self._spawned.stderr_fd):
                 _close_quietly(fd)
@@ -203,7 +205,8 @@ class ManagedProcess:
     async def _emit(self, event: ProcessEvent) -> None:
         await self._deliver(event)
 
-    async def _reap(self) -> None:
+    async def _wait_for_exit(self) -> tuple[int, resource.struct_rusage]:
+        """Reap exactly this child (pidfd + wait4 by pid: never ``waitpid(-1)``)."""
         pidfd = os.pidfd_open(self.pid)
         try:
             await trio.lowlevel.wait_readable(pidfd)
@@ -211,6 +214,18 @@ class ManagedProcess:
             os.close(pidfd)
         _pid, status, rusage = os.wait4(self.pid, 0)
         self._popen.returncode = os.waitstatus_to_exitcode(status)
+        return status, rusage
+
+    async def _kill_and_reap(self) -> None:
+        """On cancellation: kill the tree and always wait for the child (like trio.run_process)."""
+        if self._popen.returncode is not None:
+            return
+        self.signal_tree(signal_module.SIGKILL)
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self._wait_for_exit()
+
+    async def _reap(self) -> None:
+        status, rusage = await self._wait_for_exit()
         duration_ms = (time.monotonic() - self._started) * 1000.0
         if os.WIFSIGNALED(status):
             signum = os.WTERMSIG(status)

@@ -545,7 +545,6 @@ async def test_usage_and_duration(client: RawClient) -> None:
 # --- server teardown -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #1")
 async def test_cancelled_server_kills_and_reaps_its_processes(no_leftover_processes: None) -> None:
     """Like trio.run_process: a cancelled server kills each tree and waits for the child."""
     from conftest import UNSANDBOXED
