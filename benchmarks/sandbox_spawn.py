@@ -12,6 +12,9 @@ Variants:
   plain                     /bin/true
   launcher readOnly net=1   Landlock + no_new_privs (+ uid drop as root), no netns
   launcher readOnly net=0   the default policy: + empty network namespace + seccomp
+                            (a root server joins one shared empty netns: setns)
+    same, netns per command unshare(CLONE_NEWNET) per command instead (non-root servers
+                            always do this, with a user namespace)
   prepare+launcher net=0    the same, including ``Sandbox.prepare`` (what a request costs)
   workspaceWrite net=0      + the private temp dir (mkdtemp, chown, rmtree)
 """
@@ -31,16 +34,23 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exec_server.sandbox import Sandbox, SandboxSettings  # noqa: E402
+from exec_server.sandbox import Sandbox, SandboxSettings, find_launcher  # noqa: E402
 from protocol import SandboxMode, SandboxPolicy  # noqa: E402
 
 TRUE: Final = "/bin/true"
 ENV: Final = {"PATH": "/usr/bin:/bin"}
 
 
-def _spawn(argv: list[str], cwd: str, env: dict[str, str]) -> None:
+def _spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> None:
     proc = subprocess.Popen(
-        argv, cwd=cwd, env=env, process_group=0, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        argv,
+        cwd=cwd,
+        env=env,
+        pass_fds=pass_fds,
+        process_group=0,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     proc.communicate()
     if proc.returncode != 0:
@@ -53,12 +63,15 @@ def _variants(sandbox: Sandbox, cwd: str) -> dict[str, Callable[[], None]]:
     workspace = SandboxPolicy(mode=SandboxMode.WORKSPACE_WRITE)
     fixed_net0 = sandbox.prepare(read_only, [TRUE], cwd, dict(ENV))
     fixed_net1 = sandbox.prepare(with_net, [TRUE], cwd, dict(ENV))
+    # The same policy with a network namespace created (and destroyed) per command.
+    per_process = Sandbox(sandbox.settings, sandbox.kernel, find_launcher())
+    fixed_unshare = per_process.prepare(read_only, [TRUE], cwd, dict(ENV))
 
     def prepared(policy: SandboxPolicy) -> Callable[[], None]:
         def run() -> None:
             plan = sandbox.prepare(policy, [TRUE], cwd, dict(ENV))
             try:
-                _spawn(plan.argv, cwd, plan.env)
+                _spawn(plan.argv, cwd, plan.env, plan.pass_fds)
             finally:
                 plan.cleanup()
 
@@ -67,7 +80,8 @@ def _variants(sandbox: Sandbox, cwd: str) -> dict[str, Callable[[], None]]:
     return {
         "plain": lambda: _spawn([TRUE], cwd, dict(ENV)),
         "launcher readOnly net=1": lambda: _spawn(fixed_net1.argv, cwd, fixed_net1.env),
-        "launcher readOnly net=0": lambda: _spawn(fixed_net0.argv, cwd, fixed_net0.env),
+        "launcher readOnly net=0": lambda: _spawn(fixed_net0.argv, cwd, fixed_net0.env, fixed_net0.pass_fds),
+        "  same, netns per command": lambda: _spawn(fixed_unshare.argv, cwd, fixed_unshare.env),
         "prepare+launcher net=0": prepared(read_only),
         "workspaceWrite net=0": prepared(workspace),
     }

@@ -9,7 +9,9 @@ to root (0700) and the sandboxed uid could not even reach it.
 
 from __future__ import annotations
 
+import errno
 import os
+import shlex
 import shutil
 import socket
 import stat
@@ -245,6 +247,18 @@ async def test_hostname_cannot_be_changed(sandbox: Sandbox, workspace: Path) -> 
     result = await _sandboxed(sandbox, workspace, _python("import socket; socket.sethostname('pwned')"))
     assert result.returncode != 0
     assert socket.gethostname() == before
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a controlling terminal")
+async def test_the_command_loses_the_servers_controlling_terminal(sandbox: Sandbox, workspace: Path) -> None:
+    # script(1) runs its command with a pseudo-terminal as controlling terminal, as a
+    # server started from a shell would have. The command must not reach it (TIOCSTI).
+    probe = "import os\ntry: os.open('/dev/tty', os.O_WRONLY); print('tty')\nexcept OSError as exc: print(exc.errno)"
+    plan = sandbox.prepare(_policy(SandboxMode.READ_ONLY, network=True), _python(probe), str(workspace), dict(BASE_ENV))
+    assert plan.pass_fds == ()
+    wrapped = ["script", "-qec", shlex.join(plan.argv), "/dev/null"]
+    result = await _run(LaunchPlan(wrapped, plan.env, (), "landlock"), workspace)
+    assert result.stdout.strip() == str(errno.ENXIO).encode(), (result.stdout, result.stderr)
 
 
 # -- network -------------------------------------------------------------------------------
@@ -583,6 +597,29 @@ def test_a_stale_or_missing_binary_is_rebuilt_into_the_cache(workspace: Path) ->
         source.write("/* edited */\n")
     second = find_launcher(package_dir=package, cache_dir=cache)
     assert second.source_id != first.source_id and second.path != first.path
+
+
+async def test_denial_report_delegates_to_the_denial_monitor(sandbox: Sandbox, workspace: Path) -> None:
+    # audit_denials="off" here, so the stderr heuristic decides (the audit path is the
+    # corpus test's); an unsandboxed plan is never "denied".
+    plan = sandbox.prepare(_policy(SandboxMode.WORKSPACE_WRITE), ["touch", "/etc/x"], str(workspace), dict(BASE_ENV))
+    result = await _run(plan, workspace)
+    report = await sandbox.denial_report(plan, 0, result.returncode, result.stdout, result.stderr)
+    assert (report.denied, report.source) == (True, "heuristic")
+    unsandboxed = LaunchPlan(["true"], {}, (), "none", policy=_policy(SandboxMode.NONE), cwd=str(workspace))
+    report = await sandbox.denial_report(unsandboxed, 0, 0, b"", b"")
+    assert (report.denied, report.source) == (False, "none")
+
+
+async def test_the_shared_namespace_is_released_when_run_ends(workspace: Path) -> None:
+    own = Sandbox.create(SETTINGS)
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(own.run)
+            nursery.cancel_scope.cancel()
+    assert own.capabilities()["networkNamespace"] == "per-process"
+    result = await _sandboxed(own, workspace, _python(CONNECT.format(port=9)), mode=SandboxMode.READ_ONLY)
+    assert result.stdout == b"PermissionError 13\n", result.stderr
 
 
 def test_detect_reports_this_kernel() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +96,8 @@ class Sandbox:
         self.unavailable_reason = unavailable_reason
         self._fallback = _fallback_identity(settings)
         self._netns_fd = netns_fd
+        # Closed when the server's run() ends, or when this object goes away unrun.
+        self._release_netns = weakref.finalize(self, os.close, netns_fd) if netns_fd is not None else None
         self._monitor = DenialMonitor(settings.audit_denials, landlock_abi=kernel.landlock_abi)
 
     @classmethod
@@ -237,8 +240,17 @@ class Sandbox:
     # -- the server's long-lived task and the per-process report ---------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the denial monitor (audit reader) until cancelled; restores host state on exit."""
-        await self._monitor.run(task_status=task_status)
+        """Run the denial monitor (audit reader) until cancelled; restores host state on exit.
+
+        On exit it also releases the shared network namespace; a later ``prepare`` falls
+        back to a namespace per command (still sandboxed).
+        """
+        try:
+            await self._monitor.run(task_status=task_status)
+        finally:
+            self._netns_fd = None
+            if self._release_netns is not None:
+                self._release_netns()
 
     async def denial_report(
         self, plan: LaunchPlan, pid: int, exit_code: int, stdout_tail: bytes, stderr_tail: bytes

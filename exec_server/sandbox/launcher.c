@@ -28,6 +28,7 @@
  *
  * Order, and why:
  *   1. no_new_privs      required for unprivileged seccomp/Landlock; stops setuid gains.
+ *      terminal          give up a controlling terminal inherited from the server.
  *   2. namespaces        unshare needs CAP_SYS_ADMIN (root) or a user namespace, and a
  *                        non-root caller must write /proc/self/uid_map before Landlock
  *                        forbids writing /proc.
@@ -58,6 +59,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -228,6 +230,20 @@ static void parse_args(int argc, char **argv, struct options *opt) {
     opt->command = argv + i;
 }
 
+/* ---- terminal ------------------------------------------------------------------ */
+
+/* The server starts commands in their own process group but not their own session, so a
+ * server started from a terminal would share it: give it up, so the command can neither
+ * read nor type into it. (setsid() would fail: we already lead a process group.) */
+static void detach_terminal(void) {
+    int fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return; /* ENXIO: no controlling terminal, the usual case for a server */
+    if (ioctl(fd, TIOCNOTTY) != 0)
+        die("ioctl(TIOCNOTTY)");
+    close(fd);
+}
+
 /* ---- namespaces ---------------------------------------------------------------- */
 
 static void write_file(const char *path, const char *text) {
@@ -327,8 +343,8 @@ static void apply_landlock(const struct options *opt) {
         die("landlock_create_ruleset");
 
     add_path_rule(ruleset, "/", LL_FS_READ_RIGHTS & handled_fs, 1);
-    const uint64_t device_rights =
-        (LL_FS_READ_FILE | LL_FS_WRITE_FILE | LL_FS_TRUNCATE | LL_FS_IOCTL_DEV) & handled_fs;
+    /* No IOCTL_DEV: a terminal's ioctls (TIOCSTI) could type into the operator's shell. */
+    const uint64_t device_rights = (LL_FS_READ_FILE | LL_FS_WRITE_FILE | LL_FS_TRUNCATE) & handled_fs;
     for (const char *const *dev = writable_devices; *dev; dev++)
         add_path_rule(ruleset, *dev, device_rights, 0);
     for (int i = 0; i < opt->rw_count; i++)
@@ -526,6 +542,7 @@ int main(int argc, char **argv) {
 
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         die("PR_SET_NO_NEW_PRIVS");
+    detach_terminal();
     if (!opt.network)
         isolate_network(&opt);
     apply_landlock(&opt);
