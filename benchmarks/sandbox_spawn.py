@@ -111,7 +111,8 @@ def _rss_mib() -> float:
 
 def _table(title: str, samples: dict[str, list[float]]) -> str:
     plain = statistics.median(samples["plain"])
-    lines = [f"### {title} (RSS {_rss_mib():.0f} MiB)", "", "| variant | median ms | p90 ms | x plain |", "|---|---|---|---|"]
+    lines = [f"### {title} (RSS {_rss_mib():.0f} MiB)", ""]
+    lines += ["| variant | median ms | p90 ms | x plain |", "|---|---|---|---|"]
     for name, values in samples.items():
         median = statistics.median(values)
         p90 = statistics.quantiles(values, n=10)[-1]
@@ -130,7 +131,8 @@ def main() -> None:
         raise SystemExit(f"sandbox unavailable: {sandbox.unavailable_reason}")
     cwd = tempfile.mkdtemp(prefix="sandbox-bench-", dir="/tmp")
     os.chmod(cwd, 0o755)
-    print(f"kernel {os.uname().release}, Landlock ABI {sandbox.kernel.landlock_abi}, euid {os.geteuid()}, runs {args.runs}")
+    abi = sandbox.kernel.landlock_abi
+    print(f"kernel {os.uname().release}, Landlock ABI {abi}, euid {os.geteuid()}, runs {args.runs}")
     variants = _variants(sandbox, cwd)
     print(_table("small server", measure(variants, args.runs)))
     heap = bytearray(args.rss_mib << 20)

@@ -360,9 +360,13 @@ async def test_the_command_sees_an_empty_network_namespace(sandbox: Sandbox, wor
         "    try: links.append(os.readlink(f'/proc/self/fd/{fd}'))\n"
         "    except FileNotFoundError: pass  # listdir's own fd\n"
         "print(any(link.startswith('net:') for link in links))\n"
+        "import fcntl, socket, struct\n"
+        "ifreq = fcntl.ioctl(socket.socket(socket.AF_UNIX), 0x8913, struct.pack('16sH14x', b'lo', 0))\n"
+        "print('up' if struct.unpack('16sH14x', ifreq)[1] & 1 else 'down')\n"  # SIOCGIFFLAGS, IFF_UP
     )
     result = await _sandboxed(sandbox, workspace, _python(script), mode=SandboxMode.READ_ONLY)
-    assert result.stdout == b"['lo']\nFalse\n", result.stderr  # and the namespace fd did not leak
+    # Only a loopback that is down, and the namespace fd did not leak into the command.
+    assert result.stdout == b"['lo']\nFalse\ndown\n", result.stderr
 
 
 async def test_sandboxed_commands_cannot_reach_each_others_abstract_sockets(
@@ -457,7 +461,8 @@ async def test_a_non_root_server_gets_a_user_and_network_namespace(workspace: Pa
 async def test_an_older_abi_plan_still_confines(workspace: Path, outside: Path) -> None:
     # A kernel that offers only ABI 3 (no Landlock network rules): seccomp alone keeps TCP off.
     old = Sandbox(SETTINGS, attrs.evolve(KERNEL, landlock_abi=3), find_launcher())
-    script = f"import socket\ntry: socket.socket()\nexcept OSError as e: print(e.errno)\nopen({str(outside / 'x')!r}, 'w')"
+    script = "import socket\ntry: socket.socket()\nexcept OSError as e: print(e.errno)\n"
+    script += f"open({str(outside / 'x')!r}, 'w')"
     result = await _sandboxed(old, workspace, _python(script))
     assert result.stdout == b"13\n"
     assert b"PermissionError" in result.stderr

@@ -135,6 +135,9 @@ class Sandbox:
             if problem is None:
                 if network:  # the static checks were optimistic about isolation
                     kernel = attrs.evolve(kernel, network_namespace=False)
+                    if netns_fd is not None:
+                        os.close(netns_fd)
+                        netns_fd = None
                 return cls(settings, kernel, launcher, netns_fd=netns_fd)
             reason = problem
         if netns_fd is not None:
@@ -225,7 +228,8 @@ class Sandbox:
             env.update(TMPDIR=temp, TMP=temp, TEMP=temp)
         assert self._launcher is not None  # available implies a launcher
         netns_fd = None if policy.network else self._netns_fd
-        full_argv = [self._launcher.path, *_launcher_args(self.settings, self.kernel, policy, writable, identity, netns_fd), "--", *argv]
+        policy_args = _launcher_args(self.settings, self.kernel, policy, writable, identity, netns_fd)
+        full_argv = [self._launcher.path, *policy_args, "--", *argv]
         return LaunchPlan(
             full_argv,
             env,
