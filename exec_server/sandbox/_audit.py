@@ -13,6 +13,7 @@ Pure Python over ``AF_NETLINK``/``NETLINK_AUDIT``; no auditd, no libaudit. Three
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -308,8 +309,8 @@ class AuditLease:
     """
 
     control: AuditControl
+    lock_path: str
     lock_file: int
-    changed: bool
     found: AuditStatus
     released: bool = False
 
@@ -319,23 +320,40 @@ class AuditLease:
             return
         self.released = True
         try:
-            fcntl.flock(self.lock_file, fcntl.LOCK_UN)
-            try:
-                fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # another exec-server still relies on audit being on
-            saved = _read_saved(self.lock_file)
-            if saved is not None:
+            with _host_mutex(self.lock_path):
+                fcntl.flock(self.lock_file, fcntl.LOCK_UN)
                 try:
-                    self.control.set_status(
-                        enabled=saved["enabled"], backlog_limit=saved["backlog_limit"]
-                    )
-                except AuditUnavailable:
-                    return  # leave the file so that a later server can still restore it
-                os.ftruncate(self.lock_file, 0)
+                    fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # another exec-server still relies on audit being on
+                saved = _read_saved(self.lock_file)
+                if saved is not None:
+                    try:
+                        self.control.set_status(
+                            enabled=saved["enabled"], backlog_limit=saved["backlog_limit"]
+                        )
+                    except AuditUnavailable:
+                        return  # keep the file so that a later server can still restore it
+                    os.ftruncate(self.lock_file, 0)
         finally:
             os.close(self.lock_file)
             self.control.close()
+
+
+@contextlib.contextmanager
+def _host_mutex(lock_path: str) -> Iterator[None]:
+    """Serialize audit setup and restore between exec-servers on this host.
+
+    A POSIX record lock on a side file: it excludes other processes, and never blocks this
+    one (several monitors in one process run their sync critical sections one at a time
+    anyway, and a flock here would deadlock against our own lease).
+    """
+    fd = os.open(lock_path + ".mutex", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the record lock
 
 
 def _read_saved(fd: int) -> dict[str, int] | None:
@@ -370,28 +388,32 @@ def acquire_audit(lock_path: str = DEFAULT_LOCK_PATH) -> AuditLease:
         control.close()
         raise AuditUnavailable(f"cannot open {lock_path}: {exc.strerror}") from exc
     try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        found = control.get_status()
-        changed = False
-        if found.enabled != 2:
-            if _read_saved(lock_file) is None:
-                # First user on this host: remember the state we are about to change.
-                os.ftruncate(lock_file, 0)
-                os.lseek(lock_file, 0, os.SEEK_SET)
-                saved = {"enabled": found.enabled, "backlog_limit": found.backlog_limit}
-                os.write(lock_file, json.dumps(saved).encode())
-                os.fsync(lock_file)
-            wanted_enabled = 1 if found.enabled == 0 else None
-            wanted_backlog = (
-                WANTED_BACKLOG_LIMIT if 0 < found.backlog_limit < WANTED_BACKLOG_LIMIT else None
-            )
-            if wanted_enabled is not None or wanted_backlog is not None:
-                control.set_status(enabled=wanted_enabled, backlog_limit=wanted_backlog)
-                changed = True
-        # Downgrade: other servers may now join; none can restore while we hold this.
-        fcntl.flock(lock_file, fcntl.LOCK_SH)
+        with _host_mutex(lock_path):
+            found = _enable(control, lock_file)
+            # Cannot conflict: the exclusive lock is only ever taken under the mutex.
+            fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BaseException:
         os.close(lock_file)
         control.close()
         raise
-    return AuditLease(control=control, lock_file=lock_file, changed=changed, found=found)
+    return AuditLease(control=control, lock_path=lock_path, lock_file=lock_file, found=found)
+
+
+def _enable(control: AuditControl, lock_file: int) -> AuditStatus:
+    """Enable audit and raise the backlog limit if needed, saving the state found first."""
+    found = control.get_status()
+    if found.enabled == 2:
+        return found  # locked by the administrator: on, and nothing may change
+    if _read_saved(lock_file) is None:
+        # First user on this host: remember the state we are about to change.
+        os.ftruncate(lock_file, 0)
+        os.lseek(lock_file, 0, os.SEEK_SET)
+        saved = {"enabled": found.enabled, "backlog_limit": found.backlog_limit}
+        os.write(lock_file, json.dumps(saved).encode())
+        os.fsync(lock_file)
+    wanted_enabled = 1 if found.enabled == 0 else None
+    wanted_backlog = (
+        WANTED_BACKLOG_LIMIT if 0 < found.backlog_limit < WANTED_BACKLOG_LIMIT else None
+    )
+    control.set_status(enabled=wanted_enabled, backlog_limit=wanted_backlog)
+    return found
