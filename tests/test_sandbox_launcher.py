@@ -169,9 +169,13 @@ async def test_read_only_refuses_writes_in_cwd_but_allows_reads_and_dev_null(
     sandbox: Sandbox, workspace: Path
 ) -> None:
     (workspace / "existing").write_text("old")
-    script = "cat /etc/hostname >/dev/null && echo hi > /dev/null && echo read-ok; echo x > new; echo x > existing"
+    # /dev/stdout is /proc/self/fd/1, the server's pipe: reopening it must work after the
+    # uid drop too (the launcher hands the command its pipes).
+    script = "cat /etc/hostname >/dev/null && echo hi > /dev/null && echo read-ok > /dev/stdout"
+    script += " && echo err > /dev/stderr; echo x > new; echo x > existing"
     result = await _sandboxed(sandbox, workspace, ["sh", "-c", script], mode=SandboxMode.READ_ONLY)
     assert result.stdout == b"read-ok\n"
+    assert result.stderr.startswith(b"err\n")
     assert result.returncode != 0
     assert not (workspace / "new").exists()
     assert (workspace / "existing").read_text() == "old"

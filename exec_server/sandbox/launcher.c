@@ -63,6 +63,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -466,6 +467,24 @@ static void clear_capability_sets(void) {
         die("PR_CAP_AMBIENT_CLEAR_ALL");
 }
 
+#define PIPEFS_MAGIC 0x50495045
+
+/* The server's pipes for stdin/stdout/stderr are owned by root with mode 0600: after the
+ * drop, `echo x > /dev/stdout` (a reopen through /proc/self/fd/1) would be refused. Give
+ * the command the anonymous pipes that are its own; never touch a named FIFO or file. */
+static void hand_over_std_pipes(const struct options *opt) {
+    for (int fd = 0; fd <= 2; fd++) {
+        struct stat st;
+        struct statfs sfs;
+        if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != geteuid())
+            continue;
+        if (fstatfs(fd, &sfs) != 0 || sfs.f_type != PIPEFS_MAGIC)
+            continue;
+        if (fchown(fd, (uid_t)opt->uid, (gid_t)opt->gid) != 0)
+            die("fchown(fd %d)", fd);
+    }
+}
+
 static void drop_identity(const struct options *opt) {
     const int privileged = has_effective_cap(CAP_SETPCAP);
     if (opt->uid >= 0) {
@@ -473,6 +492,7 @@ static void drop_identity(const struct options *opt) {
             errno = 0;
             die("--uid given but the launcher lacks CAP_SETPCAP/CAP_SETUID");
         }
+        hand_over_std_pipes(opt);
         clear_bounding_set();
         /* Lock "uid 0 means nothing": no caps from root on exec, no keeping caps across
          * setuid, no ambient raise -- for this process and everything it starts. */
