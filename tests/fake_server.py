@@ -151,8 +151,14 @@ Step = int | str | tuple[str, ...]
 
 @attrs.define
 class FakeProcessScript:
+    """``push``: the steps after the start response. ``strip_sandbox_denied``: pushed
+    ``exited`` events lack ``sandboxDenied`` (an older server) while reads still know it.
+    ``start_error``: answer the start with this JSON-RPC error object instead."""
+
     process: ScriptedProcess
     push: Sequence[Step] = ()
+    strip_sandbox_denied: bool = False
+    start_error: dict[str, Any] | None = None
 
 
 @attrs.define
@@ -173,12 +179,14 @@ class FakeServer:
     allow_resume: bool = True
     legacy_reveal: int = 2
     detached_session_ttl_ms: int = 5_000
+    max_connections: int | None = None  # later upgrades are refused with HTTP 503
     token: str = FAKE_TOKEN
     url: str = ""
     requests: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
     connections: int = 0
     _processes: dict[str, ScriptedProcess] = attrs.Factory(dict)
     _pending_push: dict[str, list[Step]] = attrs.Factory(dict)
+    _script_of: dict[str, FakeProcessScript] = attrs.Factory(dict)
     _read_seen: trio.Event = attrs.Factory(trio.Event)
     _session_id: str = "fake-session"
 
@@ -197,6 +205,9 @@ class FakeServer:
         headers = {name.lower(): value for name, value in request.headers}
         if headers.get(b"authorization") != f"Bearer {self.token}".encode():
             await request.reject(401, body=b"unauthorized")
+            return
+        if self.max_connections is not None and self.connections >= self.max_connections:
+            await request.reject(503, body=b"unavailable")
             return
         ws = await request.accept()
         self.connections += 1
@@ -225,7 +236,7 @@ class FakeServer:
             if self.push_events:
                 capabilities["pushEvents"] = True
             result = {
-                "sessionId": self._session_id if resumed or "resumeSessionId" not in params else "fake-session-new",
+                "sessionId": self._session_id if resumed or not params.get("resumeSessionId") else "fake-session-new",
                 "serverName": "fake",
                 "serverVersion": "0",
                 "protocolVersion": 1,
@@ -236,18 +247,22 @@ class FakeServer:
             await self._send(ws, {"id": request_id, "result": result})
         elif method == "process/start":
             script = self.scripts.pop(0)
+            if script.start_error is not None:
+                await self._send(ws, {"id": request_id, "error": script.start_error})
+                return
             process_id = params["processId"]
             events = tuple(attrs.evolve(event, process_id=process_id) for event in script.process.events)
             process = attrs.evolve(script.process, events=events)
-            if process.legacy:
-                process.produced = 0
+            if not self.push_events:
+                process.produced = 0  # a legacy poll sees the process make progress
             self._processes[process_id] = process
+            self._script_of[process_id] = script
             self._pending_push[process_id] = list(script.push)
             await self._send(ws, {"id": request_id, "result": {"processId": process_id, "pid": 4242, "sandboxType": "none"}})
             nursery.start_soon(self._push, ws, process_id)
         elif method == "process/read":
             process = self._processes[params["processId"]]
-            if process.legacy and process.produced is not None:
+            if process.produced is not None:
                 process.produced = min(len(process.events), process.produced + self.legacy_reveal)
             result = process.read(params.get("afterSeq", 0), params.get("maxBytes"))
             raw = p.unstructure(result)
@@ -290,7 +305,7 @@ class FakeServer:
             assert isinstance(step, int)
             event = process.events[step - 1]
             raw = p.unstructure(event)
-            if isinstance(event, p.ExitedEvent) and process.legacy:
+            if isinstance(event, p.ExitedEvent) and (process.legacy or self._script_of[process_id].strip_sandbox_denied):
                 for key in ("sandboxDenied", "durationMs", "usage", "denials", "sandboxDeniedSource"):
                     raw.pop(key, None)
             method = {p.OutputEvent: "process/output", p.ExitedEvent: "process/exited", p.ClosedEvent: "process/closed"}[type(event)]

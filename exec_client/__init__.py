@@ -1,0 +1,32 @@
+"""trio client for the exec server: run remote commands and get one trustworthy terminal record.
+
+    async with open_client("ws://127.0.0.1:8765", token=token) as client:
+        record = await client.run(["sh", "-c", "echo hi; exit 3"])
+        assert record.exit_code == 3 and record.stdout == b"hi\n"
+"""
+
+from protocol import Completion as Completion, OutputChunk as OutputChunk, SandboxPolicy as SandboxPolicy
+from protocol import TerminalRecord as TerminalRecord
+
+from ._client import DEFAULT_URL as DEFAULT_URL
+from ._client import Client as Client
+from ._client import ServerInfo as ServerInfo
+from ._client import new_process_id as new_process_id
+from ._client import open_client as open_client
+from ._connection import decode_frame as decode_frame
+from ._errors import ConnectionFailed as ConnectionFailed
+from ._errors import ConnectionLost as ConnectionLost
+from ._errors import DuplicateProcess as DuplicateProcess
+from ._errors import ExecClientError as ExecClientError
+from ._errors import InvalidParams as InvalidParams
+from ._errors import LimitExceeded as LimitExceeded
+from ._errors import NotTerminal as NotTerminal
+from ._errors import OutputOverrun as OutputOverrun
+from ._errors import ProcessReleased as ProcessReleased
+from ._errors import ProtocolViolation as ProtocolViolation
+from ._errors import SandboxUnavailable as SandboxUnavailable
+from ._errors import ServerError as ServerError
+from ._errors import ServerShuttingDown as ServerShuttingDown
+from ._errors import SpawnFailed as SpawnFailed
+from ._errors import UnknownProcess as UnknownProcess
+from ._handle import ProcessHandle as ProcessHandle

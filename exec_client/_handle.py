@@ -1,0 +1,224 @@
+"""``ProcessHandle``: one remote process, driven by its assembler.
+
+Pushed events reach the handle synchronously from the connection's reader (``_on_event``);
+the assembler answers with newly contiguous chunks and one action. The handle's driver
+task (in the client's nursery) performs the actions that need I/O: a ``process/read``,
+the gap-grace timer, and the final ``process/release``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import uuid
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+import protocol as p
+
+from ._errors import ConnectionLost, ExecClientError, OutputOverrun, ServerError
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+logger: Final = logging.getLogger("exec_client")
+
+# Chunks a streaming handle buffers for its iterator. The connection's reader must never
+# block on a slow iterator (it serves every process), so past this the live stream is cut
+# with OutputOverrun; the terminal record is unaffected.
+STREAM_BUFFER_BYTES: Final = 64 * 1024 * 1024
+
+
+class ProcessHandle:
+    """A started remote process.
+
+    Iterate it (``async for chunk in handle``) for its output chunks in seq order as they
+    arrive (only if started with ``stream_output=True``); ``wait()`` for the
+    ``TerminalRecord``. Created by ``Client.start``.
+    """
+
+    def __init__(self, client: Client, assembler: p.Assembler, *, stream_output: bool) -> None:
+        self._client = client
+        self._assembler = assembler
+        self.process_id: str = assembler.process_id
+        self.argv: tuple[str, ...] = assembler.argv
+        self.pid: int | None = None
+        self.sandbox_type: str | None = None
+        self._action: p.Action = p.Wait()
+        self._pending_read: p.NeedRead | None = None
+        self._changed = trio.Event()
+        self._done = trio.Event()
+        self._record: p.TerminalRecord | None = None
+        self._stream_output = stream_output
+        self._chunks: collections.deque[p.OutputChunk] = collections.deque()
+        self._chunk_bytes = 0
+        self._overrun = False
+        self._hole_deadline: float | None = None
+        self._hole_at = -1
+        # Bumped on every resume: a read answered after it belongs to an abandoned request.
+        self._generation = 0
+        self._release_owed = False
+
+    # --- public API ----------------------------------------------------------------------
+
+    @property
+    def record(self) -> p.TerminalRecord | None:
+        """The terminal record once assembled, else ``None``."""
+        return self._record
+
+    async def wait(self) -> p.TerminalRecord:
+        """Wait until the terminal record converged and return it (never raises for the process).
+
+        A record that could not be completed (connection lost for good) has ``failure`` set.
+        """
+        await self._done.wait()
+        assert self._record is not None
+        return self._record
+
+    async def write(self, data: bytes) -> p.WriteStatus:
+        """Write to the process's stdin (started with ``pipe_stdin=True``).
+
+        Retried across a session resume; the server applies a ``writeId`` once.
+        """
+        params = p.WriteParams(process_id=self.process_id, chunk=data, write_id=uuid.uuid4().hex)
+        result: p.WriteResult = await self._client._call(params, retry=True)
+        return result.status
+
+    async def close_stdin(self) -> p.WriteStatus:
+        """Close the process's stdin (EOF)."""
+        params = p.WriteParams(process_id=self.process_id, eof=True, write_id=uuid.uuid4().hex)
+        result: p.WriteResult = await self._client._call(params, retry=True)
+        return result.status
+
+    async def signal(self, signal: str | p.SignalName) -> bool:
+        """Send ``"interrupt"|"terminate"|"kill"|"hangup"`` to the process group; ``delivered``."""
+        result: p.SignalResult = await self._client._call(
+            p.SignalParams(process_id=self.process_id, signal=p.SignalName(signal))
+        )
+        return result.delivered
+
+    async def terminate(self, grace: float = 2.0) -> bool:
+        """SIGTERM the whole tree, SIGKILL after ``grace`` seconds; ``True`` if it was running."""
+        result: p.TerminateResult = await self._client._call(
+            p.TerminateParams(process_id=self.process_id, grace_ms=int(grace * 1000)), retry=True
+        )
+        return result.running
+
+    def __aiter__(self) -> ProcessHandle:
+        if not self._stream_output:
+            raise RuntimeError("this handle was started with stream_output=False")
+        return self
+
+    async def __anext__(self) -> p.OutputChunk:
+        while not self._chunks:
+            if self._overrun:
+                raise OutputOverrun(f"{self.process_id}: the output stream was not consumed fast enough")
+            if self._record is not None:
+                raise StopAsyncIteration
+            await self._changed.wait()
+        chunk = self._chunks.popleft()
+        self._chunk_bytes -= len(chunk.chunk)
+        return chunk
+
+    def __repr__(self) -> str:
+        return f"<ProcessHandle {self.process_id} pid={self.pid} argv={list(self.argv)!r}>"
+
+    # --- inputs from the client ------------------------------------------------------------
+
+    def _on_event(self, event: p.OutputEvent | p.ExitedEvent | p.ClosedEvent) -> None:
+        self._apply(self._assembler.event(event))
+
+    def _resumed(self) -> None:
+        self._generation += 1
+        self._apply(self._assembler.connection_resumed())
+
+    def _lost(self, reason: str) -> None:
+        self._apply(self._assembler.connection_lost(reason))
+
+    def _apply(self, progress: p.Progress) -> None:
+        if self._stream_output and not self._overrun:
+            for chunk in progress.chunks:
+                self._chunk_bytes += len(chunk.chunk)
+                self._chunks.append(chunk)
+            if self._chunk_bytes > STREAM_BUFFER_BYTES:
+                self._overrun = True
+                self._chunks.clear()
+                self._chunk_bytes = 0
+        if isinstance(progress.action, p.NeedRead):
+            # Latched until the driver takes it: an event routed before the driver runs
+            # answers Wait (a read is outstanding) and must not erase the request.
+            self._pending_read = progress.action
+        elif isinstance(progress.action, p.Complete):
+            self._pending_read = None
+        self._action = progress.action
+        if isinstance(progress.action, p.Complete) and self._record is None:
+            self._record = progress.action.record
+            if self._record.failure is None:
+                # Counted now, not when the driver gets to it, so that Client.aclose
+                # right after wait() still lets this release land.
+                self._client._releasing += 1
+                self._release_owed = True
+            self._done.set()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- the driver -------------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        """Perform the assembler's actions until the record is complete, then release it."""
+        try:
+            self._apply(self._assembler.begin())
+            while self._record is None:
+                await self._step()
+        except Exception as exc:  # never leave wait() hanging on a client bug
+            logger.exception("exec_client: driver of %s failed", self.process_id)
+            self._lost(f"client error: {exc!r}")
+        finally:
+            self._client._forget(self)
+            if self._release_owed:
+                self._release_owed = False
+                await self._client._release(self.process_id)  # decrements _releasing
+
+    async def _step(self) -> None:
+        if self._pending_read is not None:
+            request, self._pending_read = self._pending_read, None
+            await self._read(request)
+            return
+        action = self._action
+        changed = self._changed
+        if isinstance(action, p.Wait) and action.hole:
+            # One grace per position of the hole: restart only when it moved (progress).
+            contiguous = self._assembler.last_contiguous_seq
+            if self._hole_deadline is None or contiguous != self._hole_at:
+                self._hole_at = contiguous
+                self._hole_deadline = trio.current_time() + self._client._gap_grace
+            with trio.move_on_at(self._hole_deadline):
+                await changed.wait()
+                return
+            self._hole_deadline = None
+            self._apply(self._assembler.gap_grace_expired())
+            return
+        self._hole_deadline = None
+        await changed.wait()
+
+    async def _read(self, request: p.NeedRead) -> None:
+        params = p.ReadParams(
+            process_id=self.process_id, after_seq=request.after_seq, max_bytes=request.max_bytes, wait_ms=request.wait_ms
+        )
+        generation = self._generation
+        try:
+            # No waiting for a reconnect here: after a resume the assembler asks afresh.
+            result: p.ReadResult = await self._client._call(params, wait_for_resume=False)
+        except ConnectionLost:
+            # The client resumes the session (then _resumed() asks for a new read) or gives
+            # up (then _lost() finishes the record); either way the assembler hears of it.
+            return
+        except ServerError as exc:
+            self._apply(self._assembler.read_failed(f"process/read failed: {exc}"))
+            return
+        except ExecClientError as exc:
+            self._apply(self._assembler.read_failed(f"process/read failed: {exc}"))
+            return
+        if generation == self._generation:
+            self._apply(self._assembler.read_result(result))
