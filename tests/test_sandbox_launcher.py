@@ -620,6 +620,30 @@ async def test_denial_report_delegates_to_the_denial_monitor(sandbox: Sandbox, w
     assert (report.denied, report.source) == (False, "none")
 
 
+async def test_audit_sees_real_denials_and_not_a_reopened_stderr(workspace: Path) -> None:
+    # Kernel-side false positive guard: `> /dev/stderr` asks Landlock about creating in
+    # /proc/PID/fd before finding the entry exists; the launcher allows that attempt.
+    audited = Sandbox.create(SandboxSettings(audit_denials="auto"))
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(audited.run)
+            if audited.capabilities()["denialSource"] != "audit":
+                nursery.cancel_scope.cancel()
+                pytest.skip("kernel audit records are not available here")
+            reports = []
+            for script in ('echo a > /dev/stderr; sh -c "echo b > /dev/stdout"', "touch /etc/exec-sandbox-x"):
+                plan = audited.prepare(_policy(SandboxMode.READ_ONLY), ["sh", "-c", script], str(workspace), BASE_ENV)
+                process = await trio.lowlevel.open_process(
+                    plan.argv, cwd=str(workspace), env=plan.env, pass_fds=plan.pass_fds,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                await process.wait()
+                reports.append(await audited.denial_report(plan, process.pid, process.returncode, b"", b""))
+            nursery.cancel_scope.cancel()
+    assert [(r.denied, r.source) for r in reports] == [(False, "audit"), (True, "audit")]
+    assert [(d.blocker, d.target) for d in reports[1].denials] == [("fs.make_reg", "/etc")]
+
+
 async def test_the_shared_namespace_is_released_when_run_ends(workspace: Path) -> None:
     own = Sandbox.create(SETTINGS)
     with trio.fail_after(TIMEOUT_S):

@@ -348,6 +348,11 @@ static void apply_landlock(const struct options *opt) {
     const uint64_t device_rights = (LL_FS_READ_FILE | LL_FS_WRITE_FILE | LL_FS_TRUNCATE) & handled_fs;
     for (const char *const *dev = writable_devices; *dev; dev++)
         add_path_rule(ruleset, *dev, device_rights, 0);
+    /* `echo x > /dev/stderr` opens /proc/self/fd/2 with O_CREAT, and the kernel asks the
+     * create hook about a /proc/PID/fd entry that is not yet cached before it finds the
+     * entry exists: Landlock would log a denial for an open that then succeeds. procfs
+     * cannot create files at all, so allowing the attempt changes nothing but the log. */
+    add_path_rule(ruleset, "/proc", LL_FS_MAKE_REG, 0);
     for (int i = 0; i < opt->rw_count; i++)
         add_path_rule(ruleset, opt->rw_paths[i], handled_fs, 1);
 
