@@ -154,13 +154,19 @@ static void die(const char *fmt, ...) {
     _exit(EXIT_SETUP_FAILED);
 }
 
+/* A setup failure that is not a failed system call (no strerror in the message). */
+#define FAIL(...)             \
+    do {                      \
+        errno = 0;            \
+        die(__VA_ARGS__);     \
+    } while (0)
+
 static long parse_number(const char *flag, const char *text, long min, long max) {
     char *end;
     errno = 0;
     long value = strtol(text, &end, 10);
     if (errno || *text == '\0' || *end != '\0' || value < min || value > max) {
-        errno = 0;
-        die("bad value for %s: '%s'", flag, text);
+        FAIL("bad value for %s: '%s'", flag, text);
     }
     return value;
 }
@@ -187,7 +193,7 @@ static void parse_args(int argc, char **argv, struct options *opt) {
             continue;
         }
         if (value == NULL)
-            die("missing value for '%s'", a);
+            FAIL("missing value for '%s'", a);
         i++;
         if (strcmp(a, "--abi") == 0) {
             opt->abi = (int)parse_number(a, value, 1, 1000);
@@ -197,12 +203,12 @@ static void parse_args(int argc, char **argv, struct options *opt) {
             else if (strcmp(value, "workspaceWrite") == 0)
                 opt->read_only = 0;
             else
-                die("unknown mode '%s'", value);
+                FAIL("unknown mode '%s'", value);
         } else if (strcmp(a, "--rw") == 0) {
             if (opt->rw_count == MAX_RW_PATHS)
-                die("more than %d writable paths", MAX_RW_PATHS);
+                FAIL("more than %d writable paths", MAX_RW_PATHS);
             if (value[0] != '/')
-                die("writable path is not absolute: '%s'", value);
+                FAIL("writable path is not absolute: '%s'", value);
             opt->rw_paths[opt->rw_count++] = value;
         } else if (strcmp(a, "--net") == 0) {
             opt->network = (int)parse_number(a, value, 0, 1);
@@ -213,21 +219,21 @@ static void parse_args(int argc, char **argv, struct options *opt) {
         } else if (strcmp(a, "--gid") == 0) {
             opt->gid = parse_number(a, value, 0, 0xfffffffeL);
         } else {
-            die("unknown option '%s'", a);
+            FAIL("unknown option '%s'", a);
         }
     }
     if (opt->abi < 0 || opt->read_only < 0 || opt->network < 0)
-        die("--abi, --mode and --net are required");
+        FAIL("--abi, --mode and --net are required");
     if (opt->netns_fd >= 0 && opt->network)
-        die("--netns-fd given with --net 1");
+        FAIL("--netns-fd given with --net 1");
     if (opt->read_only && opt->rw_count)
-        die("--rw given with --mode readOnly");
+        FAIL("--rw given with --mode readOnly");
     if ((opt->uid < 0) != (opt->gid < 0))
-        die("--uid and --gid go together");
+        FAIL("--uid and --gid go together");
     if (opt->uid == 0 || opt->gid == 0)
-        die("refusing to 'drop' to uid/gid 0");
+        FAIL("refusing to 'drop' to uid/gid 0");
     if (!opt->check && i >= argc)
-        die("no command after '--'");
+        FAIL("no command after '--'");
     opt->command = argv + i;
 }
 
@@ -321,8 +327,7 @@ static void apply_landlock(const struct options *opt) {
     if (kernel_abi < 0)
         die("Landlock is not available");
     if (kernel_abi < opt->abi) {
-        errno = 0;
-        die("kernel Landlock ABI %ld is older than the planned ABI %d", kernel_abi, opt->abi);
+        FAIL("kernel Landlock ABI %ld is older than the planned ABI %d", kernel_abi, opt->abi);
     }
     const uint64_t handled_fs = fs_rights_for_abi(opt->abi);
     struct ll_ruleset_attr attr = {.handled_access_fs = handled_fs};
@@ -494,8 +499,7 @@ static void drop_identity(const struct options *opt) {
     const int privileged = has_effective_cap(CAP_SETPCAP);
     if (opt->uid >= 0) {
         if (!privileged) {
-            errno = 0;
-            die("--uid given but the launcher lacks CAP_SETPCAP/CAP_SETUID");
+            FAIL("--uid given but the launcher lacks CAP_SETPCAP/CAP_SETUID");
         }
         hand_over_std_pipes(opt);
         clear_bounding_set();
@@ -527,12 +531,10 @@ static void drop_identity(const struct options *opt) {
             die("getresuid");
         if (r != (uid_t)opt->uid || e != r || s != r || rg != (gid_t)opt->gid || eg != rg || sg != rg ||
             getgroups(0, NULL) != 0) {
-            errno = 0;
-            die("identity did not change as requested");
+            FAIL("identity did not change as requested");
         }
         if (setuid(0) == 0) {
-            errno = 0;
-            die("uid 0 is still reachable after the drop");
+            FAIL("uid 0 is still reachable after the drop");
         }
     }
 }
@@ -561,8 +563,7 @@ int main(int argc, char **argv) {
     struct options opt;
     parse_args(argc, argv, &opt);
     if (opt.uid >= 0 && geteuid() != 0) {
-        errno = 0;
-        die("--uid is only meaningful when started as root");
+        FAIL("--uid is only meaningful when started as root");
     }
 
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
