@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             if "latency" not in args.skip:
                 with profiling(args.profile, "latency", roles):
                     latency = report.attempt(
-                        "latency", lambda: trio.run(_latency.run_section, server.url, server.token, plan.protocols, floor_url)
+                        "latency", lambda: trio.run(_latency.run_section, server.url, server.token, plan.protocols, floor_url, server.pid)
                     )
                 if latency is not None:
                     report.sections.append(latency.section)

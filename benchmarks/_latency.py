@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import attrs
+import psutil
 import trio
 import trio_websocket
 
@@ -177,7 +178,24 @@ async def probe_sandbox(client: BenchClient) -> str | None:
     return None
 
 
-async def run_section(url: str, token: str, protocols: Sequence[Protocol], floor_url: str | None = None) -> LatencyOutcome:
+async def cpu_per_call(client: BenchClient, server_pid: int, calls: int) -> tuple[float, float]:
+    """CPU seconds per pushed one-shot, (server, this process): less sensitive to a busy machine than wall time."""
+    server, me = psutil.Process(server_pid), psutil.Process()
+
+    def used(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    server_before, me_before = used(server), used(me)
+    for _ in range(calls):
+        await client.run(TRUE)
+    await trio.sleep(0.05)  # let the server finish the last release
+    return (used(server) - server_before) / calls, (used(me) - me_before) / calls
+
+
+async def run_section(
+    url: str, token: str, protocols: Sequence[Protocol], floor_url: str | None = None, server_pid: int | None = None
+) -> LatencyOutcome:
     section = Section("Completion latency (one-shot /usr/bin/true)")
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(open_bench_client(url, token))
@@ -202,6 +220,13 @@ async def run_section(url: str, token: str, protocols: Sequence[Protocol], floor
             results = await measure(arms, proto.runs, proto.calls)
             by_protocol[proto.label] = results
             _table(section, proto, results)
+        if server_pid is not None:
+            calls = max(proto.calls for proto in protocols)
+            server_cpu, client_cpu = await cpu_per_call(client, server_pid, calls)
+            section.note(
+                f"CPU per pushed one-shot over {calls} calls (psutil, 10 ms tick resolution): server {server_cpu * 1e6:.0f} µs, "
+                f"client {client_cpu * 1e6:.0f} µs (the child's own CPU is not included in either)."
+            )
     section.note(
         f"`pushed` and `pushed-sandboxed` go through `{client.name}` ({'exec_client.Client.run' if client.name == 'exec_client' else 'raw fallback: exec_client not importable'}); "
         "`pushed-raw`, `final-read` and `poll` share one minimal raw-protocol loop (benchmarks/_raw.py), "

@@ -8,6 +8,8 @@ touched 1 GiB bytearray) without any hook in the public server: a spawn path tha
 from __future__ import annotations
 
 import os
+import statistics
+import tempfile
 from collections.abc import Sequence
 from typing import Final
 
@@ -16,7 +18,7 @@ import psutil
 
 from ._clients import open_bench_client
 from ._latency import READ_ONLY, ArmResult, client_arm, measure, probe_sandbox, subprocess_arm
-from ._report import Section, fmt_ms
+from ._report import Section, Table, fmt_ms
 from ._servers import in_process_server
 
 GIB: Final = 1024 * 1024 * 1024
@@ -64,6 +66,7 @@ async def run_section(runs: int, calls: int, ballast_bytes: int = GIB) -> Overhe
     outcome.ratios["readOnly heavy/rest"] = (
         {r.name: r.summary.p50 for r in outcome.heavy}["readOnly"] / {r.name: r.summary.p50 for r in outcome.rest}["readOnly"]
     )
+    spawn_level(section, calls, ballast_bytes)
     section.note(
         f"{runs} runs × {calls} calls per arm, interleaved; the server shares this process, so its RSS includes the "
         f"client and, in the second block, a touched {ballast_bytes / (1024 * 1024):.0f} MiB bytearray. `subprocess.run` in the same "
@@ -72,8 +75,41 @@ async def run_section(runs: int, calls: int, ballast_bytes: int = GIB) -> Overhe
     return outcome
 
 
-def _rows(table, rss_label: str, results: Sequence[ArmResult]) -> None:  # type: ignore[no-untyped-def]
+def _rows(table: Table, rss_label: str, results: Sequence[ArmResult]) -> None:
     base = next(r for r in results if r.name == "unsandboxed").summary.p50
     for result in results:
         summary = result.summary
         table.add(rss_label, result.name, fmt_ms(summary.p50), fmt_ms(summary.p90), fmt_ms(summary.p99), f"{summary.p50 / base:.2f}×")
+
+
+def spawn_level(section: Section, runs: int, ballast_bytes: int) -> None:
+    """The sandbox helper's spawn-only measurement (benchmarks/sandbox_spawn.py), at rest and with the ballast."""
+    try:
+        from exec_server.sandbox import Sandbox, SandboxSettings
+
+        from . import sandbox_spawn
+
+        sandbox = Sandbox.create(SandboxSettings(audit_denials="off"))
+        if not getattr(sandbox, "available", False):
+            section.note("spawn-level table skipped: the sandbox is not available here")
+            return
+        with tempfile.TemporaryDirectory(prefix="sandbox-bench-", dir="/tmp") as cwd:
+            os.chmod(cwd, 0o755)
+            variants = sandbox_spawn._variants(sandbox, cwd)
+            rest = sandbox_spawn.measure(variants, runs)
+            ballast = touched_ballast(ballast_bytes)
+            try:
+                heavy = sandbox_spawn.measure(variants, runs)
+            finally:
+                del ballast
+    except Exception as exc:  # noqa: BLE001 - an optional table; say why it is missing
+        section.note(f"spawn-level table skipped: {type(exc).__name__}: {exc}")
+        return
+    table = section.table(
+        "spawn variant (benchmarks/sandbox_spawn.py)", "median ms at rest", f"median ms with {ballast_bytes // (1024 * 1024)} MiB ballast", "× plain at rest", "× plain with ballast",
+        caption=f"Spawn only (Popen + wait, no server), {runs} interleaved spawns per variant:",
+    )  # fmt: skip
+    plain_rest, plain_heavy = statistics.median(rest["plain"]), statistics.median(heavy["plain"])
+    for name in rest:
+        r, h = statistics.median(rest[name]), statistics.median(heavy[name])
+        table.add(name.strip(), f"{r:.3f}", f"{h:.3f}", f"{r / plain_rest:.2f}×", f"{h / plain_heavy:.2f}×")
