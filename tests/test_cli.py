@@ -1,0 +1,206 @@
+"""``exec-client run`` as a subprocess, against the real server and the scripted fake."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from fake_server import FAKE_TOKEN, FakeProcessScript, FakeServer, ScriptedProcess, make_events
+
+REPO: Path = Path(__file__).resolve().parent.parent
+
+
+async def exec_client(
+    args: list[str], *, env: dict[str, str] | None = None, home: Path
+) -> trio.CompletedProcess[bytes]:
+    """Run ``python -m exec_client`` with a clean token environment and HOME."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith("EXEC_SERVER_")}
+    base["HOME"] = str(home)  # no ~/.config/exec-server/token unless a test writes one
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
+    base.update(env or {})
+    return await trio.run_process(
+        [sys.executable, "-m", "exec_client", *args], env=base, capture_stdout=True, capture_stderr=True, check=False
+    )
+
+
+def one_line(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert "Traceback" not in text, text
+    assert text.count("\n") == 1, text
+    return text.strip()
+
+
+async def test_json_record_of_echo_hi_exit_3(server: Any, tmp_path: Path) -> None:
+    # Issue 2 acceptance: exits 3, readCalls 0, completion "pushed".
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--json", "--", "sh", "-c", "echo hi; exit 3"],
+            env={"EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+        )
+    assert done.returncode == 3, done.stderr
+    record = json.loads(done.stdout)
+    assert done.stdout.decode().count("\n") == 1  # only the record
+    assert (record["exitCode"], record["stdout"], record["readCalls"], record["completion"]) == (3, "hi\n", 0, "pushed")
+    for field in ("signal", "timedOut", "sandboxDenied", "denials", "durationMs", "usage", "outputLost", "failure"):
+        assert field in record
+    assert (record["signal"], record["timedOut"], record["outputLost"], record["failure"]) == (None, False, False, None)
+
+
+async def test_streams_stdout_and_stderr_binary_safe(server: Any, tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    source = tmp_path / "payload.bin"
+    source.write_bytes(payload)
+    token_file = tmp_path / "token"
+    token_file.write_text(server.token + "\n")
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--token-file", str(token_file), "--", "sh", "-c", f"cat {source}; printf err >&2; exit 7"],
+            home=tmp_path,
+        )
+    assert done.returncode == 7
+    assert done.stdout == payload
+    assert done.stderr == b"err"
+
+
+async def test_signal_exit_code_is_128_plus_n(server: Any, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--", "sh", "-c", "kill -TERM $$"],
+            env={"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+        )
+    assert done.returncode == 128 + 15
+    assert done.stderr == b""
+
+
+async def test_token_file_from_env_and_cwd(server: Any, tmp_path: Path) -> None:
+    token_file = tmp_path / "tok"
+    token_file.write_text(server.token)
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--cwd", str(tmp_path), "--", "pwd"],
+            env={"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN_FILE": str(token_file)},
+            home=tmp_path,
+        )
+    assert (done.returncode, done.stdout) == (0, f"{tmp_path}\n".encode())
+
+
+async def test_default_token_file_in_home(server: Any, tmp_path: Path) -> None:
+    config = tmp_path / ".config" / "exec-server"
+    config.mkdir(parents=True)
+    (config / "token").write_text(server.token)
+    with trio.fail_after(30):
+        done = await exec_client(["run", "--url", server.url, "--", "true"], home=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+async def test_timeout_is_reported(server: Any, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--timeout", "0.3", "--", "sleep", "30"],
+            env={"EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+        )
+    assert done.returncode in (128 + 9, 128 + 15)
+    assert "timed out" in one_line(done.stderr)
+
+
+async def test_missing_program_exits_127(server: Any, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--", "/nonexistent/program"],
+            env={"EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+        )
+    assert done.returncode == 127
+    assert "cannot start '/nonexistent/program'" in one_line(done.stderr)
+
+
+async def test_wrong_token_is_one_line_and_255(server: Any, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--", "true"], env={"EXEC_SERVER_TOKEN": "wrong"}, home=tmp_path
+        )
+    assert done.returncode == 255
+    assert "authentication failed" in one_line(done.stderr)
+    assert done.stdout == b""
+
+
+async def test_unreachable_server_is_one_line_and_255(tmp_path: Path) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", f"ws://127.0.0.1:{port}", "--", "true"], env={"EXEC_SERVER_TOKEN": "x"}, home=tmp_path
+        )
+    assert done.returncode == 255
+    assert "connection refused" in one_line(done.stderr)
+
+
+async def test_no_token_anywhere_is_one_line_and_255(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        done = await exec_client(["run", "--url", "ws://127.0.0.1:9", "--", "true"], home=tmp_path)
+    assert done.returncode == 255
+    assert "token" in one_line(done.stderr)
+
+
+async def test_usage_error_without_command(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        done = await exec_client(["run", "--url", "ws://127.0.0.1:9"], env={"EXEC_SERVER_TOKEN": "x"}, home=tmp_path)
+    assert done.returncode == 2
+    assert "no command" in one_line(done.stderr)
+
+
+# --- against the scripted fake: outcomes the real server rarely produces on demand ------------
+
+ServeFake = Callable[..., Awaitable[FakeServer]]
+
+
+@pytest.fixture
+async def serve_fake(nursery: trio.Nursery) -> ServeFake:
+    async def serve(*scripts: FakeProcessScript, **kwargs: Any) -> FakeServer:
+        fake = FakeServer(list(scripts), **kwargs)
+        await nursery.start(fake.serve)
+        return fake
+
+    return serve
+
+
+async def test_sandbox_denied_prints_a_notice(serve_fake: ServeFake, tmp_path: Path) -> None:
+    events = make_events("x", [("stderr", b"sh: /etc/x: Permission denied\n"), ("exit", 1, True), ("close",)])
+    fake = await serve_fake(FakeProcessScript(ScriptedProcess(events), push=[1, 2, 3]))
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", fake.url, "--sandbox", "readOnly", "--", "sh", "-c", "touch /etc/x"],
+            env={"EXEC_SERVER_TOKEN": FAKE_TOKEN},
+            home=tmp_path,
+        )
+    assert done.returncode == 1
+    lines = done.stderr.decode().splitlines()
+    assert lines == ["sh: /etc/x: Permission denied", "exec-client: sandbox denied: fs.make_reg /etc/x"]
+    start = [params for method, params in fake.requests if method == "process/start"][0]
+    assert start["sandbox"] == {"mode": "readOnly", "writableRoots": [], "network": False}
+
+
+async def test_failure_record_exits_255_with_the_failure(serve_fake: ServeFake, tmp_path: Path) -> None:
+    events = make_events("x", [("stdout", b"partial\n"), ("exit", 0), ("close",)])
+    fake = await serve_fake(FakeProcessScript(ScriptedProcess(events), push=[1, "drop"]), allow_resume=False)
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", fake.url, "--json", "--", "prog"], env={"EXEC_SERVER_TOKEN": FAKE_TOKEN}, home=tmp_path
+        )
+    assert done.returncode == 255
+    record = json.loads(done.stdout)
+    assert (record["exitCode"], record["stdout"]) == (None, "partial\n")
+    assert "no longer has the session" in record["failure"]
+    assert "exec-client: failure:" in one_line(done.stderr)
