@@ -14,7 +14,10 @@ import itertools
 import json
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -290,16 +293,26 @@ async def open_raw_client(
     headers = list(extra_headers or [])
     if token is not None:
         headers.append((b"Authorization", f"Bearer {token}".encode()))
-    async with trio_websocket.open_websocket_url(
-        url, subprotocols=subprotocols, extra_headers=headers, max_message_size=MAX_MESSAGE_BYTES
-    ) as websocket:
-        client = RawClient(websocket)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._read_loop)
-            try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
+    # trio-websocket 0.12 never closes the TCP stream when the server closed the WebSocket
+    # first (its reader stops at EOF, and aclose() is then a no-op): close it ourselves
+    # afterwards, or the socket's ResourceWarning fails a later test.
+    stream: trio.abc.Stream | None = None
+    try:
+        async with trio_websocket.open_websocket_url(
+            url, subprotocols=subprotocols, extra_headers=headers, max_message_size=MAX_MESSAGE_BYTES
+        ) as websocket:
+            stream = websocket._stream
+            client = RawClient(websocket)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client._read_loop)
+                try:
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
 
 # --- fixtures the server test modules import ---------------------------------------------
@@ -319,3 +332,82 @@ async def client(server: Any, no_leftover_processes: None) -> AsyncIterator[RawC
     async with open_raw_client(server.url, server.token) as raw:
         await raw.initialize()
         yield raw
+
+
+# --- the CLI server as a subprocess ------------------------------------------------------
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+
+
+@attrs.define
+class CliServer:
+    """``python -m exec_server serve ...`` running as a child; stderr is collected as it comes."""
+
+    process: trio.Process
+    stderr: bytearray = attrs.Factory(bytearray)
+    _stdout_buffer: bytearray = attrs.Factory(bytearray)
+
+    async def stdout_line(self) -> bytes:
+        """The next line of its stdout, without the newline (b"" at EOF)."""
+        assert self.process.stdout is not None
+        while b"\n" not in self._stdout_buffer:
+            data = await self.process.stdout.receive_some(65536)
+            if not data:
+                line, self._stdout_buffer[:] = bytes(self._stdout_buffer), b""
+                return line
+            self._stdout_buffer += data
+        line, _, rest = bytes(self._stdout_buffer).partition(b"\n")
+        self._stdout_buffer[:] = rest
+        return line
+
+    async def send_line(self, text: str) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(text.encode() + b"\n")
+
+
+def cli_env(**overrides: str | None) -> dict[str, str]:
+    """This process's environment for a CLI child (repo on the path), with overrides (None unsets)."""
+    env = dict(os.environ)
+    env.pop("EXEC_SERVER_TOKEN", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+@contextlib.asynccontextmanager
+async def run_cli_server(args: list[str], env: dict[str, str], *, stdin: bool = False) -> AsyncIterator[CliServer]:
+    """Run ``python -m exec_server <args>``; on exit it is killed (if still running) and waited for."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "exec_server", *args],
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    cli = CliServer(process)
+
+    async def collect_stderr() -> None:
+        assert process.stderr is not None
+        while data := await process.stderr.receive_some(65536):
+            cli.stderr += data
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect_stderr)
+            try:
+                yield cli
+            finally:
+                with trio.CancelScope(shield=True):
+                    if process.returncode is None:
+                        process.kill()
+                    await process.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    await stream.aclose()
