@@ -24,6 +24,9 @@ from exec_server.sandbox._audit import (
     AUDIT_LANDLOCK_ACCESS,
     AUDIT_LANDLOCK_DOMAIN,
     AUDIT_SECCOMP,
+    AUDIT_CWD,
+    AUDIT_EOE,
+    AUDIT_PATH,
     AUDIT_SYSCALL,
     DEFAULT_LOCK_PATH,
     AuditControl,
@@ -65,6 +68,24 @@ REAL_SECCOMP = (
     b' comm="python3" exe="/root/.pyenv/versions/3.11.7/bin/python3.11" sig=0 arch=c000003e'
     b" syscall=41 compat=0 ip=0x7f4181928dc7 code=0x50000"
 )
+
+# A chmod refused by the uid drop, seen by our syscall rule (captured here, uid 65534).
+REAL_UID_CHMOD = [
+    (
+        AUDIT_SYSCALL,
+        b"audit(1795327921.330:546): arch=c000003e syscall=268 success=no exit=-1 a0=ffffff9c"
+        b" a1=561d0bb82c20 a2=180 a3=0 items=1 ppid=8494 pid=8602 auid=4294967295 uid=65534"
+        b" gid=65534 euid=65534 suid=65534 fsuid=65534 egid=65534 sgid=65534 fsgid=65534"
+        b' tty=(none) ses=4294967295 comm="chmod" exe="/usr/bin/chmod" key="exec-server-denial"',
+    ),
+    (AUDIT_CWD, b'audit(1795327921.330:546): cwd="/work/main"'),
+    (
+        AUDIT_PATH,
+        b'audit(1795327921.330:546): item=0 name="/etc/hostname" inode=1234 dev=fe:00 mode=0100644'
+        b" ouid=0 ogid=0 rdev=00:00 nametype=NORMAL cap_fp=0 cap_fi=0 cap_fe=0 cap_fver=0 cap_frootid=0",
+    ),
+    (AUDIT_EOE, b"audit(1795327921.330:546): "),
+]
 
 POLICY = SandboxPolicy(mode=SandboxMode.WORKSPACE_WRITE)
 
@@ -191,6 +212,49 @@ def test_seccomp_record_of_a_descendant_maps_to_its_root() -> None:
     ledger = DenialLedger(1, place=tree.place)
     ledger.feed([record(AUDIT_SECCOMP, REAL_SECCOMP)])
     assert ledger.take(777) == (True, (Denial(blocker="seccomp", target="socket"),))
+
+
+def test_uid_drop_syscall_event_maps_by_pid_with_its_path() -> None:
+    tree = Tree(p8602=8494)
+    ledger = DenialLedger(1, place=tree.place)
+    ledger.feed([record(kind, line) for kind, line in REAL_UID_CHMOD])
+    assert ledger.take(8494) == (True, (Denial(blocker="uid.chmod", target="/etc/hostname"),))
+
+
+def test_uid_drop_event_of_a_gone_task_is_placed_by_its_parent() -> None:
+    tree = Tree(p8494=8494)  # 8602 (chmod) already reaped; its parent is our child
+    ledger = DenialLedger(1, place=tree.place)
+    ledger.feed([record(kind, line) for kind, line in REAL_UID_CHMOD])
+    assert ledger.take(8494)[0] is True
+
+
+def test_relative_path_is_resolved_against_the_cwd_record() -> None:
+    tree = Tree(p8602=8602)
+    ledger = DenialLedger(1, place=tree.place)
+    records = [record(kind, line) for kind, line in REAL_UID_CHMOD]
+    records[2] = record(AUDIT_PATH, REAL_UID_CHMOD[2][1], name="sub/../x")
+    ledger.feed(records)
+    assert ledger.take(8602) == (True, (Denial(blocker="uid.chmod", target="/work/main/x"),))
+
+
+def test_syscall_records_of_other_rules_and_landlock_duplicates_are_ignored() -> None:
+    tree = Tree(p8602=8602, p4515=4515)
+    ledger = DenialLedger(1, place=tree.place)
+    foreign_key = [record(kind, line) for kind, line in REAL_UID_CHMOD]
+    foreign_key[0] = record(AUDIT_SYSCALL, REAL_UID_CHMOD[0][1], key="(null)")
+    ledger.feed(foreign_key)
+    assert ledger.take(8602) == (False, ())
+    # Landlock refused it (ACCESS record) and our rule saw the same failure: count it once.
+    duplicate = record(AUDIT_SYSCALL, REAL_SYSCALL, key="exec-server-denial")
+    ledger.feed(
+        [
+            record(AUDIT_LANDLOCK_ACCESS, REAL_ACCESS_FS),
+            record(AUDIT_LANDLOCK_DOMAIN, REAL_DOMAIN_ALLOCATED),
+            duplicate,
+            record(AUDIT_EOE, b"audit(1795326163.986:3): "),
+        ]
+    )
+    assert ledger.take(4515) == (True, (Denial(blocker="fs.make_reg", target="/etc"),))
 
 
 def test_records_of_foreign_processes_are_dropped() -> None:
@@ -406,6 +470,21 @@ async def test_real_tcp_connect_denial_names_the_destination(
             assert report.denials == (Denial(blocker="net.connect_tcp", target=f"127.0.0.1:{port}"),)
             with pytest.raises(BlockingIOError):
                 listener.accept()  # nothing reached the listener
+
+
+async def test_real_uid_drop_denial_is_seen_by_the_syscall_rule(
+    monitor: DenialMonitor, restrict: Path, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a command as an unprivileged uid")
+    with trio.fail_after(30):
+        before = os.stat("/etc/hostname").st_mode
+        drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        pid, code = await _run(restrict, tmp_path, *drop, "chmod", "600", "/etc/hostname")
+        report = await monitor.report_denials(POLICY, pid, code, b"", b"")
+        assert code == 1
+        assert report.denials == (Denial(blocker="uid.chmod", target="/etc/hostname"),)
+        assert os.stat("/etc/hostname").st_mode == before
 
 
 async def test_unsandboxed_processes_report_source_none(monitor: DenialMonitor) -> None:

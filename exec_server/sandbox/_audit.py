@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import attrs
@@ -35,9 +35,14 @@ NLMSG_ERROR: Final = 2
 NLMSG_DONE: Final = 3
 AUDIT_GET: Final = 1000
 AUDIT_SET: Final = 1001
+AUDIT_ADD_RULE: Final = 1011
+AUDIT_DEL_RULE: Final = 1012
 
 # Record types we act on (include/uapi/linux/audit.h).
 AUDIT_SYSCALL: Final = 1300
+AUDIT_PATH: Final = 1302
+AUDIT_CWD: Final = 1307
+AUDIT_EOE: Final = 1320
 AUDIT_SECCOMP: Final = 1326
 AUDIT_LANDLOCK_ACCESS: Final = 1423
 AUDIT_LANDLOCK_DOMAIN: Final = 1424
@@ -70,6 +75,40 @@ _FIELD_RE: Final = re.compile(r'([A-Za-z_][\w-]*)=("[^"]*"|\S*)')
 _HEX_RE: Final = re.compile(r"(?:[0-9A-F]{2})+")
 
 DEFAULT_LOCK_PATH: Final = "/run/exec-server/audit-state.json"
+
+# ---- the syscall rules for denials that Landlock cannot see -----------------------------
+#
+# A root server runs commands as an unprivileged uid, and that uid drop (not Landlock) is what
+# refuses chmod/chown/utimes of files outside the workspace (Landlock has no right for them)
+# and writes to existing files the uid does not own (the DAC check runs before Landlock's
+# file_open hook). Those refusals leave no Landlock record, so we ask the kernel for a
+# SYSCALL record when one of these calls fails with EACCES or EPERM for a non-root uid.
+# Records of processes that are not ours are dropped by the ledger.
+RULE_KEY: Final = "exec-server-denial"
+AUDIT_ARCH_X86_64: Final = 0xC000003E
+_FILTER_EXIT: Final = 0x04
+_ACTION_ALWAYS: Final = 2
+_FIELD_UID: Final = 1
+_FIELD_ARCH: Final = 11
+_FIELD_EXIT: Final = 103
+_FIELD_ARG0: Final = 200
+_FIELD_FILTERKEY: Final = 210
+_OP_EQUAL: Final = 0x40000000
+_OP_NOT_EQUAL: Final = 0x30000000
+_OP_BITMASK: Final = 0x08000000
+_RULE_HEAD: Final = struct.Struct("=3I")
+_O_ACCMODE: Final = 0o3
+# x86_64 numbers: metadata changes Landlock does not mediate, plus creat/truncate.
+METADATA_SYSCALLS: Final = {
+    "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
+    "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260,
+    "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
+    "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190,
+    "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199,
+    "creat": 85, "truncate": 76,
+}  # fmt: skip
+# open(path, flags) and openat(dirfd, path, flags): only opens for writing (flags & O_ACCMODE).
+OPEN_SYSCALLS: Final = {"open": (2, 1), "openat": (257, 2)}
 
 
 class AuditUnavailable(Exception):
@@ -238,7 +277,7 @@ class AuditControl:
                             raise AuditUnavailable(
                                 f"audit request {msg_type} refused: {os.strerror(-code)}"
                             )
-                        if msg_type == AUDIT_SET:
+                        if msg_type != AUDIT_GET:
                             return reply_type, payload
                         continue  # AUDIT_GET: the ack comes first, the status follows
                     return reply_type, payload
@@ -262,6 +301,26 @@ class AuditControl:
             backlog=backlog,
         )
 
+    def add_rule(self, rule: bytes) -> bool:
+        """Add an audit rule; False if an identical rule already exists."""
+        try:
+            self._request(AUDIT_ADD_RULE, rule)
+        except AuditUnavailable as exc:
+            if "File exists" in str(exc):
+                return False
+            raise
+        return True
+
+    def delete_rule(self, rule: bytes) -> bool:
+        """Delete an audit rule; False if there was no such rule."""
+        try:
+            self._request(AUDIT_DEL_RULE, rule)
+        except AuditUnavailable as exc:
+            if "No such file" in str(exc):
+                return False
+            raise
+        return True
+
     def set_status(self, *, enabled: int | None = None, backlog_limit: int | None = None) -> None:
         """Change the audit enabled flag and/or backlog limit (``AUDIT_SET``)."""
         mask = 0
@@ -273,6 +332,86 @@ class AuditControl:
             return
         body = _STATUS.pack(mask, enabled or 0, 0, 0, 0, backlog_limit or 0, 0, 0, 0, 0, 0)
         self._request(AUDIT_SET, body)
+
+
+def build_rule(syscalls: Sequence[int], errno_value: int, *, flags_arg: int | None = None) -> bytes:
+    """Encode one ``struct audit_rule_data``: exit filter, always, for a non-root uid.
+
+    Matches x86_64 calls among ``syscalls`` that fail with ``-errno_value``; with
+    ``flags_arg`` only those whose argument ``flags_arg`` has an O_ACCMODE bit (a write).
+    Tagged with :data:`RULE_KEY` so that an administrator sees whose rule it is.
+    """
+    mask = [0] * 64
+    for number in syscalls:
+        mask[number // 32] |= 1 << (number % 32)
+    key = RULE_KEY.encode()
+    fields = [
+        (_FIELD_ARCH, _OP_EQUAL, AUDIT_ARCH_X86_64),
+        (_FIELD_EXIT, _OP_EQUAL, (-errno_value) & 0xFFFFFFFF),
+        (_FIELD_UID, _OP_NOT_EQUAL, 0),
+    ]
+    if flags_arg is not None:
+        fields.append((_FIELD_ARG0 + flags_arg, _OP_BITMASK, _O_ACCMODE))
+    fields.append((_FIELD_FILTERKEY, _OP_EQUAL, len(key)))
+    names = [0] * 64
+    values = [0] * 64
+    ops = [0] * 64
+    for index, (name, op, value) in enumerate(fields):
+        names[index], ops[index], values[index] = name, op, value
+    return (
+        _RULE_HEAD.pack(_FILTER_EXIT, _ACTION_ALWAYS, len(fields))
+        + struct.pack("=64I", *mask)
+        + struct.pack("=64I", *names)
+        + struct.pack("=64I", *values)
+        + struct.pack("=64I", *ops)
+        + struct.pack("=I", len(key))
+        + key
+    )
+
+
+def denial_rules() -> list[bytes]:
+    """The syscall rules that report uid-drop denials (see :data:`METADATA_SYSCALLS`)."""
+    rules: list[bytes] = []
+    for errno_value in (errno.EACCES, errno.EPERM):
+        rules.append(build_rule(list(METADATA_SYSCALLS.values()), errno_value))
+        for number, flags_arg in OPEN_SYSCALLS.values():
+            rules.append(build_rule([number], errno_value, flags_arg=flags_arg))
+    return rules
+
+
+class AuditBacklogProbe:
+    """Asks the kernel, without blocking trio, how many records still wait in its audit queue.
+
+    When that backlog is 0, every record emitted so far has been handed to the read-log
+    group, so a reaped process's records are already on our socket.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+            self._sock.bind((0, 0))
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot open a NETLINK_AUDIT socket: {exc.strerror}") from exc
+        self._sock.setblocking(False)
+        self._seq = 0
+
+    async def backlog(self) -> int | None:
+        """The kernel's audit backlog, or None if it could not be read (never raises)."""
+        self._seq += 1
+        request = _NLMSG_HEADER.pack(_NLMSG_HEADER.size, AUDIT_GET, _NLM_F_REQUEST, self._seq, 0)
+        try:
+            self._sock.sendto(request, (0, 0))
+            while True:
+                await trio.lowlevel.wait_readable(self._sock)
+                data = self._sock.recv(_RECV_BUFFER)
+                for msg_type, seq, payload in iter_messages(data):
+                    if msg_type == AUDIT_GET and seq == self._seq:
+                        return int(_STATUS.unpack_from(payload.ljust(_STATUS.size, b"\0"))[7])
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _permission_problem() -> str | None:
@@ -312,6 +451,7 @@ class AuditLease:
     lock_path: str
     lock_file: int
     found: AuditStatus
+    rules: bool = False
     released: bool = False
 
     def release(self) -> None:
@@ -329,6 +469,9 @@ class AuditLease:
                 saved = _read_saved(self.lock_file)
                 if saved is not None:
                     try:
+                        if saved["rules"]:
+                            for rule in denial_rules():
+                                self.control.delete_rule(rule)
                         self.control.set_status(
                             enabled=saved["enabled"], backlog_limit=saved["backlog_limit"]
                         )
@@ -363,16 +506,29 @@ def _read_saved(fd: int) -> dict[str, int] | None:
         return None
     try:
         saved = json.loads(raw)
-        return {"enabled": int(saved["enabled"]), "backlog_limit": int(saved["backlog_limit"])}
-    except (ValueError, KeyError, TypeError):
+        return {
+            "enabled": int(saved["enabled"]),
+            "backlog_limit": int(saved["backlog_limit"]),
+            "rules": int(saved.get("rules", 0)),
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def acquire_audit(lock_path: str = DEFAULT_LOCK_PATH) -> AuditLease:
+def _write_saved(fd: int, saved: dict[str, int]) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(saved).encode())
+    os.fsync(fd)
+
+
+def acquire_audit(lock_path: str = DEFAULT_LOCK_PATH, *, uid_drop_rules: bool = False) -> AuditLease:
     """Make sure the kernel emits audit records, remembering what to restore.
 
     Enables audit and raises the backlog limit to :data:`WANTED_BACKLOG_LIMIT` if they are
     lower. Changes nothing when audit is already on (an auditd runs) or locked (``enabled=2``).
+    With ``uid_drop_rules`` it also adds :func:`denial_rules` (removed by the last user);
+    ``AuditLease.rules`` says whether they are in place.
 
     Raises:
         AuditUnavailable: not permitted here, or the kernel refused.
@@ -389,31 +545,44 @@ def acquire_audit(lock_path: str = DEFAULT_LOCK_PATH) -> AuditLease:
         raise AuditUnavailable(f"cannot open {lock_path}: {exc.strerror}") from exc
     try:
         with _host_mutex(lock_path):
-            found = _enable(control, lock_file)
+            found, rules = _enable(control, lock_file, uid_drop_rules)
             # Cannot conflict: the exclusive lock is only ever taken under the mutex.
             fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BaseException:
         os.close(lock_file)
         control.close()
         raise
-    return AuditLease(control=control, lock_path=lock_path, lock_file=lock_file, found=found)
+    return AuditLease(
+        control=control, lock_path=lock_path, lock_file=lock_file, found=found, rules=rules
+    )
 
 
-def _enable(control: AuditControl, lock_file: int) -> AuditStatus:
-    """Enable audit and raise the backlog limit if needed, saving the state found first."""
+def _enable(
+    control: AuditControl, lock_file: int, uid_drop_rules: bool
+) -> tuple[AuditStatus, bool]:
+    """Enable audit, raise the backlog limit and add the rules as asked, saving what was found.
+
+    Returns the status found and whether the uid-drop rules are in place.
+    """
     found = control.get_status()
     if found.enabled == 2:
-        return found  # locked by the administrator: on, and nothing may change
-    if _read_saved(lock_file) is None:
+        # Locked by the administrator: audit is on and no setting or rule may change.
+        return found, False
+    saved = _read_saved(lock_file)
+    if saved is None:
         # First user on this host: remember the state we are about to change.
-        os.ftruncate(lock_file, 0)
-        os.lseek(lock_file, 0, os.SEEK_SET)
-        saved = {"enabled": found.enabled, "backlog_limit": found.backlog_limit}
-        os.write(lock_file, json.dumps(saved).encode())
-        os.fsync(lock_file)
+        saved = {"enabled": found.enabled, "backlog_limit": found.backlog_limit, "rules": 0}
+        _write_saved(lock_file, saved)
     wanted_enabled = 1 if found.enabled == 0 else None
     wanted_backlog = (
         WANTED_BACKLOG_LIMIT if 0 < found.backlog_limit < WANTED_BACKLOG_LIMIT else None
     )
     control.set_status(enabled=wanted_enabled, backlog_limit=wanted_backlog)
-    return found
+    if not uid_drop_rules:
+        return found, False
+    if not saved["rules"]:
+        # Written before adding: a crash in between still gets the rules removed later.
+        _write_saved(lock_file, {**saved, "rules": 1})
+    for rule in denial_rules():
+        control.add_rule(rule)  # False: already there (another server added it)
+    return found, True
