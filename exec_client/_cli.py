@@ -31,6 +31,7 @@ EXIT_USAGE: Final = 2
 EXIT_NOT_FOUND: Final = 127
 EXIT_NOT_EXECUTABLE: Final = 126
 _PROG: Final = "exec-client"
+_STDIN_READ_BYTES: Final = 256 * 1024
 
 
 class _UsageError(Exception):
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         help="sandbox mode (default: the server's)",
     )
     run.add_argument("--network", action="store_true", help="allow network access inside the sandbox")
+    run.add_argument("--stdin", action="store_true", help="forward our stdin to the command (else it gets none)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
     return parser
 
@@ -175,6 +177,22 @@ async def _forward_signals(handle: ProcessHandle) -> None:
                 pass
 
 
+async def _forward_stdin(handle: ProcessHandle) -> None:
+    """Copy our stdin to the command's, then close it (EOF)."""
+    fd = sys.stdin.fileno()
+    try:
+        while True:
+            # A thread, not a non-blocking fd: our stdin may be shared with the shell.
+            data = await trio.to_thread.run_sync(os.read, fd, _STDIN_READ_BYTES, abandon_on_cancel=True)
+            if not data:
+                break
+            if await handle.write(data) is not p.WriteStatus.ACCEPTED:
+                return  # the command closed its stdin or exited; stop reading ours
+        await handle.close_stdin()
+    except (OSError, ExecClientError):
+        pass  # the record tells what happened to the command
+
+
 async def _stream(handle: ProcessHandle) -> None:
     out = sys.stdout.buffer
     err = sys.stderr.buffer
@@ -220,11 +238,14 @@ async def _run_command(
         timeout=args.timeout,
         sandbox=sandbox,
         stream_output=not args.json,
+        pipe_stdin=args.stdin,
         # Streaming mode prints every byte as it arrives; the record need not keep them.
         max_output_bytes=p.DEFAULT_MAX_OUTPUT_BYTES if args.json else 0,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_forward_signals, handle)
+        if args.stdin:
+            nursery.start_soon(_forward_stdin, handle)
         if not args.json:
             await _stream(handle)
         record = await handle.wait()

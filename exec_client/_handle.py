@@ -28,6 +28,9 @@ logger: Final = logging.getLogger("exec_client")
 # block on a slow iterator (it serves every process), so past this the live stream is cut
 # with OutputOverrun; the terminal record is unaffected.
 STREAM_BUFFER_BYTES: Final = 64 * 1024 * 1024
+# Stdin is sent in pieces of at most this size, so a big write never approaches the
+# server's message limit (limits.maxMessageBytes, 16 MiB by default, before base64).
+WRITE_CHUNK_BYTES: Final = 1024 * 1024
 
 
 class ProcessHandle:
@@ -79,11 +82,20 @@ class ProcessHandle:
     async def write(self, data: bytes) -> p.WriteStatus:
         """Write to the process's stdin (started with ``pipe_stdin=True``).
 
-        Retried across a session resume; the server applies a ``writeId`` once.
+        Retried across a session resume; the server applies a ``writeId`` once. Large
+        data is sent in 1 MiB pieces; the status is that of the last piece (or the first
+        that was not accepted).
         """
-        params = p.WriteParams(process_id=self.process_id, chunk=data, write_id=uuid.uuid4().hex)
-        result: p.WriteResult = await self._client._call(params, retry=True)
-        return result.status
+        view = memoryview(data)
+        status = p.WriteStatus.ACCEPTED
+        for offset in range(0, max(len(view), 1), WRITE_CHUNK_BYTES):
+            piece = bytes(view[offset : offset + WRITE_CHUNK_BYTES])
+            params = p.WriteParams(process_id=self.process_id, chunk=piece, write_id=uuid.uuid4().hex)
+            result: p.WriteResult = await self._client._call(params, retry=True)
+            status = result.status
+            if status is not p.WriteStatus.ACCEPTED:
+                break
+        return status
 
     async def close_stdin(self) -> p.WriteStatus:
         """Close the process's stdin (EOF)."""

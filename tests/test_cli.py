@@ -18,7 +18,7 @@ REPO: Path = Path(__file__).resolve().parent.parent
 
 
 async def exec_client(
-    args: list[str], *, env: dict[str, str] | None = None, home: Path
+    args: list[str], *, env: dict[str, str] | None = None, home: Path, stdin: bytes = b""
 ) -> trio.CompletedProcess[bytes]:
     """Run ``python -m exec_client`` with a clean token environment and HOME."""
     base = {key: value for key, value in os.environ.items() if not key.startswith("EXEC_SERVER_")}
@@ -26,7 +26,12 @@ async def exec_client(
     base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
     base.update(env or {})
     return await trio.run_process(
-        [sys.executable, "-m", "exec_client", *args], env=base, capture_stdout=True, capture_stderr=True, check=False
+        [sys.executable, "-m", "exec_client", *args],
+        env=base,
+        stdin=stdin,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
 
 
@@ -68,6 +73,18 @@ async def test_streams_stdout_and_stderr_binary_safe(server: Any, tmp_path: Path
     assert done.returncode == 7
     assert done.stdout == payload
     assert done.stderr == b"err"
+
+
+async def test_stdin_is_forwarded_with_eof(server: Any, tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)  # more than one write piece
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--stdin", "--", "cat"],
+            env={"EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+            stdin=data,
+        )
+    assert (done.returncode, done.stdout == data, done.stderr) == (0, True, b"")
 
 
 async def test_signal_exit_code_is_128_plus_n(server: Any, tmp_path: Path) -> None:

@@ -59,13 +59,18 @@ async def test_run_with_stdin_env_and_cwd(server: Any, tmp_path: Path) -> None:
         assert record.stdout == f"hello world\n{tmp_path}\n".encode()
 
 
-@pytest.mark.parametrize("delivery", ["lossless", "bestEffort"])
-async def test_20_mib_of_binary_output_arrives_byte_exact(server: Any, tmp_path: Path, delivery: str) -> None:
+@pytest.mark.parametrize(
+    ("delivery", "binary_output"), [("lossless", False), ("bestEffort", False), ("lossless", True)]
+)
+async def test_20_mib_of_binary_output_arrives_byte_exact(
+    server: Any, tmp_path: Path, delivery: str, binary_output: bool
+) -> None:
     payload = os.urandom(20 * 1024 * 1024)
     source = tmp_path / "payload.bin"
     source.write_bytes(payload)
     with trio.fail_after(60):
-        async with open_client(server.url, token=server.token, delivery=delivery) as client:
+        async with open_client(server.url, token=server.token, delivery=delivery, binary_output=binary_output) as client:
+            assert client.info.binary_output is binary_output
             handle = await client.start(["cat", str(source)])
             seqs = [chunk.seq async for chunk in handle]
             record = await handle.wait()
