@@ -376,6 +376,7 @@ class Client:
             self._token,
             on_notification=self._on_notification,
             on_closed=self._on_closed,
+            on_unreadable=self._on_unreadable,
             timeout=self._connect_timeout,
         )
         try:
@@ -411,6 +412,11 @@ class Client:
             handle = self._handles.get(event.process_id)
             if handle is not None:
                 handle._on_event(event)
+
+    def _on_unreadable(self, process_id: str) -> None:
+        handle = self._handles.get(process_id)
+        if handle is not None:
+            handle._on_unreadable()
 
     def _on_closed(self, connection: Connection, info: CloseInfo) -> None:
         if connection is not self._connection or info.by_us or self._closing:

@@ -10,6 +10,7 @@ and ``on_closed`` is told why, once.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import ssl
@@ -62,6 +63,17 @@ def _parse_url(url: str) -> tuple[bool, str, int, str]:
     port = parts.port or (443 if secure else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return secure, parts.hostname, port, resource
+
+
+def _process_id_of(frame: str | bytes) -> str | None:
+    """The ``params.processId`` of a frame that failed to decode, if it has one."""
+    try:
+        payload = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    params = payload.get("params") if isinstance(payload, dict) else None
+    process_id = params.get("processId") if isinstance(params, dict) else None
+    return process_id if isinstance(process_id, str) else None
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -125,8 +137,10 @@ class Connection:
         url: str,
         on_notification: Callable[[p.Notification], None],
         on_closed: Callable[[Connection, CloseInfo], None],
+        on_unreadable: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
+        self._on_unreadable = on_unreadable
         self._ws = ws
         self._on_notification = on_notification
         self._on_closed = on_closed
@@ -145,6 +159,7 @@ class Connection:
         *,
         on_notification: Callable[[p.Notification], None],
         on_closed: Callable[[Connection, CloseInfo], None],
+        on_unreadable: Callable[[str], None] | None = None,
         timeout: float = 10.0,
     ) -> Connection:
         """Connect, authenticate, and start the reader task in ``nursery``.
@@ -154,7 +169,9 @@ class Connection:
         """
         try:
             with trio.fail_after(timeout if timeout is not None else math.inf):
-                connection: Connection = await nursery.start(cls._run, url, token, on_notification, on_closed)
+                connection: Connection = await nursery.start(
+                    cls._run, url, token, on_notification, on_closed, on_unreadable
+                )
         except trio.TooSlowError:
             raise ConnectionFailed(f"cannot connect to {url}: no answer within {timeout:g} s") from None
         except trio_websocket.ConnectionRejected as exc:
@@ -180,6 +197,7 @@ class Connection:
         token: str,
         on_notification: Callable[[p.Notification], None],
         on_closed: Callable[[Connection, CloseInfo], None],
+        on_unreadable: Callable[[str], None] | None,
         *,
         task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -205,7 +223,7 @@ class Connection:
                     message_queue_size=MESSAGE_QUEUE_SIZE,
                     receive_buffer_size=RECEIVE_BUFFER_BYTES,
                 )
-                connection = cls(ws, url, on_notification, on_closed)
+                connection = cls(ws, url, on_notification, on_closed, on_unreadable)
                 task_status.started(connection)
                 await connection._reader()
                 # The WebSocket's reader task finishes the close handshake and then ends
@@ -316,9 +334,12 @@ class Connection:
         try:
             message = decode_frame(frame)
         except p.ProtocolError as exc:
-            # A malformed frame cannot be answered (we are the client); a gap it leaves
-            # in a process's seqs is repaired by the assembler like a dropped event.
+            # A malformed frame cannot be answered (we are the client). If it names a
+            # process, that process repairs whatever it carried with a read.
             logger.warning("exec_client: ignoring a malformed frame from the server: %s", exc.message)
+            process_id = _process_id_of(frame)
+            if process_id is not None and self._on_unreadable is not None:
+                self._on_unreadable(process_id)
             return
         if isinstance(message, p.Notification):
             self._on_notification(message)

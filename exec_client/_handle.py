@@ -141,6 +141,9 @@ class ProcessHandle:
     def _on_event(self, event: p.OutputEvent | p.ExitedEvent | p.ClosedEvent) -> None:
         self._apply(self._assembler.event(event))
 
+    def _on_unreadable(self) -> None:
+        self._apply(self._assembler.event_unreadable())
+
     def _resumed(self) -> None:
         self._generation += 1
         self._apply(self._assembler.connection_resumed())

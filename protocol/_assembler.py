@@ -36,7 +36,8 @@ POLLING     legacy server (no pushEvents): long-poll       result holds the term
 COMPLETE    the record is final                            (terminal)
 ==========  =============================================  ===================================
 
-``connection_resumed()`` abandons an outstanding read and asks for a read from the last
+``event_unreadable()`` (a frame of this process that did not decode) asks for a read as
+soon as none is outstanding. ``connection_resumed()`` abandons an outstanding read and asks for a read from the last
 contiguous seq (READING/POLLING); ``connection_lost(reason)`` and ``read_failed(reason)``
 finish with ``failure`` set and never invent an exit code.
 
@@ -259,6 +260,7 @@ class Assembler:
         self._compat_done = False
         self._overflowed = False
         self._grace_expired = False
+        self._force_read = False
 
         self._outstanding: NeedRead | None = None
         self._read_calls = 0
@@ -387,6 +389,16 @@ class Assembler:
             return self._decide(read_from=self._contiguous, wait_ms=0 if result.chunks else self._long_poll_ms)
         return self._decide()
 
+    def event_unreadable(self) -> Progress:
+        """An event of this process arrived but could not be decoded: repair it with a read.
+
+        Without this a malformed ``closed`` would leave no hole behind it and the record
+        would wait forever.
+        """
+        if self._record is None:
+            self._force_read = True
+        return self._decide()
+
     def gap_grace_expired(self) -> Progress:
         """The I/O layer's grace timer (started on ``Wait(hole=True)``) fired."""
         if self._record is None and self._has_hole() and self._outstanding is None:
@@ -499,6 +511,7 @@ class Assembler:
         self._read_calls += 1
         self._overflowed = False
         self._grace_expired = False
+        self._force_read = False
         return self._outstanding
 
     def _decide(self, *, read_from: int | None = None, wait_ms: int = 0) -> Progress:
@@ -520,8 +533,8 @@ class Assembler:
                 # Everything converged but sandboxDenied: exactly one compatibility read.
                 self._compat_read = self._request(self._contiguous, 0)
                 return self._progress(self._outstanding_action())
-            elif self._has_hole() and (
-                self._closed_seq is not None or self._overflowed or self._grace_expired
+            elif self._force_read or (
+                self._has_hole() and (self._closed_seq is not None or self._overflowed or self._grace_expired)
             ):
                 self._request(self._contiguous, 0)
                 return self._progress(self._outstanding_action())

@@ -145,7 +145,8 @@ class ScriptedProcess:
 
 # What a scripted process does after its start response: frames to push. An int pushes the
 # event with that seq; "drop" closes the connection abruptly (no close frame); ("await_read",)
-# waits until the client has sent a process/read.
+# waits until the client has sent a process/read; ("garble", seq) pushes that event with an
+# unknown field, which the client cannot decode.
 Step = int | str | tuple[str, ...]
 
 
@@ -302,9 +303,13 @@ class FakeServer:
             if isinstance(step, tuple) and step[0] == "await_read":
                 await self._read_seen.wait()
                 continue
-            assert isinstance(step, int)
-            event = process.events[step - 1]
+            garble = isinstance(step, tuple) and step[0] == "garble"
+            seq = int(step[1]) if isinstance(step, tuple) else step
+            assert isinstance(seq, int)
+            event = process.events[seq - 1]
             raw = p.unstructure(event)
+            if garble:
+                raw["fromTheFuture"] = True  # an unknown field: our strict codec refuses it
             if isinstance(event, p.ExitedEvent) and (process.legacy or self._script_of[process_id].strip_sandbox_denied):
                 for key in ("sandboxDenied", "durationMs", "usage", "denials", "sandboxDeniedSource"):
                     raw.pop(key, None)

@@ -189,6 +189,17 @@ def test_read_repeats_only_while_more_is_retained() -> None:
     assert (record.stdout, record.read_calls, record.exit_code) == (b"x" * 50, 3, 0)
 
 
+def test_an_unreadable_event_asks_for_a_read() -> None:
+    events = make_events(PID, STANDARD)
+    server = ScriptedProcess(events)
+    assembler = new()
+    feed(assembler, events, [1, 2, 3, 4])
+    progress = assembler.event_unreadable()  # the closed event did not decode
+    assert progress.action == p.NeedRead(after_seq=4, wait_ms=0, max_bytes=p.READ_MAX_BYTES)
+    record = record_of(answer(assembler, server, progress))
+    assert (record.read_calls, record.completion, record.exit_code) == (1, p.Completion.RECOVERED, 3)
+
+
 def test_read_result_without_outstanding_read_is_an_error() -> None:
     assembler = new()
     server = ScriptedProcess(make_events(PID, STANDARD))

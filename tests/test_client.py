@@ -105,6 +105,16 @@ async def test_closed_behind_a_hole_reads_at_once(serve_fake: ServeFake) -> None
         assert [r["afterSeq"] for r in fake.reads()] == [2]
 
 
+async def test_an_undecodable_closed_event_is_repaired_by_a_read(serve_fake: ServeFake) -> None:
+    with trio.fail_after(10):
+        fake = await serve_fake(script(push=[1, 2, 3, 4, ("garble", 5)]))
+        async with open_client(fake.url, token=FAKE_TOKEN, gap_grace=NO_TIMER) as client:
+            record = await client.run(["prog"])
+        assert_standard_output(record)
+        assert (record.completion, record.read_calls) == (p.Completion.RECOVERED, 1)
+        assert [r["afterSeq"] for r in fake.reads()] == [4]
+
+
 async def test_evicted_output_is_reported_exactly(serve_fake: ServeFake) -> None:
     spec = [("stdout", b"a" * 10), ("stdout", b"b" * 20), ("stderr", b"c" * 5), ("stdout", b"d"), ("exit", 0), ("close",)]
     with trio.fail_after(10):
