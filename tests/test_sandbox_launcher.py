@@ -574,6 +574,19 @@ def test_identity_is_the_workspace_owner_else_the_fallback(workspace: Path) -> N
         assert choose_identity(str(workspace), root=True, fallback=fallback) == Identity(4242, NOBODY)
         os.chown(workspace, 4242, 4343)
         assert choose_identity(str(workspace), root=True, fallback=fallback) == Identity(4242, 4343)
+    assert choose_identity(str(workspace), root=True, fallback=fallback, workspace_owner=False) == fallback
+
+
+@needs_root
+async def test_the_operator_can_pin_every_command_to_the_fallback_uid(workspace: Path) -> None:
+    os.chown(workspace, 4242, 4242)
+    settings = SandboxSettings(audit_denials="off", run_as_workspace_owner=False, fallback_uid=4343, fallback_gid=4344)
+    pinned = Sandbox(settings, KERNEL, find_launcher())
+    result = await _sandboxed(pinned, workspace, ["id", "-u"], mode=SandboxMode.READ_ONLY)
+    assert result.stdout == b"4343\n"
+    owner = Sandbox(SETTINGS, KERNEL, find_launcher())
+    result = await _sandboxed(owner, workspace, ["id", "-u"], mode=SandboxMode.READ_ONLY)
+    assert result.stdout == b"4242\n"
 
 
 def test_plans_carry_the_identity_choice_to_the_launcher(workspace: Path) -> None:

@@ -10,9 +10,16 @@ Landlock does not cover chmod, chown, hostname or connecting to pathname sockets
 The uid is the owner of the workspace (``cwd``) when that is not root — files the command
 creates then belong to the workspace's owner, as if they had run it — else the operator's
 fallback (``nobody``). The gid is that user's primary group (not the directory's group,
-which could be a privileged one like ``disk``), again never 0. Consequence to know: with
-``workspaceWrite`` on a workspace the chosen uid cannot write (root-owned, or a writable
-root owned by someone else), the command simply gets EACCES.
+which could be a privileged one like ``disk``), again never 0; supplementary groups
+(``docker``, ``wheel``…) are always dropped. Consequences to know:
+
+- with ``workspaceWrite`` on a workspace the chosen uid cannot write (root-owned, or a
+  writable root owned by someone else), the command simply gets EACCES;
+- running as the workspace owner also means reaching what that user can reach outside the
+  filesystem rules: Landlock (ABI ≤ 7) does not govern connecting to *pathname* unix
+  sockets, so the owner's session D-Bus, ``systemd --user`` or ssh-agent sockets under
+  ``/run/user/UID`` are reachable. An operator who runs such services for workspace owners
+  sets ``run_as_workspace_owner=False``: every command then runs as the fallback uid.
 """
 
 from __future__ import annotations
@@ -31,13 +38,15 @@ class Identity:
     gid: int
 
 
-def choose_identity(cwd: str, *, root: bool, fallback: Identity) -> Identity | None:
+def choose_identity(cwd: str, *, root: bool, fallback: Identity, workspace_owner: bool = True) -> Identity | None:
     """Pick the unprivileged identity for a command started in ``cwd``.
 
     Args:
         cwd: the command's working directory (must exist).
         root: whether the server runs as root; otherwise nothing changes.
         fallback: the identity for a root-owned workspace.
+        workspace_owner: run as the workspace's owner when it is not root; if False,
+            always run as ``fallback``.
 
     Returns:
         None when the server is not root (the command keeps the server's uid), else the
@@ -45,6 +54,8 @@ def choose_identity(cwd: str, *, root: bool, fallback: Identity) -> Identity | N
     """
     if not root:
         return None
+    if not workspace_owner:
+        return fallback
     owner = os.stat(cwd)
     if owner.st_uid == 0:
         return fallback

@@ -212,7 +212,9 @@ class Sandbox:
         if not os.path.isabs(cwd) or not os.path.isdir(cwd):
             raise SandboxUnavailable(f"cwd is not an existing absolute directory: {cwd!r}")
         writable = writable_paths(policy, cwd)
-        identity = choose_identity(cwd, root=self.kernel.root, fallback=self._fallback)
+        identity = choose_identity(
+            cwd, root=self.kernel.root, fallback=self._fallback, workspace_owner=self.settings.run_as_workspace_owner
+        )
         env = dict(env)
         cleanup: Callable[[], None] = NO_CLEANUP
         if policy.mode is SandboxMode.WORKSPACE_WRITE:

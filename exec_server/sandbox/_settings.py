@@ -23,6 +23,8 @@ class SandboxSettings:
         fallback_uid: when the server runs as root and the workspace is root-owned, the
             unprivileged uid commands run as (default ``nobody``).
         fallback_gid: the gid that goes with ``fallback_uid``.
+        run_as_workspace_owner: as root, run commands as the owner of their workspace
+            (when not root) rather than always as ``fallback_uid`` (see ``_identity.py``).
     """
 
     default_mode: SandboxMode = SandboxMode.READ_ONLY
@@ -30,3 +32,4 @@ class SandboxSettings:
     audit_denials: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "on", "off")))
     fallback_uid: int = attrs.field(default=NOBODY, validator=attrs.validators.gt(0))
     fallback_gid: int = attrs.field(default=NOBODY, validator=attrs.validators.gt(0))
+    run_as_workspace_owner: bool = True
