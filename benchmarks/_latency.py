@@ -47,6 +47,7 @@ class ArmResult:
     runs: list[list[float]] = attrs.Factory(list)
     reads: int = 0
     calls: int = 0
+    error: str | None = None
 
     @property
     def summary(self) -> ArmSummary:
@@ -130,23 +131,40 @@ def trio_process_arm() -> Arm:
 
 
 async def measure(arms: Sequence[Arm], runs: int, calls: int, *, warmup: int = 3) -> list[ArmResult]:
-    """``runs`` runs of ``calls`` interleaved calls per arm (after ``warmup`` untimed calls each)."""
-    for arm in arms:
-        for _ in range(warmup):
-            await arm.once()
+    """``runs`` runs of ``calls`` interleaved calls per arm (after ``warmup`` untimed calls each).
+
+    An arm whose call fails (on a shared machine the sandbox launcher may be rebuilt under
+    us, say) is dropped from then on and its error kept, instead of losing every arm's run.
+    """
     results = [ArmResult(arm.name) for arm in arms]
+    for arm, result in zip(arms, results, strict=True):
+        for _ in range(warmup):
+            await _call(arm, result)
     for _ in range(runs):
         samples: list[list[float]] = [[] for _ in arms]
         for i in range(calls):
             for k in range(len(arms)):
                 index = (i + k) % len(arms)
-                elapsed, reads = await arms[index].once()
-                samples[index].append(elapsed)
-                results[index].reads += reads
-                results[index].calls += 1
+                outcome = await _call(arms[index], results[index])
+                if outcome is not None:
+                    elapsed, reads = outcome
+                    samples[index].append(elapsed)
+                    results[index].reads += reads
+                    results[index].calls += 1
         for result, run in zip(results, samples, strict=True):
-            result.runs.append(run)
+            if run:
+                result.runs.append(run)
     return results
+
+
+async def _call(arm: Arm, result: ArmResult) -> tuple[float, int] | None:
+    if result.error is not None:
+        return None
+    try:
+        return await arm.once()
+    except Exception as exc:  # noqa: BLE001 - reported with the arm's row
+        result.error = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 # --- the section ---------------------------------------------------------------------------
@@ -246,8 +264,13 @@ def _table(section: Section, proto: Protocol, results: Sequence[ArmResult]) -> N
         caption=f"**{proto.label}**: {proto.runs} runs × {proto.calls} calls per arm; percentiles are the median across runs.",
     )  # fmt: skip
     for result in results:
+        if result.error is not None:
+            section.note(f"{proto.label}: arm `{result.name}` stopped after {result.calls} calls: {result.error}")
+        if not result.runs:
+            table.add(result.name, "-", "-", "-", "-", "-", "-")
+            continue
         summary = result.summary
-        ratio = f"{summary.p50 / floor.summary.p50:.2f}×" if floor is not None else "-"
+        ratio = f"{summary.p50 / floor.summary.p50:.2f}×" if floor is not None and floor.runs else "-"
         per_run = " / ".join(fmt_ms(run.p50) for run in summary.runs)
         reads = f"{result.reads / result.calls:.2f}" if result.calls else "-"
         table.add(result.name, fmt_ms(summary.p50), fmt_ms(summary.p90), fmt_ms(summary.p99), per_run, reads, ratio)

@@ -61,11 +61,16 @@ async def run_section(runs: int, calls: int, ballast_bytes: int = GIB) -> Overhe
         finally:
             del ballast
     for label, results in (("rest", outcome.rest), ("heavy", outcome.heavy)):
-        by_name = {r.name: r.summary.p50 for r in results}
-        outcome.ratios[label] = by_name["readOnly"] / by_name["unsandboxed"]
-    outcome.ratios["readOnly heavy/rest"] = (
-        {r.name: r.summary.p50 for r in outcome.heavy}["readOnly"] / {r.name: r.summary.p50 for r in outcome.rest}["readOnly"]
-    )
+        by_name = {r.name: r.summary.p50 for r in results if r.runs}
+        if "readOnly" in by_name and "unsandboxed" in by_name:
+            outcome.ratios[label] = by_name["readOnly"] / by_name["unsandboxed"]
+        for result in results:
+            if result.error is not None:
+                section.note(f"arm `{result.name}` ({label}) stopped after {result.calls} calls: {result.error}")
+    if "rest" in outcome.ratios and "heavy" in outcome.ratios:
+        rest_ro = next(r for r in outcome.rest if r.name == "readOnly").summary.p50
+        heavy_ro = next(r for r in outcome.heavy if r.name == "readOnly").summary.p50
+        outcome.ratios["readOnly heavy/rest"] = heavy_ro / rest_ro
     spawn_level(section, calls, ballast_bytes)
     section.note(
         f"{runs} runs × {calls} calls per arm, interleaved; the server shares this process, so its RSS includes the "
@@ -76,10 +81,14 @@ async def run_section(runs: int, calls: int, ballast_bytes: int = GIB) -> Overhe
 
 
 def _rows(table: Table, rss_label: str, results: Sequence[ArmResult]) -> None:
-    base = next(r for r in results if r.name == "unsandboxed").summary.p50
+    base = next((r.summary.p50 for r in results if r.name == "unsandboxed" and r.runs), None)
     for result in results:
+        if not result.runs:
+            table.add(rss_label, result.name, "-", "-", "-", "-")
+            continue
         summary = result.summary
-        table.add(rss_label, result.name, fmt_ms(summary.p50), fmt_ms(summary.p90), fmt_ms(summary.p99), f"{summary.p50 / base:.2f}×")
+        ratio = f"{summary.p50 / base:.2f}×" if base else "-"
+        table.add(rss_label, result.name, fmt_ms(summary.p50), fmt_ms(summary.p90), fmt_ms(summary.p99), ratio)
 
 
 def spawn_level(section: Section, runs: int, ballast_bytes: int) -> None:
