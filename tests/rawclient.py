@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -232,6 +233,42 @@ def is_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+class PidWatch:
+    """Watch any process (not only our children) through a pidfd, to wait for its death.
+
+    A pipe reaching EOF does not mean its holder is gone yet: a dying process closes its
+    files before it becomes a zombie. Open the watch while the process is known alive
+    (no pid-reuse race), then wait: a tree that was really killed dies within the bound.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._fd = None  # already dead and reaped
+
+    async def wait_exited(self, timeout: float = 5.0) -> None:
+        if self._fd is None:
+            return
+        try:
+            with trio.fail_after(timeout):
+                await trio.lowlevel.wait_readable(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def wait_exited_sync(self, timeout: float = 5.0) -> None:
+        if self._fd is None:
+            return
+        try:
+            readable, _, _ = select.select([self._fd], [], [], timeout)
+            assert readable, f"pid {self.pid} still runs after {timeout}s"
+        finally:
+            os.close(self._fd)
+            self._fd = None
 
 
 def reap_leftover_descendants(timeout: float = 5.0) -> list[str]:

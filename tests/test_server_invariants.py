@@ -21,6 +21,7 @@ import trio
 from rawclient import (  # noqa: F401  (fixtures are used by name)
     Event,
     RawClient,
+    PidWatch,
     is_gone,
     no_leftover_processes,
     open_raw_client,
@@ -95,6 +96,7 @@ async def test_exited_does_not_wait_for_grandchild_holding_stdout(client: RawCli
         await client.start("bg", ["sh", "-c", "sleep 60 & echo $!; echo done"])
         exited = await client.wait_event("bg", lambda e: e.kind == "exited")
         holder = int(output_of(client.events_of("bg")).split()[0])
+        watch = PidWatch(holder)
         assert exited.params["exitCode"] == 0
         # The grandchild still holds the pipe: exited, not closed.
         assert not is_gone(holder)
@@ -109,7 +111,7 @@ async def test_exited_does_not_wait_for_grandchild_holding_stdout(client: RawCli
         events = await client.events_for("bg")
         assert_well_formed(events)
         assert output_of(events) == f"{holder}\ndone\n".encode()
-        assert is_gone(holder)
+        await watch.wait_exited()
 
 
 async def test_output_after_exited_is_sequenced_after_it(client: RawClient) -> None:

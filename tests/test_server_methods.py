@@ -22,6 +22,7 @@ from rawclient import (  # noqa: F401  (fixtures are used by name)
     Event,
     RawClient,
     client,
+    PidWatch,
     is_gone,
     no_leftover_processes,
     open_raw_client,
@@ -417,12 +418,13 @@ async def test_terminate_kills_whole_tree_including_setsid_grandchild(client: Ra
         out = await client.wait_output("tree", b"\n")
         grandchild = int(out.split()[0])
         assert os.getsid(grandchild) == grandchild  # it left the group and the session
+        watch = PidWatch(grandchild)
         result = await client.call("process/terminate", {"processId": "tree", "graceMs": 5000})
         assert result["running"] is True
         events = await client.events_for("tree")  # closed needs the grandchild's stdout closed too
         exited = exited_of(events)
         assert exited["exitCode"] == 128 + signal.SIGTERM and exited["signal"] == "SIGTERM"
-        assert is_gone(grandchild)
+        await watch.wait_exited()
         # Already exited: running is false, and terminate stays harmless.
         assert (await client.call("process/terminate", {"processId": "tree"}))["running"] is False
 
@@ -442,12 +444,13 @@ async def test_terminate_running_false_after_exit_before_close(client: RawClient
     with trio.fail_after(10):
         await client.start("hold", ["sh", "-c", "sleep 60 & echo $!"])
         holder = int((await client.wait_output("hold", b"\n")).split()[0])
+        watch = PidWatch(holder)
         await client.wait_event("hold", lambda e: e.kind == "exited")
         # Exited, but a grandchild still holds stdout: not closed, and not running either.
         assert (await client.call("process/terminate", {"processId": "hold", "graceMs": 5000}))["running"] is False
         events = await client.events_for("hold")
         assert kinds(events)[-1] == "closed"
-        assert is_gone(holder)
+        await watch.wait_exited()
 
 
 # --- process/release -----------------------------------------------------------------------
@@ -491,15 +494,16 @@ async def test_timeout_kills_whole_tree_and_keeps_partial_output(client: RawClie
         await client.start(
             "slow", ["sh", "-c", "echo partial; setsid sh -c 'echo $$; exec sleep 60' & sleep 60 & wait"], timeoutMs=300
         )
+        await client.wait_until(lambda: output_of(client.events_of("slow")).count(b"\n") >= 2)
+        watch = PidWatch(int(output_of(client.events_of("slow")).split()[1]))
         events = await client.events_for("slow")
         out = output_of(events)
         assert out.startswith(b"partial\n")
-        grandchild = int(out.split()[1])
         exited = exited_of(events)
         assert exited["timedOut"] is True
         assert exited["exitCode"] == 137 and exited["signal"] == "SIGKILL"
         assert exited["durationMs"] >= 300
-        assert is_gone(grandchild)
+        await watch.wait_exited()
         read = await client.call("process/read", {"processId": "slow"})
         assert read["timedOut"] is True and read["closed"] is True
         assert b"".join(base64.b64decode(c["chunk"]) for c in read["chunks"]) == out

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from rawclient import CliServer, cli_env, is_gone, no_leftover_processes, run_cli_server  # noqa: F401
+from rawclient import CliServer, PidWatch, cli_env, no_leftover_processes, run_cli_server  # noqa: F401
 
 
 class StdioClient:
@@ -178,7 +178,8 @@ async def test_stdio_eof_ends_server_and_kills_processes(stdio: StdioClient) -> 
         )
         while not stdout_of(stdio.events_of("tree")).endswith(b"\n"):
             await stdio.next_message()
-        grandchild = int(stdout_of(stdio.events_of("tree")))
+        grandchild = PidWatch(int(stdout_of(stdio.events_of("tree"))))
+        child = PidWatch(pid)
         await finish(stdio)
-        assert is_gone(pid)
-        assert is_gone(grandchild)
+        await child.wait_exited()
+        await grandchild.wait_exited()
