@@ -1,0 +1,193 @@
+"""Sessions across connections (protocol §3, issue 4 acceptance 4, 5, 6 and client auto-resume).
+
+Real processes, real loopback sockets. A connection is cut without a close frame by
+``StallProxy.cut`` (FIN, or RST with ``reset=True``); takeover and TTL use the in-process
+server so a test can wait for a connection's teardown instead of guessing how long it takes.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from exec_client import open_client
+from rawclient import RawClient, is_gone, no_leftover_processes, open_raw_client, output_of  # noqa: F401
+from test_delivery_support import (
+    MIB,
+    StallProxy,
+    go_fifo,
+    hook_connection_ended,
+    is_running,
+    read_all,
+    release,
+    sha256,
+    wait_closed,
+    wait_connections_ended,
+    wait_pid_exit,
+    write_random,
+)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def contiguous_prefix(raw: RawClient, process_id: str) -> tuple[int, bytes]:
+    """The last contiguous seq of the process's pushed events on ``raw`` and its stdout up to it."""
+    by_seq = {e.seq: e for e in raw.events_of(process_id)}
+    last = 0
+    while last + 1 in by_seq:
+        last += 1
+    return last, output_of([by_seq[seq] for seq in range(1, last + 1)])
+
+
+# --- acceptance 4: abrupt disconnect mid-stream, then resume --------------------------------
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+async def test_abrupt_disconnect_mid_stream_then_resume_gives_the_byte_exact_record(
+    reset: bool, start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
+) -> None:
+    data = write_random(tmp_path / "data", 16 * MIB)
+    server = await start_server(retain_bytes=32 * MIB)
+    proxy = await nursery.start(StallProxy(port_of(server.url)).serve)
+    with trio.fail_after(30):
+        async with open_raw_client(proxy.url, server.token) as first:
+            session_id = (await first.initialize())["sessionId"]
+            await first.start("flood", ["cat", str(tmp_path / "data")])
+            # Mid-stream: cut as soon as the first output arrived, while `cat` is still writing.
+            await first.wait_event("flood", lambda e: e.kind == "output")
+            proxy.cut(reset=reset)
+            code = await wait_closed(first)
+            held_seq, held = contiguous_prefix(first, "flood")
+        assert code == 1006  # no close frame: abnormal closure
+        assert 0 < len(held) < len(data)
+        async with open_raw_client(server.url, server.token) as second:
+            result = await second.initialize(resumeSessionId=session_id)
+            assert result["resumed"] is True
+            chunks, last = await read_all(second, "flood", after_seq=held_seq)
+    assert last["exitCode"] == 0 and last["retainedFromSeq"] == 1
+    assert sorted(chunks) == list(range(held_seq + 1, last["lastSeq"] - 1))  # output seqs, then exited, closed
+    record = held + b"".join(chunks[seq] for seq in sorted(chunks))
+    assert sha256(record) == sha256(data)
+
+
+# --- acceptance 5: takeover and the generation guard --------------------------------------
+
+
+async def test_takeover_closes_the_old_connection_4001_and_its_teardown_leaves_the_session(
+    start_server: Any, no_leftover_processes: None
+) -> None:
+    # A short TTL: had the old connection's teardown detached the session, it would expire.
+    server = await start_server(detached_session_ttl=0.3)
+    ended = hook_connection_ended(server.server)
+    with trio.fail_after(20):
+        async with open_raw_client(server.url, server.token) as first:
+            session_id = (await first.initialize())["sessionId"]
+            await first.start("echo", ["cat"], pipeStdin=True)
+            await first.call("process/write", {"processId": "echo", "chunk": b64(b"one\n")})
+            await first.wait_output("echo", b"one\n")
+            async with open_raw_client(server.url, server.token) as second:
+                result = await second.initialize(resumeSessionId=session_id)
+                assert result["resumed"] is True and result["sessionId"] == session_id
+                assert await wait_closed(first) == 4001
+                # The old connection's teardown has run to its end...
+                await wait_connections_ended(server.server, ended, 1)
+                # ...and did not detach the session it no longer owns.
+                session = server.server.sessions[session_id]
+                assert session.state.value == "attached"
+                assert session.attachment is not None and session.attachment.generation == session.generation == 2
+                # Events flow to the new connection, pushed (the old one hears nothing more).
+                listed = await second.call("process/list")
+                assert [(p["processId"], p["state"]) for p in listed["processes"]] == [("echo", "running")]
+                await second.call("process/write", {"processId": "echo", "chunk": b64(b"two\n"), "eof": True})
+                events = await second.events_for("echo")
+                assert output_of(events) == b"two\n"
+                assert [e.kind for e in events][-2:] == ["exited", "closed"]
+                assert b"two" not in output_of(first.events_of("echo"))
+                # The whole record, read on the new connection: nothing lost across the takeover.
+                chunks, last = await read_all(second, "echo")
+                assert b"".join(chunks[seq] for seq in sorted(chunks)) == b"one\ntwo\n"
+                assert last["exitCode"] == 0
+            assert server.server.sessions[session_id] is session
+
+
+async def test_resuming_an_unknown_session_is_refused(server: Any, no_leftover_processes: None) -> None:
+    with trio.fail_after(10):
+        async with open_raw_client(server.url, server.token) as raw:
+            error = await raw.expect_error(
+                "initialize", {"clientName": "t", "protocolVersion": 1, "resumeSessionId": "no-such-session"}, -32602
+            )
+            assert "session" in error.message
+            # The connection is still usable: a fresh initialize works.
+            assert (await raw.initialize())["resumed"] is False
+
+
+# --- acceptance 6: TTL expiry kills the whole tree --------------------------------------------
+
+
+async def test_ttl_expiry_kills_the_whole_tree_grandchildren_included(
+    start_server: Any, no_leftover_processes: None
+) -> None:
+    ttl = 0.5
+    server = await start_server(detached_session_ttl=ttl)
+    # One grandchild in the command's process group, one that left it with setsid.
+    script = "sleep 300 & echo $!; setsid sleep 300 & echo $!; wait"
+    with trio.fail_after(20):
+        async with open_raw_client(server.url, server.token) as raw:
+            session_id = (await raw.initialize())["sessionId"]
+            pid = (await raw.start("tree", ["sh", "-c", script]))["pid"]
+            await raw.wait_until(lambda: output_of(raw.events_of("tree")).count(b"\n") >= 2)
+            grandchildren = [int(line) for line in output_of(raw.events_of("tree")).split()]
+        tree = [pid, *grandchildren]
+        assert len(tree) == 3 and all(is_running(member) for member in tree)
+        # The client left (close 1000): the session is detached; after the TTL every member dies.
+        with trio.fail_after(ttl + 10):
+            for member in tree:
+                await wait_pid_exit(member)
+        assert all(is_gone(member) for member in tree)
+        # And the session is forgotten.
+        async with open_raw_client(server.url, server.token) as again:
+            await again.expect_error(
+                "initialize", {"clientName": "t", "protocolVersion": 1, "resumeSessionId": session_id}, -32602
+            )
+
+
+# --- client auto-resume, end to end -------------------------------------------------------
+
+
+async def test_client_run_survives_a_cut_connection_and_completes_recovered(
+    start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
+) -> None:
+    first = write_random(tmp_path / "first", 8 * MIB)
+    second = write_random(tmp_path / "second", 8 * MIB)
+    fifo = go_fifo(tmp_path)
+    server = await start_server(retain_bytes=32 * MIB)
+    proxy = await nursery.start(StallProxy(port_of(server.url)).serve)
+    argv = ["sh", "-c", f"cat {tmp_path / 'first'}; cat {fifo} >/dev/null; cat {tmp_path / 'second'}"]
+    with trio.fail_after(30):
+        async with open_client(proxy.url, token=server.token) as client:
+            records = []
+
+            async def run() -> None:
+                records.append(await client.run(argv, max_output_bytes=None))
+
+            async with trio.open_nursery() as runs:
+                runs.start_soon(run)
+                # The FIFO opens once the first 8 MiB are written: cut while they are in flight.
+                await release(fifo)
+                proxy.cut()
+            (record,) = records
+            assert client.resumes == 1
+    assert proxy.accepted == 2
+    assert record.failure is None and record.exit_code == 0
+    assert sha256(record.stdout) == sha256(first + second)
+    assert record.completion == "recovered" and record.read_calls >= 1
