@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import trio
 
+from exec_server.sandbox import SandboxSettings
 from fake_server import FAKE_TOKEN, FakeProcessScript, FakeServer, ScriptedProcess, make_events
+from protocol import SandboxMode
 
 REPO: Path = Path(__file__).resolve().parent.parent
 
@@ -176,6 +178,23 @@ async def test_usage_error_without_command(tmp_path: Path) -> None:
         done = await exec_client(["run", "--url", "ws://127.0.0.1:9"], env={"EXEC_SERVER_TOKEN": "x"}, home=tmp_path)
     assert done.returncode == 2
     assert "no command" in one_line(done.stderr)
+
+
+async def test_sandbox_denial_on_the_real_server_prints_a_notice(start_server: Any, tmp_path: Path) -> None:
+    sandboxed = await start_server(sandbox=SandboxSettings(default_mode=SandboxMode.READ_ONLY, audit_denials="off"))
+    target = "/etc/exec-client-cli-test"
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", sandboxed.url, "--json", "--sandbox", "readOnly", "--", "sh", "-c", f"echo x > {target}"],
+            env={"EXEC_SERVER_TOKEN": sandboxed.token},
+            home=tmp_path,
+        )
+    record = json.loads(done.stdout)
+    assert done.returncode == record["exitCode"] != 0
+    assert record["sandboxDenied"] is True
+    assert any(denial["target"] == target for denial in record["denials"])
+    assert "exec-client: sandbox denied: " in done.stderr.decode()
+    assert not Path(target).exists()
 
 
 # --- against the scripted fake: outcomes the real server rarely produces on demand ------------
