@@ -476,3 +476,44 @@ async def test_big_output_best_effort_is_complete_after_repair(start_server: Any
     (tmp_path / "blob").write_bytes(payload)
     digest = hashlib.sha256(payload).hexdigest()
     await in_thread(big_output_scenario, server.url, server.token, str(tmp_path / "blob"), digest, size, "bestEffort")
+
+
+def resume_scenario(url: str, token: str) -> None:
+    first = Client(url, token)
+    session_id = first.initialize()["sessionId"]
+    first.start("survivor", ["cat"], pipeStdin=True)
+    first.call("process/write", {"processId": "survivor", "chunk": b64(b"before;")})
+    first.wait_for("survivor", lambda evs: any(e["method"] == "process/output" for e in evs))
+    first.close()  # detached: the process keeps running, its output is retained
+
+    with Client(url, token) as second:
+        result = second.initialize(resumeSessionId=session_id)
+        assert result["sessionId"] == session_id and result.get("resumed") is True
+        listed = {p["processId"]: p for p in second.call("process/list", {})["processes"]}
+        assert listed["survivor"]["state"] == "running" and listed["survivor"]["nextSeq"] == 2
+        # Catch up with a read from the last contiguous seq, then live events flow again.
+        caught_up = second.call("process/read", {"processId": "survivor", "afterSeq": 0})
+        assert [base64.b64decode(c["chunk"]) for c in caught_up["chunks"]] == [b"before;"]
+        second.call("process/write", {"processId": "survivor", "chunk": b64(b"after"), "eof": True})
+        events = second.wait_for("survivor", lambda evs: any(e["method"] == "process/closed" for e in evs))
+        assert [e["params"]["seq"] for e in events] == list(range(2, 2 + len(events)))
+        assert b"".join(b64d(e) for e in events if e["method"] == "process/output") == b"after"
+
+        # A third connection resuming the same session takes it over: the second is closed 4001.
+        with Client(url, token) as third:
+            assert third.initialize(resumeSessionId=session_id)["resumed"] is True
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as caught:
+                while True:
+                    second.receive()
+            assert caught.value.rcvd is not None and caught.value.rcvd.code == 4001
+            assert "survivor" in {p["processId"] for p in third.call("process/list", {})["processes"]}
+    # An unknown session cannot be resumed.
+    with Client(url, token) as fourth:
+        # (protocol.md names no code for it: any error, and the connection still serves.)
+        response = fourth.request("initialize", {"clientName": "x", "protocolVersion": 1, "resumeSessionId": "no-such-session"})
+        assert "error" in response
+        assert fourth.initialize()["sessionId"] != session_id
+
+
+async def test_resume_and_takeover(server: Any, no_leftover_processes: None) -> None:
+    await in_thread(resume_scenario, server.url, server.token)
