@@ -452,6 +452,9 @@ class Client:
                 await connection.aclose()
                 self._give_up(f"connection lost ({lost.reason}); the server no longer has the session")
                 return
+            if connection.is_closed:  # dropped again before we adopted it: try again
+                last_error = connection.close_info.reason if connection.close_info else "closed"
+                continue
             self._connection, self._info = connection, info
             self.resumes += 1
             self._set_state()

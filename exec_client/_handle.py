@@ -17,7 +17,7 @@ import trio
 
 import protocol as p
 
-from ._errors import ConnectionLost, ExecClientError, OutputOverrun, ServerError
+from ._errors import ConnectionLost, ExecClientError, OutputOverrun
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -229,11 +229,9 @@ class ProcessHandle:
             # The client resumes the session (then _resumed() asks for a new read) or gives
             # up (then _lost() finishes the record); either way the assembler hears of it.
             return
-        except ServerError as exc:
-            self._apply(self._assembler.read_failed(f"process/read failed: {exc}"))
+        except ExecClientError as exc:  # ServerError (-32001, -32003...) or a malformed result
+            if generation == self._generation:
+                self._apply(self._assembler.read_failed(f"process/read failed: {exc}"))
             return
-        except ExecClientError as exc:
-            self._apply(self._assembler.read_failed(f"process/read failed: {exc}"))
-            return
-        if generation == self._generation:
+        if generation == self._generation:  # else it answers a request a resume abandoned
             self._apply(self._assembler.read_result(result))
