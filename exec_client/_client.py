@@ -443,24 +443,24 @@ class Client:
             except (ConnectionFailed, trio.TooSlowError) as exc:
                 if isinstance(exc, ConnectionFailed):
                     last_error = str(exc)
-                if trio.current_time() + delay >= deadline:
-                    break
-                await trio.sleep(delay)
-                delay = min(delay * 2, RESUME_MAX_DELAY)
-                continue
-            if not info.resumed:
-                await connection.aclose()
-                self._give_up(f"connection lost ({lost.reason}); the server no longer has the session")
-                return
-            if connection.is_closed:  # dropped again before we adopted it: try again
-                last_error = connection.close_info.reason if connection.close_info else "closed"
-                continue
-            self._connection, self._info = connection, info
-            self.resumes += 1
-            self._set_state()
-            for handle in list(self._handles.values()):
-                handle._resumed()
-            return
+            else:
+                if not info.resumed:
+                    await connection.aclose()
+                    self._give_up(f"connection lost ({lost.reason}); the server no longer has the session")
+                    return
+                if not connection.is_closed:
+                    self._connection, self._info = connection, info
+                    self.resumes += 1
+                    self._set_state()
+                    for handle in list(self._handles.values()):
+                        handle._resumed()
+                    return
+                # It dropped again before we adopted it: back off and try again.
+                last_error = connection.close_info.reason if connection.close_info else "connection closed"
+            if trio.current_time() + delay >= deadline:
+                break
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESUME_MAX_DELAY)
         self._give_up(f"connection lost ({lost.reason}); could not resume within {ttl:g} s: {last_error}")
 
     def _give_up(self, reason: str) -> None:

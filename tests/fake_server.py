@@ -181,6 +181,7 @@ class FakeServer:
     legacy_reveal: int = 2
     detached_session_ttl_ms: int = 5_000
     max_connections: int | None = None  # later upgrades are refused with HTTP 503
+    refuse_reconnects: int = 0  # refuse this many upgrades after the first connection (503)
     token: str = FAKE_TOKEN
     url: str = ""
     requests: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
@@ -208,6 +209,10 @@ class FakeServer:
             await request.reject(401, body=b"unauthorized")
             return
         if self.max_connections is not None and self.connections >= self.max_connections:
+            await request.reject(503, body=b"unavailable")
+            return
+        if self.connections and self.refuse_reconnects:
+            self.refuse_reconnects -= 1
             await request.reject(503, body=b"unavailable")
             return
         ws = await request.accept()

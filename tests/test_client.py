@@ -164,6 +164,16 @@ async def test_drop_then_resume_completes_the_exact_record(serve_fake: ServeFake
         assert resume["resumeSessionId"] == "fake-session"
 
 
+async def test_resume_retries_with_backoff_until_the_server_answers(serve_fake: ServeFake) -> None:
+    with trio.fail_after(10):
+        fake = await serve_fake(script(push=[1, "drop", 2, 3, 4, 5]), refuse_reconnects=3)
+        async with open_client(fake.url, token=FAKE_TOKEN, gap_grace=NO_TIMER) as client:
+            record = await client.run(["prog"])
+            assert client.resumes == 1
+        assert_standard_output(record)
+        assert fake.refuse_reconnects == 0 and fake.connections == 2
+
+
 async def test_drop_without_closed_and_no_session_fails_without_an_exit_code(serve_fake: ServeFake) -> None:
     with trio.fail_after(10):
         fake = await serve_fake(script(push=[1, 2, "drop"]), allow_resume=False)
