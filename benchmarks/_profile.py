@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Final
 
 SAMPLE_RATE: Final = 997
+# Leaf frames that are waits, not work: py-spy's idle detection misses a loop parked in
+# epoll_wait with a timeout and trio's cached worker threads parked on their lock.
+WAIT_LEAVES: Final = ("EpollIOManager.get_events (", "WorkerThread._work (")
 _FRAME: Final = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -72,6 +75,7 @@ def summarize(path: Path, title: str, top: int = 20) -> str:
     self_counts: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
+    waiting = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -81,11 +85,14 @@ def summarize(path: Path, title: str, top: int = 20) -> str:
         frames = [frame for frame in frames if not frame.startswith("thread (")]
         if not frames:
             continue
+        if frames[-1].startswith(WAIT_LEAVES):
+            waiting += count
+            continue
         total += count
         self_counts[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
-    lines = [f"== {title}: {total} on-CPU samples at {SAMPLE_RATE} Hz"]
+    lines = [f"== {title}: {total} busy samples at {SAMPLE_RATE} Hz ({waiting} more parked in epoll/worker waits, left out)"]
     if total:
         lines.append("-- self")
         lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in self_counts.most_common(top)]
