@@ -251,14 +251,14 @@ async def test_cancelled_run_terminates_the_process(serve_fake: ServeFake) -> No
             assert [method for method, _params in fake.requests][-1] == "process/terminate"
 
 
-async def test_process_ids_are_unique_and_valid() -> None:
+def test_process_ids_are_unique_and_valid() -> None:
     ids = {exec_client.new_process_id() for _ in range(1000)}
     assert len(ids) == 1000
     for process_id in ids:
         p.ReadParams(process_id=process_id)  # the validator accepts it
 
 
-async def test_binary_output_frames_decode_like_json_events() -> None:
+def test_binary_output_frames_decode_like_json_events() -> None:
     event = p.OutputEvent(process_id="x", seq=7, stream=p.Stream.STDERR, chunk=b"\x00\xff")
     assert exec_client.decode_frame(p.encode_binary_output(event)) == p.Notification("process/output", event)
     assert exec_client.decode_frame(p.encode_notification(event)) == p.Notification("process/output", event)
