@@ -132,7 +132,8 @@ def main() -> None:
     cwd = tempfile.mkdtemp(prefix="sandbox-bench-", dir="/tmp")
     os.chmod(cwd, 0o755)
     abi = sandbox.kernel.landlock_abi
-    print(f"kernel {os.uname().release}, Landlock ABI {abi}, euid {os.geteuid()}, runs {args.runs}")
+    load = os.getloadavg()[0]
+    print(f"kernel {os.uname().release}, Landlock ABI {abi}, euid {os.geteuid()}, runs {args.runs}, load {load:.1f}")
     variants = _variants(sandbox, cwd)
     print(_table("small server", measure(variants, args.runs)))
     heap = bytearray(args.rss_mib << 20)

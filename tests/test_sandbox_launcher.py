@@ -265,6 +265,34 @@ async def test_the_command_loses_the_servers_controlling_terminal(sandbox: Sandb
     assert result.stdout.strip() == str(errno.ENXIO).encode(), (result.stdout, result.stderr)
 
 
+@needs_root
+async def test_commands_of_the_same_uid_cannot_signal_or_inspect_each_other(
+    sandbox: Sandbox, workspace: Path
+) -> None:
+    # Every command of a root server may run as `nobody`: what keeps them apart is that
+    # each has its own Landlock domain (ptrace/proc access always, signals from ABI 6).
+    if sandbox.kernel.landlock_abi < 6:
+        pytest.skip("signal scoping needs Landlock ABI 6")
+    env = {**BASE_ENV, "SECRET": "s3"}
+    plan = sandbox.prepare(_policy(SandboxMode.READ_ONLY), ["sleep", "30"], str(workspace), env)
+    with trio.fail_after(TIMEOUT_S):
+        victim = await trio.lowlevel.open_process(plan.argv, cwd=str(workspace), env=plan.env, pass_fds=plan.pass_fds)
+        try:
+            probe = (
+                "import os, signal\n"
+                f"try: open('/proc/{victim.pid}/environ').read(); print('read')\n"
+                "except OSError as exc: print(exc.errno)\n"
+                f"try: os.kill({victim.pid}, signal.SIGTERM); print('killed')\n"
+                "except OSError as exc: print(exc.errno)\n"
+            )
+            result = await _sandboxed(sandbox, workspace, _python(probe), mode=SandboxMode.READ_ONLY)
+            assert result.stdout == b"13\n1\n", result.stderr
+            assert victim.poll() is None
+        finally:
+            victim.kill()
+            await victim.wait()
+
+
 # -- network -------------------------------------------------------------------------------
 
 
