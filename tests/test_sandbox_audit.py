@@ -15,6 +15,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,13 @@ def test_uid_drop_event_of_a_gone_task_is_placed_by_its_parent() -> None:
     assert ledger.take(8494)[0] is True
 
 
+def test_uid_drop_event_of_a_gone_direct_child_stays_with_its_pid() -> None:
+    # The command itself (child of the server, pid 8494 here) exited before the record was read.
+    ledger = DenialLedger(8494, place=Tree().place)
+    ledger.feed([record(kind, line) for kind, line in REAL_UID_CHMOD])
+    assert ledger.take(8602) == (True, (Denial(blocker="uid.chmod", target="/etc/hostname"),))
+
+
 def test_relative_path_is_resolved_against_the_cwd_record() -> None:
     tree = Tree(p8602=8602)
     ledger = DenialLedger(1, place=tree.place)
@@ -309,7 +317,9 @@ def test_domain_of_a_reported_pid_no_longer_attributes() -> None:
 async def test_place_task_finds_the_child_of_the_server_for_a_live_grandchild() -> None:
     with trio.fail_after(10):
         # sh (our child) -> sleep (grandchild); both alive while we look.
-        proc = await trio.lowlevel.open_process(["sh", "-c", "sleep 5 & echo $!; wait"], stdout=subprocess.PIPE)
+        proc = await trio.lowlevel.open_process(
+            ["sh", "-c", "sleep 5 & echo $!; wait"], stdout=subprocess.PIPE, process_group=0
+        )
         try:
             assert proc.stdout is not None
             line = b""
@@ -323,6 +333,33 @@ async def test_place_task_finds_the_child_of_the_server_for_a_live_grandchild() 
             proc.kill()
             await proc.wait()
             await proc.stdout.aclose()  # type: ignore[union-attr]
+
+
+ORPHAN_SCRIPT = r"""
+import ctypes, os, subprocess, sys, time
+from exec_server.sandbox._denials import place_task
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, like the server
+root = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!"], stdout=subprocess.PIPE, process_group=0)
+orphan = int(root.stdout.readline())
+root.wait()  # the command exits; its background child is re-parented to us
+for _ in range(200):
+    with open(f"/proc/{orphan}/stat") as f:
+        if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+            break
+    time.sleep(0.01)
+placement = place_task(orphan, os.getpid())
+os.kill(orphan, 9)
+os.waitpid(orphan, 0)
+print(placement.root == root.pid, placement.verified)
+"""
+
+
+async def test_place_task_maps_an_orphan_re_parented_to_a_subreaper_server_to_its_group() -> None:
+    with trio.fail_after(20):
+        result = await trio.run_process(
+            [sys.executable, "-c", ORPHAN_SCRIPT], capture_stdout=True, cwd=str(Path(__file__).parent.parent)
+        )
+        assert result.stdout.split() == [b"True", b"True"]
 
 
 # ---- real kernel records ----------------------------------------------------------------
@@ -410,7 +447,10 @@ async def monitor(tmp_path: Path, nursery: trio.Nursery) -> DenialMonitor:
 
 
 async def _run(restrict: Path, workspace: Path, *argv: str) -> tuple[int, int]:
-    proc = await trio.lowlevel.open_process([str(restrict), str(workspace), *argv], stderr=subprocess.DEVNULL)
+    # A new process group, as the server spawns commands.
+    proc = await trio.lowlevel.open_process(
+        [str(restrict), str(workspace), *argv], stderr=subprocess.DEVNULL, process_group=0
+    )
     return proc.pid, await proc.wait()
 
 

@@ -192,7 +192,11 @@ class _Placement:
 
 
 def place_task(pid: int, server_pid: int) -> _Placement:
-    """Find which child of ``server_pid`` the task ``pid`` descends from.
+    """Find which launched command (a child of ``server_pid``) the task ``pid`` belongs to.
+
+    The server starts every command as its own process-group leader, and may be a child
+    subreaper: then an orphaned descendant is re-parented to the server itself. So a child
+    of the server that is not a group leader is such an orphan, and its group names its root.
 
     Returns ``_Placement(root=None)`` for a task that is not ours.
     """
@@ -202,19 +206,33 @@ def place_task(pid: int, server_pid: int) -> _Placement:
     current, (ppid, pgrp) = pid, first
     for _ in range(_MAX_ANCESTRY):
         if ppid == server_pid:
-            return _Placement(root=current, verified=True)
+            return _Placement(root=_launched_root(current, pgrp, server_pid), verified=True)
         if ppid <= 1:
             break
         parent = _stat(ppid)
         if parent is None:
             break
-        current, (ppid, _) = ppid, parent
-    # Re-parented (its parent died) or daemonised: the process group still names the command
-    # unless the task left it.
-    leader = _stat(pgrp)
-    if leader is not None and leader[0] == server_pid:
-        return _Placement(root=pgrp, verified=True)
+        current, (ppid, pgrp) = ppid, parent
+    # Re-parented to init (its parent died) or daemonised: the task's process group still
+    # names the command unless the task left it. The group id is not reused while the
+    # group has members, so a live leader that is our child is proof.
+    group = first[1]
+    leader = _stat(group)
+    if leader is not None:
+        return _Placement(root=group if leader[0] == server_pid else None, verified=True)
     return _Placement(root=None, verified=True)
+
+
+def _launched_root(child: int, pgrp: int, server_pid: int) -> int:
+    """The command a child of the server belongs to: itself, or (an orphan) its group."""
+    if pgrp == child:
+        return child
+    leader = _stat(pgrp)
+    # Leader reaped (the command exited) or still our child: an orphan of that command.
+    # Otherwise the child simply did not get a group of its own (not how the server spawns).
+    if leader is None or leader[0] == server_pid:
+        return pgrp
+    return child
 
 
 class DenialLedger:
@@ -357,10 +375,11 @@ class DenialLedger:
         if event is None:
             return
         placement = self._place(event.pid, self._server_pid)
-        if placement.root is not None and not placement.verified:
-            # The task is gone; its parent may still be there to tell us the tree.
+        if not placement.verified and event.ppid != self._server_pid:
+            # The task is gone; its parent (a shell, a make) may still be there to tell us
+            # the tree. (A gone direct child of the server is the command itself.)
             by_parent = self._place(event.ppid, self._server_pid)
-            if by_parent.verified:
+            if by_parent.root is not None:
                 placement = by_parent
         if placement.root is None:
             self.unattributed += 1
