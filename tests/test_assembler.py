@@ -431,3 +431,51 @@ def test_any_arrival_order_yields_the_in_order_record(
         assert (record.read_calls, record.completion) == (0, p.Completion.PUSHED)
     if record.read_calls == 0:
         assert record.completion is p.Completion.PUSHED
+
+
+@st.composite
+def lossy_scenarios(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], list[int], int]:
+    before = draw(st.lists(output_item, min_size=1, max_size=8))
+    after = draw(st.lists(output_item, max_size=2))
+    spec: list[tuple[Any, ...]] = [*before, ("exit", draw(st.integers(0, 255))), *after, ("close",)]
+    seqs = list(range(1, len(spec) + 1))
+    must = [seq for seq, item in zip(seqs, spec, strict=True) if item[0] in ("exit", "close")]
+    # bestEffort drops any output event; exited and closed are must-deliver.
+    delivered = draw(st.lists(st.sampled_from(seqs), unique=True).map(lambda kept: sorted(set(kept) | set(must))))
+    arrival = draw(st.permutations(delivered))
+    evicted_through = draw(st.integers(0, len(spec)))
+    return spec, list(arrival), evicted_through
+
+
+@settings(max_examples=300, deadline=None)
+@given(lossy_scenarios())
+def test_dropped_and_evicted_output_is_kept_exactly_or_counted(scenario: tuple[list[tuple[Any, ...]], list[int], int]) -> None:
+    spec, arrival, evicted_through = scenario
+    events = make_events(PID, spec)
+    server = ScriptedProcess(events, evicted_through=evicted_through)
+    assembler = new(reorder_events=4)
+    progress = assembler.begin()
+    seen: set[int] = set()  # delivered before the record completed
+    for seq in arrival:
+        if isinstance(progress.action, p.Complete):
+            break
+        seen.add(seq)
+        progress = answer(assembler, server, assembler.event(events[seq - 1]))
+        if isinstance(progress.action, p.Wait) and progress.action.hole:
+            progress = answer(assembler, server, assembler.gap_grace_expired())
+    record = record_of(progress)
+
+    assert record.exit_code == spec[[item[0] for item in spec].index("exit")][1]
+    assert record.failure is None
+    for stream, kept, lost in (
+        (p.Stream.STDOUT, record.stdout, record.stdout_lost_bytes),
+        (p.Stream.STDERR, record.stderr, record.stderr_lost_bytes),
+    ):
+        chunks = [e for e in events if isinstance(e, p.OutputEvent) and e.stream is stream]
+        assert lost is not None
+        assert len(kept) + lost == sum(len(e.chunk) for e in chunks)
+        # What is kept is exact: every retained chunk plus some evicted ones, in seq order.
+        held = [e for e in chunks if e.seq > evicted_through or e.seq in seen]
+        assert kept == b"".join(e.chunk for e in held)
+    assert record.output_lost == bool(record.stdout_lost_bytes or record.stderr_lost_bytes)
+    assert (record.read_calls == 0) == (record.completion is p.Completion.PUSHED)
