@@ -17,9 +17,20 @@ Mapping design (why each record lands on the right process):
   is running or a zombie). A grandchild that already exited and was reaped cannot be placed:
   its record is dropped and counted in ``unattributed``. (Limit: network attempts by
   short-lived grandchildren can be missed; Landlock filesystem denials cannot.)
+- **uid drop** (``SYSCALL`` 1300 with ``key="exec-server-denial"``, plus its ``CWD``/``PATH``
+  records and ``EOE``). A root server runs commands as an unprivileged uid, and that — not
+  Landlock — refuses chmod/chown/utimes/xattr changes outside the workspace (Landlock has no
+  right for them) and writes to existing files the uid does not own (the permission check runs
+  before Landlock's). Our exit rules (see ``_audit.denial_rules``) log such EACCES/EPERM
+  failures; the record carries ``pid`` and ``ppid`` and is placed like a seccomp record, with
+  the parent as a second chance when the task is already gone. If Landlock also reported the
+  same event (same serial), the SYSCALL record is not counted twice.
 - A pid that is not ours (another Landlock or seccomp user on the host) is dropped. A pid that
   is already gone is kept *unverified* for :data:`UNVERIFIED_TTL_S`: that is the window
   between the server reaping its child and asking for the report.
+- The server may be a child subreaper: an orphaned descendant is then re-parented to the
+  server, and is told apart from a launched command because it is not a process-group leader
+  (the server starts every command with ``process_group=0``); its group names its command.
 
 Memory is bounded: at most :data:`MAX_DENIALS_PER_PROCESS` denials kept per process (the count
 goes on), :data:`MAX_TRACKED` processes and domains, and a process is forgotten once reported.

@@ -50,8 +50,9 @@ _NET_PATTERNS: Final = (
     re.compile(r"Couldn't connect to server"),
     re.compile(r"Failed to connect to \S+ port \d+"),
     re.compile(r"(?:Address family not supported by protocol|Cannot assign requested address)"),
-    # A socket call refused by the seccomp filter: errno text on a line that names no path.
-    re.compile(r"\[Errno (?:1|13|97|101)\] [A-Z][a-z ]+$"),
+    # A socket call refused by the seccomp filter: errno text that names no path (Python's
+    # "PermissionError: [Errno 13] Permission denied", urllib's "<urlopen error [Errno 13] …>").
+    re.compile(r"\[Errno (?:1|13|97|101)\] [A-Z][a-z ]+(?:>|$)"),
     re.compile(r"\bsocket\b.*" + _FS_ERRNO, re.IGNORECASE),
 )
 
