@@ -10,6 +10,7 @@ from protocol import TerminalRecord as TerminalRecord
 
 from ._client import DEFAULT_URL as DEFAULT_URL
 from ._client import Client as Client
+from ._client import ClientState as ClientState
 from ._client import ServerInfo as ServerInfo
 from ._client import new_process_id as new_process_id
 from ._client import open_client as open_client

@@ -10,6 +10,7 @@ read from its last contiguous seq. If it cannot, every in-flight record ends wit
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import uuid
@@ -49,6 +50,15 @@ _NO_RESUME_CODES: Final = {4001: "session taken over by another connection", 100
 _TERMINATE_ON_CANCEL_SECONDS: Final = 5.0
 _RELEASE_TIMEOUT_SECONDS: Final = 10.0
 _RELEASE_DRAIN_SECONDS: Final = 1.0
+
+
+class ClientState(enum.Enum):
+    """Where the client's session stands (derived from one place: ``Client.state``)."""
+
+    CONNECTED = "connected"
+    RESUMING = "resuming"  # the connection dropped; reconnecting within the session TTL
+    LOST = "lost"  # the session could not be resumed; in-flight records have ``failure``
+    CLOSED = "closed"  # closed by us
 
 
 @attrs.frozen(kw_only=True)
@@ -163,6 +173,16 @@ class Client:
     @property
     def session_id(self) -> str:
         return self.info.session_id
+
+    @property
+    def state(self) -> ClientState:
+        if self._closing:
+            return ClientState.CLOSED
+        if self._failed is not None:
+            return ClientState.LOST
+        if self._connection is not None and not self._connection.is_closed:
+            return ClientState.CONNECTED
+        return ClientState.RESUMING
 
     async def run(
         self,

@@ -232,6 +232,24 @@ def test_legacy_server_long_polls_until_closed() -> None:
     assert record.read_calls == 3
 
 
+@pytest.mark.parametrize("reveal", [1, 2, 3, 5])
+def test_legacy_poll_yields_the_same_output_whatever_the_progress(reveal: int) -> None:
+    events = make_events(PID, STANDARD, legacy=True)
+    server = ScriptedProcess(events, legacy=True, produced=0)
+    assembler = new(push_events=False, read_max_bytes=5)
+    progress = assembler.begin()
+    while isinstance(progress.action, p.NeedRead):
+        server.produced = min(len(events), (server.produced or 0) + reveal)
+        progress = assembler.read_result(server.read(progress.action.after_seq, progress.action.max_bytes))
+    record = record_of(progress)
+    assert (record.stdout, record.stderr, record.exit_code, record.completion) == (
+        b"hello world",
+        b"warn",
+        3,
+        p.Completion.POLLED,
+    )
+
+
 def test_legacy_exited_without_sandbox_denied_costs_exactly_one_read() -> None:
     events = make_events(PID, STANDARD, legacy=True)
     modern = ScriptedProcess(make_events(PID, STANDARD))  # the read knows sandboxDenied

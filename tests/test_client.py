@@ -13,6 +13,7 @@ import pytest
 import trio
 
 import exec_client
+import exec_client._handle
 import protocol as p
 from exec_client import open_client
 from fake_server import FAKE_TOKEN, FakeProcessScript, FakeServer, ScriptedProcess, make_events
@@ -81,6 +82,20 @@ async def test_streaming_handle_yields_chunks_in_seq_order(serve_fake: ServeFake
         ]
         assert_standard_output(record)
         assert handle.pid == 4242
+
+
+async def test_an_unconsumed_stream_overruns_but_the_record_stays_exact(
+    serve_fake: ServeFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exec_client._handle, "STREAM_BUFFER_BYTES", 8)
+    with trio.fail_after(10):
+        fake = await serve_fake(script())
+        async with open_client(fake.url, token=FAKE_TOKEN) as client:
+            handle = await client.start(["prog"])
+            record = await handle.wait()  # nobody iterated meanwhile
+            with pytest.raises(exec_client.OutputOverrun):
+                [chunk async for chunk in handle]
+        assert_standard_output(record)
 
 
 async def test_a_dropped_event_is_repaired_by_one_read_after_the_grace(serve_fake: ServeFake) -> None:
@@ -178,7 +193,9 @@ async def test_drop_without_closed_and_no_session_fails_without_an_exit_code(ser
     with trio.fail_after(10):
         fake = await serve_fake(script(push=[1, 2, "drop"]), allow_resume=False)
         async with open_client(fake.url, token=FAKE_TOKEN) as client:
+            assert client.state is exec_client.ClientState.CONNECTED
             record = await client.run(["prog"])
+            assert client.state is exec_client.ClientState.LOST
             with pytest.raises(exec_client.ConnectionLost):
                 await client.run(["again"])
         assert record.failure is not None and "no longer has the session" in record.failure
