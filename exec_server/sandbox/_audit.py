@@ -17,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -26,6 +27,8 @@ from typing import Final
 
 import attrs
 import trio
+
+log = logging.getLogger(__name__)
 
 NETLINK_AUDIT: Final = 9
 AUDIT_NLGRP_READLOG: Final = 1
@@ -65,7 +68,8 @@ CONTROL_TIMEOUT_S: Final = 2.0
 _RECV_BUFFER: Final = 1 << 16
 # The read-log socket's kernel buffer: records that arrive while the trio task is busy wait
 # here; on overflow the kernel drops them and recv raises ENOBUFS (counted, never fatal).
-READLOG_RCVBUF: Final = 4 << 20
+READLOG_RCVBUF: Final = 16 << 20
+_SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 # Keys whose values the kernel logs with audit_log_untrustedstring(): quoted when printable,
 # otherwise hex-encoded without quotes.
@@ -198,7 +202,11 @@ class AuditReadLog:
         except OSError as exc:
             raise AuditUnavailable(f"cannot open a NETLINK_AUDIT socket: {exc.strerror}") from exc
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READLOG_RCVBUF)
+            try:
+                # Past net.core.rmem_max: we have CAP_NET_ADMIN whenever we may read audit.
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, READLOG_RCVBUF)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READLOG_RCVBUF)
             sock.bind((0, 1 << (AUDIT_NLGRP_READLOG - 1)))
         except OSError as exc:
             sock.close()
@@ -223,7 +231,9 @@ class AuditReadLog:
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     # The kernel dropped records because our buffer was full: count it and go
-                    # on; the socket stays usable.
+                    # on; the socket stays usable. A denial in the lost batch goes unreported.
+                    if not self.overruns:
+                        log.warning("audit read-log overrun: some audit records were lost")
                     self.overruns += 1
                     continue
                 raise
