@@ -215,6 +215,20 @@ def hook_connection_ended(server: Any) -> list[trio.Event]:
     return ended
 
 
+def hook_detached(session: Any) -> trio.Event:
+    """Instrument an in-process ``Session``: the Event is set once it detaches from its connection."""
+    detached = trio.Event()
+    original = session.detach
+
+    def detach(generation: int) -> None:
+        original(generation)
+        if session.state.value == "detached":
+            detached.set()
+
+    session.detach = detach
+    return detached
+
+
 async def wait_connections_ended(server: Any, ended: list[trio.Event], count: int) -> None:
     while len(ended) < count:
         await server._test_changed[0].wait()
