@@ -45,10 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run one command and exit with its exit code",
         usage=f"{_PROG} run [options] -- CMD [ARGS...]",
+        epilog="exit status: the command's exit code (128+N if killed by signal N); 127/126 if the "
+        "program is missing/not executable; 255 if the server cannot be reached, refuses the token, "
+        "or the record could not be completed; 2 for usage errors",
     )
     run.add_argument("--url", help=f"server URL (env EXEC_SERVER_URL; default {DEFAULT_URL})")
     run.add_argument(
         "--token-file",
+        metavar="PATH",
         help=f"file holding the token (env EXEC_SERVER_TOKEN / EXEC_SERVER_TOKEN_FILE; default {DEFAULT_TOKEN_FILE})",
     )
     run.add_argument("--json", action="store_true", help="print only the terminal record as JSON")
@@ -60,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=[mode.value for mode in p.SandboxMode],
         help="sandbox mode (default: the server's)",
     )
-    run.add_argument("--network", action="store_true", help="allow network access inside the sandbox")
+    run.add_argument("--network", action="store_true", help="allow network access inside the sandbox (alone: readOnly + network)")
     run.add_argument("--stdin", action="store_true", help="forward our stdin to the command (else it gets none)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
     return parser
