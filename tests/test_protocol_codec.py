@@ -999,3 +999,29 @@ def test_call_with_null_id_is_an_invalid_request() -> None:
 def test_non_json_number_tokens_are_parse_errors(token: str) -> None:
     error = decode_error('{"id":1,"result":{"durationMs":' + token + "}}")
     assert error.code == p.ErrorCode.PARSE_ERROR
+
+
+def test_every_encoded_message_is_ascii_json() -> None:
+    """Non-ASCII text leaves as \\u escapes, so any transport can write it as UTF-8."""
+    text = p.encode_request(1, FULL_START)
+    assert text.isascii()
+    assert p.decode(text) == p.Request(1, "process/start", FULL_START)
+
+
+@pytest.mark.parametrize("method", ["initialized", "process/list", "process/bogus"])
+def test_null_id_on_any_call_is_an_invalid_request(method: str) -> None:
+    error = decode_error(json.dumps({"id": None, "method": method, "params": {}}))
+    assert error.code == p.ErrorCode.INVALID_REQUEST
+    assert error.request_id is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="codec gap: _dumps still has json's allow_nan=True, so a NaN/inf float (durationMs, usage) is "
+    "written as the non-JSON token NaN/Infinity, which our own decode now rejects with -32700",
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_encode_refuses_non_json_numbers(value: float) -> None:
+    # Either fix passes: refusing at encode (allow_nan=False) or at construction (a validator).
+    with pytest.raises(ValueError):
+        p.encode_result(1, attrs.evolve(MINIMAL_READ, duration_ms=value))

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 import protocol as p
@@ -30,12 +30,14 @@ POSITIVE: Final = st.integers(1, 2**63 - 1)
 MILLISECONDS: Final = st.integers(0, MAX_MS)
 
 # derandomize: the same examples on every run and every machine; database=None: nothing
-# written into the checkout.
+# written into the checkout. No explain phase: it imports libcst (deprecation warnings are
+# errors here), writes .hypothesis/patches, and turns a failing run into minutes.
 FAST: Final = settings(
     max_examples=40,
     deadline=None,
     derandomize=True,
     database=None,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 THOROUGH: Final = settings(FAST, max_examples=150)
@@ -278,12 +280,17 @@ def decode_or_error(text: str | bytes) -> p.Message | p.ProtocolError:
         assert error.code in DECODE_ERROR_CODES, error
         if error.code == p.ErrorCode.INVALID_PARAMS:
             assert error.data is not None and error.data["errors"], error
-        # Whatever went wrong, the answer encodes and reads back as that error.
-        assert p.decode(p.encode_error(error)) == p.ErrorResponse(error.request_id, error.code, error.message, error.data)
+        # Whatever went wrong, the answer is ASCII-only JSON (so always valid UTF-8 on the
+        # wire, even when it echoes a lone surrogate) and reads back as that error.
+        answer = p.encode_error(error)
+        assert answer.isascii()
+        assert p.decode(answer) == p.ErrorResponse(error.request_id, error.code, error.message, error.data)
         return error
     event(f"accepted {type(message).__name__}")
-    # Anything accepted re-encodes to an equal message.
-    assert p.decode(p.encode(message)) == message
+    # Anything accepted re-encodes, as ASCII-only JSON, to an equal message.
+    text_out = p.encode(message)
+    assert text_out.isascii()
+    assert p.decode(text_out) == message
     return message
 
 
@@ -334,6 +341,20 @@ envelopes = st.one_of(
 @given(envelope=envelopes)
 def test_arbitrary_envelopes(envelope: dict[str, Any]) -> None:
     decode_or_error(json.dumps(envelope))
+
+
+# Strings with lone surrogates: json.dumps writes them as \\udXXX escapes, which JSON allows.
+surrogate_texts = st.text(alphabet=st.characters(categories=["Cs", "Ll", "Nd"]), max_size=6)
+
+
+@FAST
+@given(
+    request_id=surrogate_texts,
+    method=surrogate_texts | st.sampled_from(METHOD_NAMES),
+    params=st.dictionaries(surrogate_texts, surrogate_texts, max_size=3),
+)
+def test_lone_surrogates_anywhere(request_id: str, method: str, params: dict[str, str]) -> None:
+    decode_or_error(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}))
 
 
 @THOROUGH
