@@ -82,12 +82,21 @@ class Report:
         except Exception as exc:  # noqa: BLE001 - reported in RESULTS.md and the exit status
             traceback.print_exc()
             section = Section(title)
-            section.note(f"FAILED: {type(exc).__name__}: {exc}")
+            section.note(f"FAILED: {_leaf_errors(exc)}")
             self.sections.append(section)
             self.failed.append(title)
             return None
         print(f"benchmarks: {title} done in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
         return result
+
+
+def _leaf_errors(exc: BaseException) -> str:
+    """The innermost errors of a (possibly nested) exception group, where the cause is."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_leaf_errors(sub) for sub in exc.exceptions)
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:
