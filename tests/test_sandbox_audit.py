@@ -44,6 +44,7 @@ from exec_server.sandbox._denials import (
     _Placement,
     place_task,
 )
+from exec_server.sandbox._proctree import ForkTracker
 from protocol import Denial, SandboxMode, SandboxPolicy
 
 # Captured verbatim from the audit multicast group on this machine.
@@ -431,6 +432,12 @@ def restrict(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("restrict")
     (directory / "restrict.c").write_text(RESTRICT_C)
     subprocess.run([cc, "-O2", "-o", str(directory / "restrict"), str(directory / "restrict.c")], check=True)
+    # A task that is refused a UDP socket and exits at once: as a grandchild it is usually
+    # reaped by its shell before its seccomp record is read.
+    (directory / "udp.c").write_text(
+        "#include <sys/socket.h>\n#include <unistd.h>\nint main(void) { socket(AF_INET, SOCK_DGRAM, 0); _exit(1); }\n"
+    )
+    subprocess.run([cc, "-O2", "-o", str(directory / "udp"), str(directory / "udp.c")], check=True)
     return directory / "restrict"
 
 
@@ -490,6 +497,39 @@ async def test_real_grandchild_denials_map_to_the_root(monitor: DenialMonitor, r
         # a neighbour running at the same time is not blamed
         pid, code = await _run(restrict, tmp_path, "true")
         assert (await monitor.report_denials(POLICY, pid, code, b"", b"")).denied is False
+
+
+async def test_real_short_lived_grandchild_network_denials_map_to_the_root(
+    monitor: DenialMonitor, restrict: Path, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        udp = restrict.parent / "udp"
+        reports = []
+        for _ in range(20):
+            pid, code = await _run(restrict, tmp_path, "sh", "-c", f"{udp}; true")
+            reports.append(await monitor.report_denials(POLICY, pid, code, b"", b""))
+        assert [r.denials for r in reports] == [(Denial(blocker="seccomp", target="socket"),)] * 20
+
+
+async def test_fork_tracker_knows_the_root_of_an_exited_grandchild() -> None:
+    try:
+        tracker = ForkTracker(os.getpid())
+    except OSError as exc:
+        pytest.skip(f"no process connector here: {exc}")
+    with trio.fail_after(10), tracker:
+        proc = await trio.lowlevel.open_process(["sh", "-c", "true & echo $!; wait"], stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await proc.stdout.receive_some(64)
+        await proc.wait()
+        await proc.stdout.aclose()
+        grandchild = int(line)
+        tracker.read_available()
+        assert not os.path.exists(f"/proc/{grandchild}")  # gone: /proc cannot tell any more
+        assert tracker.root_of(grandchild) == proc.pid
+        assert tracker.root_of(proc.pid) == proc.pid
+        assert tracker.root_of(1) is None
 
 
 async def test_real_tcp_connect_denial_names_the_destination(
