@@ -29,7 +29,8 @@ class ServerConfig:
     slow_consumer_timeout: float = 10.0
     shutdown_grace: float = 10.0
     max_tombstones: int = 4096
-    # Outbound queue per connection, in messages. Output chunks are at most
-    # READ_CHUNK_BYTES, so this bounds a connection's queued memory.
-    outbound_queue_messages: int = 64
+    # Outbound queue per connection (see _outbound.py): a count bound for all messages and
+    # a byte bound for queued output.
+    outbound_queue_messages: int = 4096
+    outbound_queue_bytes: int = 16 * MIB
     max_concurrent_requests: int = 256

@@ -1,10 +1,10 @@
 """The session core of one connection: decode, dispatch, answer, and push events.
 
 One reader (this task) and one serialized writer per connection; requests run
-concurrently in the connection's nursery so a long-poll never blocks a start. The
-outbound queue is a bounded memory channel: what happens when it is full is the
-delivery mode's business (``Session.deliver``), and a WebSocket writer stalled past
-``slow_consumer_timeout`` closes the connection with 1008.
+concurrently in the connection's nursery so a long-poll never blocks a start. What
+happens when the outbound queue is full is the delivery mode's business
+(``Session.deliver``, ``OutboundQueue``); a bestEffort WebSocket whose writer is stuck
+past ``slow_consumer_timeout`` is closed with 1008.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import trio
 import protocol as p
 from protocol import ErrorCode, ProtocolError
 
-from ._session import OutboundItem, Session
+from ._outbound import OutboundItem, OutboundQueue
+from ._session import Session
 from ._transport import MessageTransport, TransportClosed
 from ._wire import encode_event
 
@@ -30,6 +31,10 @@ CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_TAKEN_OVER: Final = 4001
+# Answered by the reader itself: `initialize` because nothing may run before the session
+# exists; `process/start` because it never waits on the child (the fork is synchronous)
+# and a task per start is measurable on the one-shot path.
+_ANSWERED_IN_ORDER: Final = frozenset({"initialize", "process/start"})
 
 
 class Connection:
@@ -39,7 +44,10 @@ class Connection:
         self._server = server
         self._config = server.config
         self._transport = transport
-        self._send, self._receive = trio.open_memory_channel[OutboundItem](self._config.outbound_queue_messages)
+        self._queue = OutboundQueue(
+            max_messages=self._config.outbound_queue_messages,
+            max_output_bytes=self._config.outbound_queue_bytes,
+        )
         self._session: Session | None = None
         self._generation = 0
         self._delivery = p.Delivery.BEST_EFFORT
@@ -49,6 +57,8 @@ class Connection:
         # Cancelled by `close` (abort, nothing more is written); replaced in `run`.
         self._connection_scope = trio.CancelScope()
         self._request_limit = trio.Semaphore(self._config.max_concurrent_requests)
+        # When the writer began the message it is still writing (None: idle).
+        self._writing_since: float | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -64,7 +74,7 @@ class Connection:
                         requests.cancel_scope.cancel()
                 # The reader ended: stop delivering to us, let the writer flush, then close.
                 self._detach()
-                self._send.close()
+                self._queue.close_for_producers()
         finally:
             self._detach()
             self._server.connection_ended(self)
@@ -73,8 +83,8 @@ class Connection:
                 await self._transport.close(code, reason)
 
     def close(self, code: int, reason: str) -> None:
-        """Abort this connection now (takeover, slow consumer, peer gone). Idempotent; the
-        first reason is the one the peer sees."""
+        """Abort this connection now (takeover, peer gone). Idempotent; the first reason
+        is the one the peer sees."""
         self._set_reason(code, reason)
         self._connection_scope.cancel()
 
@@ -97,27 +107,60 @@ class Connection:
 
     async def _enqueue(self, item: OutboundItem) -> None:
         try:
-            await self._send.send(item)
+            await self._queue.put(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
     async def _write_loop(self) -> None:
-        timeout = self._config.slow_consumer_timeout
-        try:
-            async for item in self._receive:
-                message = item if isinstance(item, str | bytes) else encode_event(item, self._binary_output)
-                if self._transport.drops_slow_consumers and self._delivery is p.Delivery.BEST_EFFORT:
-                    with trio.move_on_after(timeout) as scope:
-                        await self._transport.send(message)
-                    if scope.cancelled_caught:
-                        self.close(CLOSE_POLICY, "slow consumer")
+        async with trio.open_nursery() as nursery:
+            if self._transport.drops_slow_consumers:
+                nursery.start_soon(self._watch_for_slow_consumer)
+            try:
+                while True:
+                    try:
+                        item = await self._queue.get()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                else:
+                    message = item if isinstance(item, str | bytes) else encode_event(item, self._binary_output)
+                    # A message is never cancelled half-way (that would corrupt the stream for
+                    # the close frame after it): the watchdog handles a stuck write.
+                    self._writing_since = trio.current_time()
                     await self._transport.send(message)
-        except TransportClosed:
-            self.close(CLOSE_NORMAL, "peer closed")
-        finally:
-            self._receive.close()
+                    self._writing_since = None
+            except TransportClosed:
+                self.close(CLOSE_NORMAL, "peer closed")
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _watch_for_slow_consumer(self) -> None:
+        """Protocol §7: a bestEffort WebSocket whose writer is stuck past the timeout is closed
+        with 1008, and its session detaches at once so that it can resume elsewhere.
+
+        The message being written is allowed to finish, so the 1008 close frame reaches a
+        peer that reads again; if it does not finish within another timeout, the connection
+        is aborted.
+        """
+        timeout = self._config.slow_consumer_timeout
+        while True:
+            since = self._writing_since
+            if since is None or self._delivery is not p.Delivery.BEST_EFFORT:
+                await trio.sleep(timeout / 4)
+                continue
+            stuck_for = trio.current_time() - since
+            if stuck_for < timeout:
+                await trio.sleep(timeout - stuck_for)
+                continue
+            log.info("slow consumer: writer stuck for %.1fs; closing with 1008", stuck_for)
+            self._set_reason(CLOSE_POLICY, "slow consumer")
+            self._detach()
+            self._queue.abandon()  # producers stop waiting on us; their events stay retained
+            self._reader_scope.cancel()
+            with trio.move_on_after(timeout):
+                while self._writing_since == since:
+                    await trio.sleep(timeout / 8)
+                return  # the writer finished that message and sees the queue closed
+            self._connection_scope.cancel()  # never finished: abort
+            return
 
     # --- reading -----------------------------------------------------------------------
 
@@ -137,8 +180,7 @@ class Connection:
                 await self._enqueue(p.encode_error(exc))
                 continue
             if isinstance(message, p.Request):
-                if message.method == "initialize":
-                    # In order: nothing after it may run before the session exists.
+                if message.method in _ANSWERED_IN_ORDER:
                     await self._answer(message)
                 else:
                     await self._request_limit.acquire()
@@ -215,7 +257,7 @@ class Connection:
             session = server.new_session()
         self._delivery = params.delivery
         self._binary_output = params.binary_output and self._transport_supports_binary()
-        self._generation = session.attach(params.delivery, self._send, self.close)
+        self._generation = session.attach(params.delivery, self._queue, self.close)
         self._session = session
         return server.initialize_result(session, resumed=resumed, binary_output=self._binary_output)
 

@@ -106,7 +106,7 @@ class ManagedProcess:
         self._last_seq = 0
         self._changed = trio.Event()
         self._tails = {Stream.STDOUT: bytearray(), Stream.STDERR: bytearray()}
-        self._open_pipes = 2
+        self._eof = {Stream.STDOUT: False, Stream.STDERR: False}
         self._pipes_eof = trio.Event()
         self._stdin_fd = spawned.stdin_fd
         self._stdin_lock = trio.Lock()
@@ -165,31 +165,36 @@ class ManagedProcess:
             self.closed_event.set()
 
     async def _pump(self, fd: int, stream: Stream) -> None:
-        try:
-            while True:
-                try:
-                    data = os.read(fd, READ_CHUNK_BYTES)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
-                    continue
-                if not data:
-                    return
-                await self._emit_output(stream, data)
-        finally:
-            self._open_pipes -= 1
-            if not self._open_pipes:
-                self._pipes_eof.set()
+        while not self._eof[stream]:
+            try:
+                data = os.read(fd, READ_CHUNK_BYTES)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            if not data:
+                self._mark_eof(stream)
+                return
+            await self._emit_output(stream, data)
+
+    def _mark_eof(self, stream: Stream) -> None:
+        self._eof[stream] = True
+        if all(self._eof.values()):
+            self._pipes_eof.set()
 
     def _drain_readable(self) -> list[tuple[Stream, bytes]]:
-        """What the process wrote before it was reaped: read it so it is sequenced first."""
+        """What the process wrote before it was reaped: read it so it is sequenced first.
+
+        Seeing EOF here too means ``closed`` need not wait for the pumps to wake up.
+        """
         drained = []
         for fd, stream in ((self._spawned.stdout_fd, Stream.STDOUT), (self._spawned.stderr_fd, Stream.STDERR)):
-            while True:
+            while not self._eof[stream]:
                 try:
                     data = os.read(fd, READ_CHUNK_BYTES)
                 except (BlockingIOError, OSError):
                     break
                 if not data:
+                    self._mark_eof(stream)
                     break
                 drained.append((stream, data))
         return drained

@@ -43,6 +43,7 @@ from protocol import (
 )
 
 from . import _spawn, _tree
+from ._outbound import OutboundQueue
 from ._process import ManagedProcess
 from ._retention import RetainedOutput
 from .sandbox import SandboxUnavailable
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OutboundItem = str | bytes | ProcessEvent
 # How long TTL expiry and shutdown wait for killed trees to report `closed`.
 KILL_SETTLE_SECONDS: Final = 5.0
 
@@ -69,7 +69,7 @@ class Attachment:
 
     generation: int
     delivery: Delivery
-    send: trio.MemorySendChannel[OutboundItem]
+    queue: OutboundQueue
     close: Callable[[int, str], None]
     dropped_events: int = 0
 
@@ -109,7 +109,7 @@ class Session:
             self.processes.clear()
             self._server.forget_session(self)
 
-    def attach(self, delivery: Delivery, send: trio.MemorySendChannel[OutboundItem], close: Callable[[int, str], None]) -> int:
+    def attach(self, delivery: Delivery, queue: OutboundQueue, close: Callable[[int, str], None]) -> int:
         """Attach a connection, taking the session over from any older one.
 
         Returns:
@@ -119,7 +119,7 @@ class Session:
             raise ProtocolError(ErrorCode.INVALID_PARAMS, "session expired")
         previous = self.attachment
         self.generation += 1
-        self.attachment = Attachment(self.generation, delivery, send, close)
+        self.attachment = Attachment(self.generation, delivery, queue, close)
         self.state = SessionState.ATTACHED
         self._lossless = delivery is Delivery.LOSSLESS
         self._attached.set()
@@ -175,15 +175,13 @@ class Session:
                     continue
                 return  # the output is retained; the client reads it on resume
             try:
-                if isinstance(event, OutputEvent) and attachment.delivery is Delivery.BEST_EFFORT:
-                    try:
-                        attachment.send.send_nowait(event)
-                    except trio.WouldBlock:
-                        attachment.dropped_events += 1
-                else:
-                    # Must-deliver events, and everything in lossless mode, wait for room;
-                    # in lossless mode that wait stops the pipe pump: the backpressure.
-                    await attachment.send.send(event)
+                if not isinstance(event, OutputEvent):
+                    await attachment.queue.put(event)  # must-deliver: waits for room
+                elif attachment.delivery is Delivery.LOSSLESS:
+                    # The wait stops this pipe's pump: the backpressure of lossless mode.
+                    await attachment.queue.put_output(event)
+                elif not attachment.queue.offer_output(event):
+                    attachment.dropped_events += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the connection went away; resume + read repairs it
             return

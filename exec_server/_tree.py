@@ -26,6 +26,22 @@ def become_subreaper() -> bool:
     return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
+def own_children() -> list[int]:
+    """Our direct children, from /proc/self/task/*/children (no scan of every process)."""
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return [child.pid for child in psutil.Process().children()]
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as handle:
+                pids.extend(int(pid) for pid in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def _marker_of(proc: psutil.Process) -> str | None:
     try:
         return proc.environ().get(TREE_MARKER_VAR)
@@ -43,17 +59,16 @@ def tree_members(root_pid: int, marker: str) -> set[int]:
         pids.update(child.pid for child in root.children(recursive=True))
     except psutil.Error:
         pass
-    try:
-        own_children = psutil.Process().children()
-    except psutil.Error:
-        own_children = []
-    for orphan in own_children:
-        if orphan.pid != root_pid and _marker_of(orphan) == marker:
-            pids.add(orphan.pid)
-            try:
+    for pid in own_children():
+        if pid == root_pid:
+            continue
+        try:
+            orphan = psutil.Process(pid)
+            if _marker_of(orphan) == marker:
+                pids.add(pid)
                 pids.update(child.pid for child in orphan.children(recursive=True))
-            except psutil.Error:
-                pass
+        except psutil.Error:
+            pass
     return pids
 
 
@@ -84,16 +99,12 @@ def reap_orphans(registered: set[int]) -> None:
     Reaps by pid only: ``waitpid(-1)`` would steal the exit status of a command whose
     waiter has not collected it yet.
     """
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:
-        return
-    for child in children:
-        if child.pid in registered:
+    for pid in own_children():
+        if pid in registered:
             continue
         try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(pid, os.WNOHANG)
         except (psutil.Error, ChildProcessError):
             pass
 

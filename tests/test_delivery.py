@@ -211,7 +211,6 @@ async def _stall_a_reader_until_dropped(server: Any, data_path: Path) -> tuple[i
     return code, session_id, pid
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #4: the 1008 close frame is written over a half-sent frame")
 async def test_never_reading_client_is_closed_with_1008(
     start_server: Any, tmp_path: Path, no_leftover_processes: None
 ) -> None:
