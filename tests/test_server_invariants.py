@@ -223,3 +223,16 @@ async def test_exited_and_closed_never_dropped_when_output_is(start_server: Any,
             assert all(read_chunks[seq] == data for seq, data in pushed.items())
             assert sum(map(len, read_chunks.values())) == size
             assert raw.closed is None
+
+
+async def test_closed_waits_for_exit_even_after_both_pipes_end(client: RawClient) -> None:
+    with trio.fail_after(15):
+        # Both output pipes reach EOF long before the process exits.
+        await client.start("mute", ["sh", "-c", "echo bye; exec >&- 2>&-; read x"], pipeStdin=True)
+        await client.wait_output("mute", b"bye\n")
+        read = await client.call("process/read", {"processId": "mute"})
+        assert read["exited"] is False and read["closed"] is False
+        await client.call("process/write", {"processId": "mute", "chunk": base64.b64encode(b"x\n").decode(), "eof": True})
+        events = await client.events_for("mute")
+        assert_well_formed(events)
+        assert [e.kind for e in events] == ["output", "exited", "closed"]

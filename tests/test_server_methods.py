@@ -578,3 +578,62 @@ async def test_cancelled_server_kills_and_reaps_its_processes(no_leftover_proces
         if popen is not None and popen.returncode is None:
             popen.kill()
             popen.wait()
+
+
+# --- limits and concurrency ------------------------------------------------------------------
+
+
+async def test_processes_per_session_limit(start_server: Any, no_leftover_processes: None) -> None:
+    server = await start_server(max_processes_per_session=2)
+    with trio.fail_after(10):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize()
+            await raw.run("a", ["true"])
+            await raw.run("b", ["true"])
+            error = await raw.expect_error("process/start", {"processId": "c", "argv": ["true"]}, -32005)
+            assert raw.events_of("c") == [] and "2" in error.message
+            # Releasing a closed process frees its slot.
+            await raw.call("process/release", {"processId": "a"})
+            await raw.run("c", ["true"])
+
+
+async def test_retain_bytes_over_the_total_cap(start_server: Any, no_leftover_processes: None) -> None:
+    server = await start_server(retain_total_bytes=1024 * 1024)
+    with trio.fail_after(10):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize()
+            params = {"processId": "greedy", "argv": ["true"], "retainBytes": 2 * 1024 * 1024}
+            await raw.expect_error("process/start", params, -32005)
+            await raw.run("modest", ["true"], retainBytes=512 * 1024)
+
+
+async def test_blocked_write_does_not_block_other_requests(client: RawClient) -> None:
+    with trio.fail_after(10):
+        # `sleep` never reads its stdin: 4 MiB cannot fit in the pipe, so the write waits.
+        await client.start("deaf", ["sleep", "60"], pipeStdin=True)
+        write_id = await client.send_request("process/write", {"processId": "deaf", "chunk": b64(b"z" * (4 * 1024 * 1024))})
+        # Meanwhile the connection serves everything else, this process included.
+        events = await client.run("other", ["echo", "unblocked"])
+        assert output_of(events) == b"unblocked\n"
+        assert [p["state"] for p in (await client.call("process/list"))["processes"] if p["processId"] == "deaf"] == ["running"]
+        assert (await client.call("process/terminate", {"processId": "deaf"}))["running"] is True
+        # The reader is gone: the pending write ends as stdinClosed, not hanging or failing.
+        response = await client.response(write_id)
+        assert response["result"]["status"] == "stdinClosed"
+        await client.events_for("deaf")
+
+
+async def test_big_stdin_round_trip(server: Any, no_leftover_processes: None) -> None:
+    payload = hashlib.shake_256(b"stdin").digest(6 * 1024 * 1024)
+    with trio.fail_after(20):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize(delivery="lossless")
+            await raw.start("echo", ["cat"], pipeStdin=True)
+            # Writes go in while output comes out: neither side may wait for the other.
+            for offset in range(0, len(payload), 1024 * 1024):
+                piece = payload[offset : offset + 1024 * 1024]
+                status = await raw.call("process/write", {"processId": "echo", "chunk": b64(piece), "writeId": str(offset)})
+                assert status["status"] == "accepted"
+            await raw.call("process/write", {"processId": "echo", "eof": True})
+            events = await raw.events_for("echo")
+            assert hashlib.sha256(output_of(events)).digest() == hashlib.sha256(payload).digest()
