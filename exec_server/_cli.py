@@ -15,7 +15,7 @@ from protocol import SandboxMode
 
 from ._auth import load_or_create_token
 from ._config import ServerConfig
-from ._server import Server
+from ._server import CLOSE_HANDSHAKE_SECONDS, Server
 from ._stdio import serve_stdio
 from ._websocket import serve_websocket
 from .sandbox import Sandbox, SandboxSettings
@@ -86,6 +86,11 @@ async def _serve(args: argparse.Namespace, config: ServerConfig) -> None:
             host = listen.hostname if ":" not in listen.hostname else f"[{listen.hostname}]"
             print(f"ws://{host}:{ws_server.port}", flush=True)
         await _handle_signals(server, listener_scope)
+        if listener_scope is not None:
+            listener_scope.cancel()
+        # Let the server close its connections (1001) before anything is cancelled.
+        with trio.move_on_after(CLOSE_HANDSHAKE_SECONDS + 1):
+            await server.finished.wait()
         nursery.cancel_scope.cancel()
 
 

@@ -77,10 +77,12 @@ class Connection:
                 self._queue.close_for_producers()
         finally:
             self._detach()
-            self._server.connection_ended(self)
             code, reason = self._close_reason or (CLOSE_NORMAL, "")
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self._transport.close(code, reason)
+            try:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await self._transport.close(code, reason)
+            finally:
+                self._server.connection_ended(self)  # only once the close handshake is over
 
     def close(self, code: int, reason: str) -> None:
         """Abort this connection now (takeover, peer gone). Idempotent; the first reason

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # Orphaned descendants re-parented to us are reaped this often.
 ORPHAN_REAP_INTERVAL: Final = 1.0
 CLOSE_GOING_AWAY: Final = 1001
+# How long closing connections may take to finish their close handshake.
+CLOSE_HANDSHAKE_SECONDS: Final = 2.0
 
 
 class Server:
@@ -51,6 +53,7 @@ class Server:
         self._nursery: trio.Nursery | None = None
         self.connection_nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
+        self.finished = trio.Event()
         self._connections_gone = trio.Event()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -67,13 +70,19 @@ class Server:
                     self.connection_nursery = connections
                     task_status.started(self)
                     await self.stopped.wait()
+                    # Connections still open here (a second signal, or stop()) are told why.
+                    for connection in list(self.connections):
+                        connection.close(CLOSE_GOING_AWAY, "server shutting down")
+                    with trio.move_on_after(CLOSE_HANDSHAKE_SECONDS):
+                        if self.connections:
+                            await self._connections_gone.wait()
                     connections.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                for session in list(self.sessions.values()):
-                    for process in session.processes.values():
-                        process.kill_now()
+            # Sessions' nurseries were cancelled above, which killed and reaped every
+            # tree; this catches a process whose session task never ran.
+            self.kill_everything()
+            self.finished.set()
 
     async def serve(self, transport: MessageTransport) -> None:
         """Serve one connection until it ends."""

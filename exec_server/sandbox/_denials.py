@@ -85,6 +85,7 @@ UNVERIFIED_TTL_S: Final = 2.0
 SETTLE_BUDGET_S: Final = 0.025
 SETTLE_POLL_S: Final = 0.0005
 _MAX_ANCESTRY: Final = 64
+FORK_DRAIN_INTERVAL_S: Final = 0.05
 # Landlock ABI 7 added LANDLOCK_RESTRICT_SELF_LOG_* and the audit records.
 AUDIT_MIN_LANDLOCK_ABI: Final = 7
 
@@ -514,16 +515,23 @@ class DenialMonitor:
             if self._readlog is None:
                 await trio.sleep_forever()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow, self._readlog)
+                nursery.start_soon(self._follow_records, self._readlog)
                 if self._forks is not None:
-                    nursery.start_soon(self._follow, self._forks)
+                    nursery.start_soon(self._follow_forks, self._forks)
         finally:
             self._close()
 
-    async def _follow(self, source: AuditReadLog | ForkTracker) -> None:
+    async def _follow_records(self, readlog: AuditReadLog) -> None:
         while True:
-            await source.wait_readable()
+            await readlog.wait_readable()
             self._drain()
+
+    async def _follow_forks(self, forks: ForkTracker) -> None:
+        # Batched, not woken per event: a host forking thousands of times a second would
+        # otherwise cost a wake-up each. The socket buffer holds far more than one interval.
+        while True:
+            await trio.sleep(FORK_DRAIN_INTERVAL_S)
+            forks.read_available()
 
     def _drain(self) -> None:
         if self._readlog is None:
