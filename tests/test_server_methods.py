@@ -637,3 +637,20 @@ async def test_big_stdin_round_trip(server: Any, no_leftover_processes: None) ->
             await raw.call("process/write", {"processId": "echo", "eof": True})
             events = await raw.events_for("echo")
             assert hashlib.sha256(output_of(events)).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #6")
+async def test_write_id_retry_after_failed_write_keeps_the_outcome(client: RawClient) -> None:
+    with trio.fail_after(10):
+        # The child closes its stdin: a write fails with EPIPE inside the server.
+        await client.start("closed-in", ["sh", "-c", "exec 0<&-; echo ready; sleep 60"], pipeStdin=True)
+        await client.wait_output("closed-in", b"ready\n")
+        try:
+            params = {"processId": "closed-in", "chunk": b64(b"x"), "writeId": "w1"}
+            first = await client.call("process/write", params)
+            assert first["status"] == "stdinClosed"
+            # A retry (the answer was lost, say) must not claim the bytes were delivered.
+            assert await client.call("process/write", params) == first
+        finally:
+            await client.call("process/terminate", {"processId": "closed-in", "graceMs": 100})
+            await client.events_for("closed-in")
