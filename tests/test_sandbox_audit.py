@@ -406,7 +406,10 @@ int main(int argc, char **argv) {
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = {sizeof f / sizeof f[0], f};
-    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG, &prog)) { perror("seccomp"); return 125; }
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG, &prog)) {
+        perror("seccomp");
+        return 125;
+    }
     if (syscall(446, rs, 2 /* LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON */)) { perror("restrict_self"); return 125; }
     execvp(argv[2], argv + 2);
     perror("execvp");

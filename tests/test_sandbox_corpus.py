@@ -124,7 +124,12 @@ def py(code: str) -> list[str]:
 
 CASES: tuple[Case, ...] = (
     # ---- denied ------------------------------------------------------------------------
-    Case("touch outside workspace", lambda p: ["touch", f"{p.outside}/touched"], True, check=absent("{outside}/touched")),
+    Case(
+        "touch outside workspace",
+        lambda p: ["touch", f"{p.outside}/touched"],
+        True,
+        check=absent("{outside}/touched"),
+    ),
     Case(
         "dash redirect outside",
         lambda p: ["sh", "-c", f"echo x > {p.outside}/redirect"],
@@ -137,7 +142,12 @@ CASES: tuple[Case, ...] = (
         True,
         check=absent("{outside}/py"),
     ),
-    Case("mkdir in /etc", lambda p: ["mkdir", "/etc/exec-server-corpus"], True, check=absent("/etc/exec-server-corpus")),
+    Case(
+        "mkdir in /etc",
+        lambda p: ["mkdir", "/etc/exec-server-corpus"],
+        True,
+        check=absent("/etc/exec-server-corpus"),
+    ),
     Case(
         "create file in /etc",
         lambda p: ["sh", "-c", "echo x > /etc/exec-server-corpus.conf"],
@@ -219,7 +229,12 @@ CASES: tuple[Case, ...] = (
         False,
         check=succeeded(b"tmp"),
     ),
-    Case("read system files", lambda p: ["sh", "-c", "head -n1 /etc/passwd && ls /usr/bin | wc -l"], False, check=succeeded(b"root")),
+    Case(
+        "read system files",
+        lambda p: ["sh", "-c", "head -n1 /etc/passwd && ls /usr/bin | wc -l"],
+        False,
+        check=succeeded(b"root"),
+    ),
     # A shell redirect opens /dev/null inside the sandbox; the program's isatty() probe on it
     # is an ioctl that Landlock refuses unless the launcher grants fs.ioctl_dev there.
     Case("output to /dev/null (isatty probe)", lambda p: ["sh", "-c", "ls / >/dev/null"], False),

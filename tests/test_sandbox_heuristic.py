@@ -72,7 +72,11 @@ def test_read_only_mode_counts_the_cwd_too() -> None:
         ("sh -c 'exit 2'", b"", 2),
         ("a bare 'permission denied' sentence", b"error: permission denied\n", 1),
         ("the word sandbox", b"sandbox: step failed (sandbox violation?)\n", 1),
-        ("a path containing 'sandbox'", b"ls: cannot access '/home/dev/sandbox/missing': No such file or directory\n", 2),
+        (
+            "a path containing 'sandbox'",
+            b"ls: cannot access '/home/dev/sandbox/missing': No such file or directory\n",
+            2,
+        ),
         ("ls of a missing path", b"ls: cannot access '/missing': No such file or directory\n", 2),
         ("Read-only file system without a path", b"warning: cache on a Read-only file system\n", 1),
         ("exit 0 despite a denial message", b"sh: 1: cannot create /etc/x: Permission denied\n", 0),

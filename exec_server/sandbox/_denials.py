@@ -62,7 +62,6 @@ from ._audit import (
     AUDIT_SYSCALL,
     DEFAULT_LOCK_PATH,
     METADATA_SYSCALLS,
-    OPEN_SYSCALLS,
     RULE_KEY,
     AuditBacklogProbe,
     AuditLease,
