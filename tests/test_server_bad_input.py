@@ -281,3 +281,15 @@ async def test_oversized_in_bytes_not_characters(start_server: Any, no_leftover_
                 await raw.events_for("u")  # it ran: let it finish before failing
             error_of(response, -32005)
             await still_serving(raw)
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #8")
+async def test_notifications_get_no_answer(client: RawClient) -> None:
+    """JSON-RPC 2.0 §4.1: the server must not reply to a notification, not even with an error."""
+    with trio.fail_after(10):
+        await client.notify("$/cancelRequest", {"id": 3})
+        await client.notify("initialized", {"unexpected": 1})
+        await client.send_raw('{"jsonrpc":"2.0","method":"process/list"}')
+        # Messages are handled in order, so any answer to them precedes this response.
+        await still_serving(client)
+        assert [m for m in client.log if "error" in m] == []
