@@ -500,7 +500,7 @@ async def open_client(
     url: str = DEFAULT_URL,
     *,
     token: str,
-    delivery: p.Delivery | str = p.Delivery.BEST_EFFORT,
+    delivery: p.Delivery | str = p.Delivery.LOSSLESS,
     client_name: str = "exec-client",
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     gap_grace: float = GAP_GRACE_SECONDS,
@@ -512,7 +512,9 @@ async def open_client(
     Args:
         url: ``ws://host:port`` of the server.
         token: the bearer token.
-        delivery: ``"bestEffort"`` (default) or ``"lossless"`` (protocol doc §7).
+        delivery: ``"lossless"`` (default: a command that outpaces this client is slowed
+            down rather than having its output evicted) or ``"bestEffort"`` (output
+            events may be dropped and are repaired from retention; see protocol doc §7).
         client_name: reported at ``initialize``.
         connect_timeout: seconds for the TCP connect, the handshake and ``initialize``.
         gap_grace: seconds a hole in a process's seqs may wait for a reordered event.

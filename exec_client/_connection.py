@@ -51,7 +51,7 @@ def decode_frame(frame: str | bytes) -> p.Message:
     """
     if isinstance(frame, bytes | bytearray):
         return p.Notification("process/output", p.decode_binary_output(frame))
-    return p.decode(frame)
+    return p.decode(frame, tolerant=True)
 
 
 def _parse_url(url: str) -> tuple[bool, str, int, str]:

@@ -149,8 +149,8 @@ def _is_enum(type_: Any) -> bool:
     return isinstance(type_, type) and issubclass(type_, enum.Enum)
 
 
-def _make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=forbid_extra_keys)
     # cattrs' defaults call ``int(value)``/``str(value)``; ours refuse to coerce. Every
     # enum of the protocol is a ``str`` subclass, so the string hook also serves enums.
     for exact_type, hook in (
@@ -211,7 +211,7 @@ def _make_converter() -> cattrs.Converter:
 
     def attrs_structure_factory(type_: type) -> Any:
         renames = {a.name: override(rename=wire_name(a.name)) for a in attrs.fields(type_)}
-        inner = make_dict_structure_fn(type_, converter, _cattrs_forbid_extra_keys=True, **renames)
+        inner = make_dict_structure_fn(type_, converter, _cattrs_forbid_extra_keys=forbid_extra_keys, **renames)
 
         def structure_object(value: Any, _type: type) -> Any:
             if not isinstance(value, dict):
@@ -229,7 +229,11 @@ def _make_converter() -> cattrs.Converter:
     return converter
 
 
-converter: Final = _make_converter()
+# Strict for what a server receives from clients: unknown fields are refused (-32602).
+converter: Final = _make_converter(forbid_extra_keys=True)
+# For what a client receives from a server: types are as strict, but fields a newer
+# server adds are ignored, so a client keeps working against it.
+tolerant_converter: Final = _make_converter(forbid_extra_keys=False)
 
 
 # --- error paths ------------------------------------------------------------------------
@@ -271,10 +275,13 @@ def error_paths(exc: BaseException, path: str = "$") -> list[str]:
     return [f"{_describe(exc)} @ {path}"]
 
 
-def structure(value: Any, type_: type, path: str = "$") -> Any:
-    """Structure ``value`` into ``type_`` or raise -32602 with path details."""
+def structure(value: Any, type_: type, path: str = "$", *, tolerant: bool = False) -> Any:
+    """Structure ``value`` into ``type_`` or raise -32602 with path details.
+
+    ``tolerant`` ignores unknown fields (for messages from a server; see ``tolerant_converter``).
+    """
     try:
-        return converter.structure(value, type_)
+        return (tolerant_converter if tolerant else converter).structure(value, type_)
     except Exception as exc:  # every structuring failure is an invalid-params answer
         errors = error_paths(exc, path)
         raise ProtocolError(
@@ -338,11 +345,12 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
 
-def decode(text: str | bytes) -> Message:
+def decode(text: str | bytes, *, tolerant: bool = False) -> Message:
     """Decode one JSON-RPC message.
 
     Requests and notifications get typed params; responses keep a raw ``result``
-    (see ``decode_result``).
+    (see ``decode_result``). ``tolerant`` (for a client) ignores unknown fields of
+    notifications; a server decodes strictly.
 
     Raises:
         ProtocolError: -32700 for bad JSON, -32600 for a malformed envelope, -32601 for an
@@ -387,7 +395,7 @@ def decode(text: str | bytes) -> Message:
     notification_type = NOTIFICATION_METHODS.get(method)
     if notification_type is None:
         raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {method}")
-    return Notification(method, structure(params, notification_type, "$.params"))
+    return Notification(method, structure(params, notification_type, "$.params", tolerant=tolerant))
 
 
 def _decode_response(payload: dict[str, Any], request_id: RequestId | None) -> Response | ErrorResponse:
@@ -407,6 +415,9 @@ def _decode_response(payload: dict[str, Any], request_id: RequestId | None) -> R
     return ErrorResponse(request_id, code, error["message"], error.get("data"))
 
 
-def decode_result(method: str, result: Any) -> Any:
-    """Structure a raw ``result`` for the call ``method``; raises ``ProtocolError`` if malformed."""
-    return structure(result, REQUEST_METHODS[method][1], "$.result")
+def decode_result(method: str, result: Any, *, tolerant: bool = True) -> Any:
+    """Structure a raw ``result`` for the call ``method``; raises ``ProtocolError`` if malformed.
+
+    Tolerant of unknown fields by default: results come from a server, which may be newer.
+    """
+    return structure(result, REQUEST_METHODS[method][1], "$.result", tolerant=tolerant)

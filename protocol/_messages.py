@@ -256,13 +256,14 @@ class StreamBytes:
 class ReadResult:
     chunks: tuple[OutputChunk, ...]
     next_seq: int
-    retained_from_seq: int
     exited: bool
-    exit_code: int | None
-    signal: str | None
-    timed_out: bool
-    sandbox_denied: bool | None
     closed: bool
+    exit_code: int | None = None
+    # Defaults for servers older than the shared contract (they may omit these).
+    retained_from_seq: int = 1
+    signal: str | None = None
+    timed_out: bool = False
+    sandbox_denied: bool | None = None
     failure: str | None = None
     # Extensions of this server (docs/protocol.md): everything a client needs to finish a
     # record from a read alone, and the exact size of what retention evicted.

@@ -314,7 +314,7 @@ class FakeServer:
             event = process.events[seq - 1]
             raw = p.unstructure(event)
             if garble:
-                raw["fromTheFuture"] = True  # an unknown field: our strict codec refuses it
+                raw["seq"] = "not a number"  # a field of the wrong type: any codec refuses it
             if isinstance(event, p.ExitedEvent) and (process.legacy or self._script_of[process_id].strip_sandbox_denied):
                 for key in ("sandboxDenied", "durationMs", "usage", "denials", "sandboxDeniedSource"):
                     raw.pop(key, None)

@@ -945,8 +945,8 @@ def test_numeric_bounds_are_inclusive(params: dict[str, Any], field: str, value:
         ),
         (
             "process/read",
-            {k: v for k, v in json.loads(p.encode_result(1, MINIMAL_READ))["result"].items() if k != "sandboxDenied"},
-            ["required field missing @ $.result.sandboxDenied"],
+            {k: v for k, v in json.loads(p.encode_result(1, MINIMAL_READ))["result"].items() if k != "nextSeq"},
+            ["required field missing @ $.result.nextSeq"],
         ),
         (
             "process/read",
@@ -969,7 +969,7 @@ def test_numeric_bounds_are_inclusive(params: dict[str, Any], field: str, value:
 )
 def test_decode_result_rejects_malformed_results(method: str, raw: Any, expected: list[str]) -> None:
     with pytest.raises(p.ProtocolError) as info:
-        p.decode_result(method, raw)
+        p.decode_result(method, raw, tolerant=False)
     assert info.value.code == p.ErrorCode.INVALID_PARAMS
     assert info.value.data is not None
     assert sorted(info.value.data["errors"]) == sorted(expected)
@@ -1025,3 +1025,27 @@ def test_encode_refuses_non_json_numbers(value: float) -> None:
     # Either fix passes: refusing at encode (allow_nan=False) or at construction (a validator).
     with pytest.raises(ValueError):
         p.encode_result(1, attrs.evolve(MINIMAL_READ, duration_ms=value))
+
+
+# --- a client is tolerant of a newer (or older) server -----------------------------------------------
+
+
+def test_results_from_a_server_ignore_unknown_fields_by_default() -> None:
+    raw = {**json.loads(p.encode_result(1, MINIMAL_READ))["result"], "fromTheFuture": 1}
+    assert p.decode_result("process/read", raw) == MINIMAL_READ
+    with pytest.raises(p.ProtocolError):
+        p.decode_result("process/read", raw, tolerant=False)
+
+
+def test_a_legacy_read_result_without_the_newer_fields_decodes() -> None:
+    legacy = {"chunks": [], "nextSeq": 3, "exited": True, "exitCode": 0, "closed": True}
+    result = p.decode_result("process/read", legacy)
+    assert (result.sandbox_denied, result.retained_from_seq, result.signal, result.timed_out) == (None, 1, None, False)
+
+
+def test_tolerant_decode_ignores_unknown_event_fields_but_keeps_types_strict() -> None:
+    event = '{"method":"process/closed","params":{"processId":"a","seq":2,"fromTheFuture":true}}'
+    assert p.decode(event, tolerant=True) == p.Notification("process/closed", p.ClosedEvent(process_id="a", seq=2))
+    assert decode_error(event).code == p.ErrorCode.INVALID_PARAMS
+    with pytest.raises(p.ProtocolError):
+        p.decode('{"method":"process/closed","params":{"processId":"a","seq":"2"}}', tolerant=True)
