@@ -173,13 +173,19 @@ class Connection:
                 raw = await self._transport.receive()
             except TransportClosed:
                 return
-            if len(raw) > limit:
-                await self._enqueue(p.encode_error(_oversized(raw, limit)))
+            size = len(raw)
+            if size * 4 > limit and isinstance(raw, str):
+                size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes
+            if size > limit:
+                await self._enqueue(p.encode_error(_oversized(raw, size, limit)))
                 continue
             try:
                 message = p.decode(raw)
             except ProtocolError as exc:
-                await self._enqueue(p.encode_error(exc))
+                if exc.from_notification:
+                    log.debug("ignored a bad notification: %s", exc.message)
+                else:
+                    await self._enqueue(p.encode_error(exc))
                 continue
             if isinstance(message, p.Request):
                 if message.method in _ANSWERED_IN_ORDER:
@@ -267,7 +273,7 @@ class Connection:
         return bool(getattr(self._transport, "supports_binary", False))
 
 
-def _oversized(raw: str | bytes, limit: int) -> ProtocolError:
+def _oversized(raw: str | bytes, size: int, limit: int) -> ProtocolError:
     request_id: Any = None
     try:
         message = p.decode(raw)
@@ -276,6 +282,6 @@ def _oversized(raw: str | bytes, limit: int) -> ProtocolError:
         request_id = exc.request_id
     return ProtocolError(
         ErrorCode.LIMIT_EXCEEDED,
-        f"limit exceeded: message of {len(raw)} bytes is over the {limit}-byte limit",
+        f"limit exceeded: message of {size} bytes is over the {limit}-byte limit",
         request_id=request_id,
     )

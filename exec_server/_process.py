@@ -110,7 +110,7 @@ class ManagedProcess:
         self._pipes_eof = trio.Event()
         self._stdin_fd = spawned.stdin_fd
         self._stdin_lock = trio.Lock()
-        self._write_ids: dict[str, None] = {}
+        self._write_ids: dict[str, bool] = {}
         self.exited: ExitedEvent | None = None
         self.timed_out = False
         self.closed_event = trio.Event()
@@ -294,39 +294,46 @@ class ManagedProcess:
         self.signal_tree(signal_module.SIGKILL)
 
     async def write_stdin(self, data: bytes, write_id: str | None, eof: bool) -> bool:
-        """Write to stdin; a repeated ``write_id`` is acknowledged but not applied again.
+        """Write to stdin; a repeated ``write_id`` is not applied again but gets the first outcome.
 
         Returns:
-            False if stdin is not piped or already closed.
+            False if stdin is not piped or already closed (nothing was written).
         """
         async with self._stdin_lock:
             if write_id is not None and write_id in self._write_ids:
-                return True
-            if self._stdin_fd is None:
-                return False
+                return self._write_ids[write_id]
+            accepted = await self._write_all(data, eof)
             if write_id is not None:
-                self._write_ids[write_id] = None
+                self._write_ids[write_id] = accepted
                 if len(self._write_ids) > MAX_WRITE_IDS:
                     del self._write_ids[next(iter(self._write_ids))]
-            view = memoryview(data)
-            try:
-                while view:
-                    try:
-                        written = os.write(self._stdin_fd, view)
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_writable(self._stdin_fd)
-                        continue
-                    view = view[written:]
-            except (BrokenPipeError, OSError):
-                self._close_stdin()
-                return False
-            if eof:
-                self._close_stdin()
-            return True
+            return accepted
+
+    async def _write_all(self, data: bytes, eof: bool) -> bool:
+        if self._stdin_fd is None:
+            return False
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    written = os.write(self._stdin_fd, view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._stdin_fd)
+                    continue
+                view = view[written:]
+        except trio.ClosedResourceError:  # stdin was closed while we waited
+            return False
+        except OSError:  # EPIPE: the child closed its stdin
+            self._close_stdin()
+            return False
+        if eof:
+            self._close_stdin()
+        return True
 
     def _close_stdin(self) -> None:
         if self._stdin_fd is not None:
             fd, self._stdin_fd = self._stdin_fd, None
+            trio.lowlevel.notify_closing(fd)  # wakes a write waiting on it
             _close_quietly(fd)
 
     # --- reading -----------------------------------------------------------------------

@@ -392,10 +392,14 @@ def decode(text: str | bytes, *, tolerant: bool = False) -> Message:
             return Request(request_id, method, structure(params, entry[0], "$.params"))
         except ProtocolError as exc:
             raise exc.with_request_id(request_id) from None
-    notification_type = NOTIFICATION_METHODS.get(method)
-    if notification_type is None:
-        raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {method}")
-    return Notification(method, structure(params, notification_type, "$.params", tolerant=tolerant))
+    try:
+        notification_type = NOTIFICATION_METHODS.get(method)
+        if notification_type is None:
+            raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {method}")
+        return Notification(method, structure(params, notification_type, "$.params", tolerant=tolerant))
+    except ProtocolError as exc:
+        exc.from_notification = True
+        raise
 
 
 def _decode_response(payload: dict[str, Any], request_id: RequestId | None) -> Response | ErrorResponse:

@@ -51,6 +51,9 @@ class ProtocolError(Exception):
         self.message = message
         self.data = data
         self.request_id = request_id
+        # Set by the decoder when the bad message was a notification: JSON-RPC says a
+        # notification is never answered, not even with an error.
+        self.from_notification = False
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.code}, {self.message!r}, {self.data!r})"

@@ -309,7 +309,9 @@ async def test_read_long_poll_returns_when_output_arrives(client: RawClient) -> 
         assert result["nextSeq"] >= 3
 
 
-async def test_read_long_poll_times_out(server: Any, autojump_clock: trio.testing.MockClock) -> None:
+async def test_read_long_poll_times_out(
+    server: Any, autojump_clock: trio.testing.MockClock, no_leftover_processes: None
+) -> None:
     async with open_raw_client(server.url, server.token) as raw:
         with trio.fail_after(120):
             await raw.initialize()
@@ -333,9 +335,11 @@ async def test_read_long_poll_times_out(server: Any, autojump_clock: trio.testin
 
 async def test_write_reaches_child_and_eof_closes_stdin(client: RawClient) -> None:
     with trio.fail_after(10):
-        await client.start("w", [PY, "-c", "import sys; data = sys.stdin.buffer.read(); sys.stdout.buffer.write(data[::-1])"], pipeStdin=True)
+        reverse = "import sys; data = sys.stdin.buffer.read(); sys.stdout.buffer.write(data[::-1])"
+        await client.start("w", [PY, "-c", reverse], pipeStdin=True)
         assert (await client.call("process/write", {"processId": "w", "chunk": b64(b"\x00abc\xff")}))["status"] == "accepted"
-        assert (await client.call("process/write", {"processId": "w", "chunk": b64(b"def"), "eof": True}))["status"] == "accepted"
+        last = {"processId": "w", "chunk": b64(b"def"), "eof": True}
+        assert (await client.call("process/write", last))["status"] == "accepted"
         events = await client.events_for("w")
         assert output_of(events) == b"fed\xffcba\x00"
         assert (await client.call("process/write", {"processId": "w", "chunk": b64(b"more")}))["status"] == "stdinClosed"
@@ -398,7 +402,9 @@ async def test_signal_interrupt_reaches_the_group(client: RawClient) -> None:
         assert exited_of(events)["exitCode"] == 9 and exited_of(events)["signal"] is None
 
 
-@pytest.mark.parametrize(("name", "signum"), [("terminate", signal.SIGTERM), ("kill", signal.SIGKILL), ("hangup", signal.SIGHUP)])
+@pytest.mark.parametrize(
+    ("name", "signum"), [("terminate", signal.SIGTERM), ("kill", signal.SIGKILL), ("hangup", signal.SIGHUP)]
+)
 async def test_signal_names(client: RawClient, name: str, signum: signal.Signals) -> None:
     with trio.fail_after(10):
         await client.start("s", ["sleep", "30"])
@@ -532,7 +538,12 @@ async def test_plain_exit_codes(client: RawClient) -> None:
 
 
 async def test_usage_and_duration(client: RawClient) -> None:
-    burn = "import time\nend = time.process_time() + 0.15\nwhile time.process_time() < end: pass\nb = bytearray(30 * 1024 * 1024)\n"
+    burn = (
+        "import time\n"
+        "end = time.process_time() + 0.15\n"
+        "while time.process_time() < end: pass\n"
+        "b = bytearray(30 * 1024 * 1024)\n"
+    )
     with trio.fail_after(10):
         before = trio.current_time()
         exited = exited_of(await client.run("cpu", [PY, "-c", burn]))
@@ -639,7 +650,6 @@ async def test_big_stdin_round_trip(server: Any, no_leftover_processes: None) ->
             assert hashlib.sha256(output_of(events)).digest() == hashlib.sha256(payload).digest()
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #6")
 async def test_write_id_retry_after_failed_write_keeps_the_outcome(client: RawClient) -> None:
     with trio.fail_after(10):
         # The child closes its stdin: a write fails with EPIPE inside the server.
