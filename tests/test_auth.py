@@ -186,7 +186,8 @@ async def test_cli_uses_existing_token_file_and_env_override(tmp_path: Path, no_
             assert await cli.process.wait() == 0
         async with run_cli_server(args, cli_env(EXEC_SERVER_TOKEN="env-token-0123456789abcdef0123456789")) as cli:
             url = (await cli.stdout_line()).decode()
-            assert (await refused(url, extra_headers=[(b"Authorization", b"Bearer file-token-0123456789abcdef0123456789")])).status_code == 401
+            stale = [(b"Authorization", b"Bearer file-token-0123456789abcdef0123456789")]
+            assert (await refused(url, extra_headers=stale)).status_code == 401
             async with open_raw_client(url, "env-token-0123456789abcdef0123456789") as raw:
                 await raw.initialize()
             cli.process.send_signal(signal.SIGTERM)

@@ -181,7 +181,9 @@ def check_invariants(client: Client, process_id: str) -> Record:
         assert exited["signal"] == signal.Signals(exited["exitCode"] - 128).name
     # The start response was written before the first event (§4 process/start).
     start_at = next(
-        i for i, m in enumerate(client.arrivals) if isinstance(m.get("result"), dict) and m["result"].get("processId") == process_id
+        i
+        for i, m in enumerate(client.arrivals)
+        if isinstance(m.get("result"), dict) and m["result"].get("processId") == process_id
     )
     assert start_at < client.arrivals.index(events[0])
     # §5.1: seqs 1..closed, one counter; whatever output was dropped (§7) a read repairs exactly.
@@ -287,7 +289,8 @@ def methods_scenario(url: str, token: str, tmp: str) -> None:
     # process/write: data, writeId de-duplication, eof, statuses.
     client.start("cat", ["cat"], pipeStdin=True)
     for _ in range(2):
-        assert client.call("process/write", {"processId": "cat", "chunk": b64(b"\x00\xffonce"), "writeId": "a"})["status"] == "accepted"
+        once = {"processId": "cat", "chunk": b64(b"\x00\xffonce"), "writeId": "a"}
+        assert client.call("process/write", once)["status"] == "accepted"
     assert client.call("process/write", {"processId": "cat", "chunk": b64(b"-end"), "eof": True})["status"] == "accepted"
     record = client.finish("cat")
     assert record.output() == b"\x00\xffonce-end"
@@ -467,7 +470,9 @@ async def test_20_mib_binary_by_push(server: Any, no_leftover_processes: None, t
     await in_thread(big_output_scenario, server.url, server.token, str(tmp_path / "blob"), digest, size, "lossless")
 
 
-async def test_big_output_best_effort_is_complete_after_repair(start_server: Any, no_leftover_processes: None, tmp_path: Path) -> None:
+async def test_big_output_best_effort_is_complete_after_repair(
+    start_server: Any, no_leftover_processes: None, tmp_path: Path
+) -> None:
     # bestEffort may drop output events; with retention large enough, one read per gap run
     # restores every byte (§7).
     server = await start_server(retain_bytes=32 * 1024 * 1024)
