@@ -299,7 +299,8 @@ def unstructure(value: Any) -> Any:
 def _dumps(payload: dict[str, Any]) -> str:
     # ASCII-only output: a lone surrogate echoed from input (an id, a method name) must not
     # make the answer unencodable as UTF-8.
-    return json.dumps(payload, separators=(",", ":"))
+    # allow_nan=False: NaN/Infinity are not JSON; a bug that produced one fails loudly here.
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
 
 
 def encode_request(request_id: RequestId, params: Any, method: str | None = None) -> str:

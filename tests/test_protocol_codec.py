@@ -1015,11 +1015,6 @@ def test_null_id_on_any_call_is_an_invalid_request(method: str) -> None:
     assert error.request_id is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec gap: _dumps still has json's allow_nan=True, so a NaN/inf float (durationMs, usage) is "
-    "written as the non-JSON token NaN/Infinity, which our own decode now rejects with -32700",
-)
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_encode_refuses_non_json_numbers(value: float) -> None:
     # Either fix passes: refusing at encode (allow_nan=False) or at construction (a validator).
