@@ -271,14 +271,20 @@ class PidWatch:
             self._fd = None
 
 
-def reap_leftover_descendants(timeout: float = 5.0) -> list[str]:
+def live_descendants() -> set[int]:
+    """The pids below this test process that still run (zombies excluded)."""
+    return {child.pid for child in psutil.Process().children(recursive=True) if not is_gone(child.pid)}
+
+
+def reap_leftover_descendants(ignore: set[int] = frozenset(), timeout: float = 5.0) -> list[str]:  # type: ignore[assignment]
     """Kill and reap whatever this test process still has running below it.
 
     Run after a test's trio loop ended (the servers are gone, so nothing else reaps).
-    Returns a description of each descendant that was still alive: a test left it behind.
+    Returns a description of each descendant that was still alive; those in ``ignore``
+    (what ran before the test began, not the test's doing) are left alone.
     """
     me = psutil.Process()
-    alive = [child for child in me.children(recursive=True) if not is_gone(child.pid)]
+    alive = [child for child in me.children(recursive=True) if child.pid not in ignore and not is_gone(child.pid)]
     if alive:
         # Give SIGKILLs sent by a server's teardown a moment to land before blaming the test.
         _gone, alive = psutil.wait_procs(alive, timeout=timeout)
@@ -358,8 +364,9 @@ async def open_raw_client(
 @pytest.fixture
 def no_leftover_processes() -> Iterator[None]:
     """Fail a test that leaves a process running (checked after its trio loop ended)."""
+    before = live_descendants()
     yield
-    leftovers = reap_leftover_descendants()
+    leftovers = reap_leftover_descendants(ignore=before)
     assert not leftovers, f"processes left behind: {leftovers}"
 
 
