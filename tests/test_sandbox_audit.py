@@ -639,6 +639,51 @@ def test_a_crashed_user_is_restored_by_the_next_last_user(tmp_path: Path) -> Non
     control.close()
 
 
+USERNS_SCRIPT = r"""
+import sys, trio
+from exec_server.sandbox._audit import AuditUnavailable
+from exec_server.sandbox._denials import DenialMonitor
+from protocol import SandboxMode, SandboxPolicy
+
+async def main(mode):
+    monitor = DenialMonitor(mode, landlock_abi=7, lock_path="/nonexistent/never-written.json")
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(monitor.run)
+        except AuditUnavailable as exc:
+            print("refused:", exc)
+            return
+        report = await monitor.report_denials(
+            SandboxPolicy(mode=SandboxMode.READ_ONLY), 1, 2, b"", b"sh: 1: cannot create /etc/x: Permission denied\n"
+        )
+        print(monitor.source, report.source, report.denied, "|", monitor.unavailable_reason)
+        nursery.cancel_scope.cancel()
+
+trio.run(main, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+async def test_in_a_user_namespace_auto_falls_back_and_on_refuses(mode: str) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ["unshare", "--user", "--map-root-user", sys.executable, "-c", USERNS_SCRIPT, mode],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=str(Path(__file__).parent.parent),
+        )
+        if result.returncode != 0 and b"unshare" in result.stderr:
+            pytest.skip(f"user namespaces unavailable: {result.stderr.decode().strip()}")
+        out = result.stdout.decode()
+        if mode == "auto":
+            assert out.startswith("heuristic heuristic True | running inside a user namespace"), out
+        else:
+            assert out.startswith("refused: running inside a user namespace"), out
+
+
 def test_audit_on_fails_without_landlock_logging() -> None:
     with pytest.raises(AuditUnavailable, match="ABI 6"):
         DenialMonitor("on", landlock_abi=6)

@@ -424,7 +424,7 @@ class AuditBacklogProbe:
         self._sock.close()
 
 
-def _permission_problem() -> str | None:
+def permission_problem() -> str | None:
     """Say why this process cannot control audit, or None if it looks permitted."""
     try:
         with open("/proc/self/uid_map") as uid_map:
@@ -543,7 +543,7 @@ def acquire_audit(lock_path: str = DEFAULT_LOCK_PATH, *, uid_drop_rules: bool = 
     Raises:
         AuditUnavailable: not permitted here, or the kernel refused.
     """
-    problem = _permission_problem()
+    problem = permission_problem()
     if problem is not None:
         raise AuditUnavailable(problem)
     control = AuditControl()

@@ -69,6 +69,7 @@ from ._audit import (
     AuditRecord,
     AuditUnavailable,
     acquire_audit,
+    permission_problem,
 )
 from ._heuristic import guess_denials
 from ._proctree import ForkTracker
@@ -495,6 +496,9 @@ class DenialMonitor:
         """
         if self.unavailable_reason is None:
             try:
+                problem = permission_problem()
+                if problem is not None:
+                    raise AuditUnavailable(problem)
                 # Join the group before enabling so that no record falls in between.
                 self._readlog = AuditReadLog()
                 self._probe = AuditBacklogProbe()
