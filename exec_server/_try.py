@@ -19,7 +19,12 @@ from ._server import Server
 from ._websocket import serve_websocket
 from .sandbox import Sandbox
 
-DEMO_ARGV = ["sh", "-c", 'echo "hello from $(uname -n) as uid $(id -u)"; touch /etc/exec-server-probe']
+DEMO_ARGV = [
+    "sh",
+    "-c",
+    'echo "hello from $(uname -n) as uid $(id -u)"; '
+    'touch /etc/exec-server-probe 2>/dev/null || echo "(the sandbox blocked that write, as it should)"',
+]
 
 
 async def _try(argv: list[str], config: ServerConfig) -> int:
