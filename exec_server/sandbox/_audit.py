@@ -584,8 +584,11 @@ def _enable(
         saved = {"enabled": found.enabled, "backlog_limit": found.backlog_limit, "rules": 0}
         _write_saved(lock_file, saved)
     wanted_enabled = 1 if found.enabled == 0 else None
+    # An audit daemon's backlog is its administrator's setting; without one, ours.
     wanted_backlog = (
-        WANTED_BACKLOG_LIMIT if 0 < found.backlog_limit < WANTED_BACKLOG_LIMIT else None
+        WANTED_BACKLOG_LIMIT
+        if found.pid == 0 and 0 < found.backlog_limit < WANTED_BACKLOG_LIMIT
+        else None
     )
     control.set_status(enabled=wanted_enabled, backlog_limit=wanted_backlog)
     if not uid_drop_rules:
