@@ -615,6 +615,7 @@ def test_unknown_method_keeps_the_request_id(method: str, request_id: p.RequestI
     error = decode_error(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": {}}))
     assert error.code == p.ErrorCode.METHOD_NOT_FOUND
     assert error.request_id == request_id
+    assert not error.from_notification
     assert method in error.message
     # And the error it encodes to answers the same id.
     assert json.loads(p.encode_error(error))["id"] == request_id
@@ -625,6 +626,7 @@ def test_unknown_notification_is_method_not_found_without_id(method: str) -> Non
     error = decode_error(json.dumps({"jsonrpc": "2.0", "method": method, "params": {}}))
     assert error.code == p.ErrorCode.METHOD_NOT_FOUND
     assert error.request_id is None
+    assert error.from_notification  # JSON-RPC: the server must not answer it at all
 
 
 # --- -32602: the strict converter -------------------------------------------------------------------
@@ -782,6 +784,7 @@ def test_invalid_params_in_a_notification_has_no_id() -> None:
     error = decode_error(json.dumps({"method": "process/output", "params": {"processId": "a", "seq": "1", "stream": "stdout", "chunk": ""}}))
     assert error.code == p.ErrorCode.INVALID_PARAMS
     assert error.request_id is None
+    assert error.from_notification
     assert error.data == {"errors": ["expected an integer, got str @ $.params.seq"]}
 
 

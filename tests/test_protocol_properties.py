@@ -480,3 +480,31 @@ def test_any_object_as_result(method: str, result_type: type, data: st.DataObjec
         event("accepted")
         assert type(result) is result_type
         assert p.decode_result(method, p.decode(p.encode_result(1, result)).result) == result
+
+
+# --- a client tolerates what a newer server adds; a server tolerates nothing -------------------------
+
+extra_members = st.dictionaries(texts.map(lambda key: "x-" + key), json_values, min_size=1, max_size=3)
+
+
+@FAST
+@given(method_and_result=st.one_of([st.tuples(st.just(m), s) for m, s in RESULTS.items()]), extra=extra_members)
+def test_unknown_result_fields_are_ignored_by_a_client_only(method_and_result: tuple[str, Any], extra: dict[str, Any]) -> None:
+    method, result = method_and_result
+    raw = {**json.loads(json.dumps(p.unstructure(result))), **extra}
+    assert p.decode_result(method, raw) == result
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_result(method, raw, tolerant=False)
+    assert info.value.code == p.ErrorCode.INVALID_PARAMS
+
+
+@FAST
+@given(method_and_event=st.one_of([st.tuples(st.just(m), s) for m, s in EVENTS.items()]), extra=extra_members)
+def test_unknown_event_fields_are_ignored_by_a_client_only(method_and_event: tuple[str, Any], extra: dict[str, Any]) -> None:
+    method, event = method_and_event
+    envelope = json.loads(p.encode_notification(event))
+    text = json.dumps({**envelope, "params": {**envelope["params"], **extra}})
+    assert p.decode(text, tolerant=True) == p.Notification(method, event)
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(text)
+    assert info.value.code == p.ErrorCode.INVALID_PARAMS
