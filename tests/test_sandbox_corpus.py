@@ -408,6 +408,7 @@ async def test_output_to_dev_null_is_not_a_denial(places: Places) -> None:
         async with serving("auto") as (client, caps):
             if caps["denialSource"] != "audit":
                 pytest.skip("only audit sees this denial")
-            record = await client.run(["sh", "-c", "ls / >/dev/null"], cwd=str(places.workspace), sandbox=WORKSPACE_WRITE)
+            argv = ["sh", "-c", "ls / >/dev/null"]
+            record = await client.run(argv, cwd=str(places.workspace), sandbox=WORKSPACE_WRITE)
         assert record.exit_code == 0
         assert (record.sandbox_denied, record.denials) == (False, ())
