@@ -31,6 +31,7 @@ from exec_server.sandbox._audit import (
     AUDIT_SYSCALL,
     DEFAULT_LOCK_PATH,
     AuditControl,
+    AuditStatus,
     AuditUnavailable,
     acquire_audit,
     denial_rules,
@@ -577,6 +578,100 @@ async def test_unsandboxed_processes_report_source_none(monitor: DenialMonitor) 
         assert (report.denied, report.source) == (False, "none")
         report = await monitor.report_denials(SandboxPolicy(mode=SandboxMode.NONE), 1, 1, b"", b"")
         assert report.source == "none"
+
+
+class FakeAuditControl:
+    """The kernel side of a lease, in memory: what a lease protocol test needs and nothing more."""
+
+    kernel: dict[str, object] = {}
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def get_status(self) -> AuditStatus:
+        return AuditStatus(
+            enabled=int(self.kernel["enabled"]),  # type: ignore[call-overload]
+            failure=1,
+            pid=0,
+            rate_limit=0,
+            backlog_limit=int(self.kernel["backlog_limit"]),  # type: ignore[call-overload]
+            lost=0,
+            backlog=0,
+        )
+
+    def set_status(self, *, enabled: int | None = None, backlog_limit: int | None = None) -> None:
+        if enabled is not None:
+            self.kernel["enabled"] = enabled
+        if backlog_limit is not None:
+            self.kernel["backlog_limit"] = backlog_limit
+
+    def add_rule(self, rule: bytes) -> bool:
+        rules: set[bytes] = self.kernel["rules"]  # type: ignore[assignment]
+        added = rule not in rules
+        rules.add(rule)
+        return added
+
+    def delete_rule(self, rule: bytes) -> bool:
+        rules: set[bytes] = self.kernel["rules"]  # type: ignore[assignment]
+        present = rule in rules
+        rules.discard(rule)
+        return present
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_kernel() -> dict[str, object]:
+    FakeAuditControl.kernel = {"enabled": 0, "backlog_limit": 64, "rules": set()}
+    return FakeAuditControl.kernel
+
+
+def _lease(lock: Path, *, rules: bool = False):  # type: ignore[no-untyped-def]
+    return acquire_audit(str(lock), uid_drop_rules=rules, control=FakeAuditControl())  # type: ignore[arg-type]
+
+
+def test_two_leases_at_once_neither_blocks_and_the_last_restores(
+    tmp_path: Path, fake_kernel: dict[str, object]
+) -> None:
+    lock = tmp_path / "audit.json"
+    first = _lease(lock, rules=True)
+    second = _lease(lock)  # must not block on the first one's shared lock
+    assert (fake_kernel["enabled"], fake_kernel["backlog_limit"]) == (1, 8192)
+    assert len(fake_kernel["rules"]) == len(denial_rules())  # type: ignore[arg-type]
+    first.release()
+    assert fake_kernel["enabled"] == 1  # the second still needs it
+    second.release()
+    second.release()  # idempotent
+    assert fake_kernel == {"enabled": 0, "backlog_limit": 64, "rules": set()}
+    assert lock.read_text() == ""
+
+
+def test_the_state_saved_is_the_first_users(tmp_path: Path, fake_kernel: dict[str, object]) -> None:
+    lock = tmp_path / "audit.json"
+    first = _lease(lock)
+    fake_kernel["backlog_limit"] = 9000  # changed while we run: not ours to keep
+    second = _lease(lock)
+    second.release()
+    first.release()
+    assert (fake_kernel["enabled"], fake_kernel["backlog_limit"]) == (0, 64)
+
+
+def test_a_locked_audit_configuration_is_left_alone(tmp_path: Path, fake_kernel: dict[str, object]) -> None:
+    fake_kernel["enabled"] = 2
+    lease = _lease(tmp_path / "audit.json", rules=True)
+    assert (lease.rules, fake_kernel["rules"]) == (False, set())
+    lease.release()
+    assert fake_kernel["enabled"] == 2
+
+
+def test_a_crashed_lease_is_restored_by_the_next_last_user(tmp_path: Path, fake_kernel: dict[str, object]) -> None:
+    lock = tmp_path / "audit.json"
+    crashed = _lease(lock, rules=True)
+    os.close(crashed.lock_file)  # died: its flock is gone, its saved state stays
+    survivor = _lease(lock)
+    survivor.release()
+    assert fake_kernel == {"enabled": 0, "backlog_limit": 64, "rules": set()}
 
 
 def _other_users_of_audit() -> bool:

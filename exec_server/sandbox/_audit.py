@@ -532,21 +532,28 @@ def _write_saved(fd: int, saved: dict[str, int]) -> None:
     os.fsync(fd)
 
 
-def acquire_audit(lock_path: str = DEFAULT_LOCK_PATH, *, uid_drop_rules: bool = False) -> AuditLease:
+def acquire_audit(
+    lock_path: str = DEFAULT_LOCK_PATH,
+    *,
+    uid_drop_rules: bool = False,
+    control: AuditControl | None = None,
+) -> AuditLease:
     """Make sure the kernel emits audit records, remembering what to restore.
 
     Enables audit and raises the backlog limit to :data:`WANTED_BACKLOG_LIMIT` if they are
     lower. Changes nothing when audit is already on (an auditd runs) or locked (``enabled=2``).
     With ``uid_drop_rules`` it also adds :func:`denial_rules` (removed by the last user);
-    ``AuditLease.rules`` says whether they are in place.
+    ``AuditLease.rules`` says whether they are in place. ``control`` is the kernel interface
+    (one is opened by default); the lease owns and closes it.
 
     Raises:
         AuditUnavailable: not permitted here, or the kernel refused.
     """
-    problem = permission_problem()
-    if problem is not None:
-        raise AuditUnavailable(problem)
-    control = AuditControl()
+    if control is None:
+        problem = permission_problem()
+        if problem is not None:
+            raise AuditUnavailable(problem)
+        control = AuditControl()
     try:
         os.makedirs(os.path.dirname(lock_path), mode=0o700, exist_ok=True)
         lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
