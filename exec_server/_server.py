@@ -49,7 +49,6 @@ class Server:
         self.connections: set[Connection] = set()
         self.shutting_down = False
         self.default_cwd = os.getcwd()
-        self._pids: set[int] = set()
         self._nursery: trio.Nursery | None = None
         self.connection_nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
@@ -93,13 +92,7 @@ class Server:
     async def _reap_orphans(self) -> None:
         while True:
             await trio.sleep(ORPHAN_REAP_INTERVAL)
-            _tree.reap_orphans(self._pids)
-
-    def register_pid(self, pid: int) -> None:
-        self._pids.add(pid)
-
-    def unregister_pid(self, pid: int) -> None:
-        self._pids.discard(pid)
+            _tree.reap_orphans()
 
     # --- sessions ----------------------------------------------------------------------
 

@@ -248,7 +248,7 @@ class Session:
             ),
         )
         self.processes[params.process_id] = process
-        server.register_pid(process.pid)
+        _tree.register_waited(process.pid)
         return StartResult(process_id=params.process_id, pid=process.pid, sandbox_type=plan.sandbox_type), process
 
     def begin(self, process: ManagedProcess) -> None:
@@ -260,7 +260,7 @@ class Session:
         try:
             await process.run()
         finally:
-            self._server.unregister_pid(process.pid)
+            _tree.unregister_waited(process.pid)
         await trio.sleep(process.retain_after_close)
         self._forget(process, ErrorCode.UNKNOWN_PROCESS)
 

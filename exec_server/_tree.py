@@ -93,14 +93,27 @@ def signal_tree(root_pid: int, pgid: int, marker: str, signum: int) -> bool:
     return delivered
 
 
-def reap_orphans(registered: set[int]) -> None:
+# Pids whose exit status a process waiter will collect. Process-wide, not per server: two
+# servers in one process (tests, `exec-server try`) must not reap each other's commands.
+_WAITED_FOR: set[int] = set()
+
+
+def register_waited(pid: int) -> None:
+    _WAITED_FOR.add(pid)
+
+
+def unregister_waited(pid: int) -> None:
+    _WAITED_FOR.discard(pid)
+
+
+def reap_orphans() -> None:
     """Reap zombie children of ours that no process waiter owns (re-parented orphans).
 
     Reaps by pid only: ``waitpid(-1)`` would steal the exit status of a command whose
     waiter has not collected it yet.
     """
     for pid in own_children():
-        if pid in registered:
+        if pid in _WAITED_FOR:
             continue
         try:
             if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:

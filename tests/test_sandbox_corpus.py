@@ -394,10 +394,6 @@ async def test_denial_corpus(places: Places, capsys: pytest.CaptureFixture[str])
         assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="launcher.c grants /dev/null no LANDLOCK_ACCESS_FS_IOCTL_DEV: isatty() on it is a real Landlock denial",
-)
 async def test_output_to_dev_null_is_not_a_denial(places: Places) -> None:
     # A shell redirect opens /dev/null inside the sandbox; the program's isatty() probe on it
     # is an ioctl (TCGETS) that Landlock refuses unless the launcher grants fs.ioctl_dev there,

@@ -349,10 +349,16 @@ static void apply_landlock(const struct options *opt) {
         die("landlock_create_ruleset");
 
     add_path_rule(ruleset, "/", LL_FS_READ_RIGHTS & handled_fs, 1);
-    /* No IOCTL_DEV: a terminal's ioctls (TIOCSTI) could type into the operator's shell. */
     const uint64_t device_rights = (LL_FS_READ_FILE | LL_FS_WRITE_FILE | LL_FS_TRUNCATE) & handled_fs;
-    for (const char *const *dev = writable_devices; *dev; dev++)
-        add_path_rule(ruleset, *dev, device_rights, 0);
+    for (const char *const *dev = writable_devices; *dev; dev++) {
+        /* Memory devices take ioctls too: `ls > /dev/null` asks isatty(), and refusing it
+         * would read as a sandbox denial. Not /dev/tty: a terminal's ioctls (TIOCSTI) could
+         * type into the operator's shell. */
+        uint64_t rights = device_rights;
+        if (strcmp(*dev, "/dev/tty") != 0)
+            rights |= LL_FS_IOCTL_DEV & handled_fs;
+        add_path_rule(ruleset, *dev, rights, 0);
+    }
     /* `echo x > /dev/stderr` opens /proc/self/fd/2 with O_CREAT, and the kernel asks the
      * create hook about a /proc/PID/fd entry that is not yet cached before it finds the
      * entry exists: Landlock would log a denial for an open that then succeeds. procfs
