@@ -110,7 +110,7 @@ async def test_slow_best_effort_consumer_recovers_byte_exact_and_does_not_delay_
         ) as server:
             proxy = await nursery.start(StallProxy(port_of(server.url)).serve)
             async with (
-                open_client(proxy.url, token=server.token) as slow,
+                open_client(proxy.url, token=server.token, delivery="bestEffort") as slow,
                 open_client(server.url, token=server.token) as other,
             ):
                 idle = [await timed_true(other) for _ in range(IDLE_SAMPLES)]
@@ -254,7 +254,7 @@ async def test_eviction_while_stalled_reports_the_lost_bytes_and_keeps_the_rest_
     server = await start_server(retain_bytes=1 * MIB, slow_consumer_timeout=30.0, outbound_queue_messages=4)
     proxy = await nursery.start(StallProxy(port_of(server.url)).serve)
     with trio.fail_after(30):
-        async with open_client(proxy.url, token=server.token) as client:
+        async with open_client(proxy.url, token=server.token, delivery="bestEffort") as client:
             handle = await client.start(gated_cat(fifo, tmp_path / "data"), max_output_bytes=None, stream_output=False)
             assert handle.pid is not None
             proxy.stall()

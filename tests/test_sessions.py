@@ -164,7 +164,9 @@ async def test_ttl_expiry_kills_the_whole_tree_grandchildren_included(
 # --- client auto-resume, end to end -------------------------------------------------------
 
 
+@pytest.mark.parametrize("delivery", ["bestEffort", "lossless"])
 async def test_client_run_survives_a_cut_connection_and_completes_recovered(
+    delivery: str,
     start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
 ) -> None:
     first = write_random(tmp_path / "first", 8 * MIB)
@@ -174,7 +176,7 @@ async def test_client_run_survives_a_cut_connection_and_completes_recovered(
     proxy = await nursery.start(StallProxy(port_of(server.url)).serve)
     argv = ["sh", "-c", f"cat {tmp_path / 'first'}; cat {fifo} >/dev/null; cat {tmp_path / 'second'}"]
     with trio.fail_after(30):
-        async with open_client(proxy.url, token=server.token) as client:
+        async with open_client(proxy.url, token=server.token, delivery=delivery) as client:
             records = []
 
             async def run() -> None:
