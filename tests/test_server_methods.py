@@ -664,3 +664,24 @@ async def test_write_id_retry_after_failed_write_keeps_the_outcome(client: RawCl
         finally:
             await client.call("process/terminate", {"processId": "closed-in", "graceMs": 100})
             await client.events_for("closed-in")
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #9")
+async def test_concurrent_exits_under_default_sandbox(start_server: Any, no_leftover_processes: None) -> None:
+    """The server's defaults (readOnly sandbox, denials from audit where available) with
+    many commands ending at once: every one gets exited and closed, and the server lives."""
+    from exec_server.sandbox import SandboxSettings
+
+    with trio.fail_after(30):
+        server = await start_server(sandbox=SandboxSettings())
+        async with open_raw_client(server.url, server.token) as raw:
+            init = await raw.initialize()
+            if init["capabilities"]["sandbox"].get("denialSource") != "audit":
+                pytest.skip("denials do not come from the kernel audit here")
+            # Rounds of simultaneous exits: any two denial reports in flight at once collide.
+            for n in range(48):
+                await raw.send_request("process/start", {"processId": f"t{n}", "argv": ["true"]})
+            for n in range(48):
+                events = await raw.events_for(f"t{n}")
+                assert exited_of(events)["exitCode"] == 0
+            assert (await raw.call("process/list"))["processes"]
