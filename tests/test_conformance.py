@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,6 @@ from websockets.sync.client import ClientConnection, connect
 
 from rawclient import PidWatch, no_leftover_processes  # noqa: F401  (test plumbing only, no protocol code)
 
-PY = sys.executable
 RECV_TIMEOUT = 20.0
 
 
@@ -127,6 +125,8 @@ class Client:
 
     def wait_for(self, process_id: str, predicate: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
         while not predicate(self.events(process_id)):
+            events = self.events(process_id)
+            assert not any(e["method"] == "process/closed" for e in events), f"closed before the awaited event: {events}"
             self.receive()
         return self.events(process_id)
 
@@ -324,7 +324,7 @@ def methods_scenario(url: str, token: str, tmp: str) -> None:
     client.finish("lp")
 
     # process/signal to the group; process/terminate with escalation; running flag.
-    client.start("int", ["sh", "-c", 'trap "echo parent-int" INT; "$0" -c "$1"; exit 9', PY, INTERRUPTIBLE])
+    client.start("int", ["sh", "-c", 'trap "echo parent-int" INT; sh -c "$0"; exit 9', INTERRUPTIBLE])
     client.wait_for("int", lambda evs: b"ready" in b"".join(b64d(e) for e in evs if e["method"] == "process/output"))
     assert client.call("process/signal", {"processId": "int", "signal": "interrupt"})["delivered"] is True
     record = client.finish("int")
@@ -381,13 +381,9 @@ def methods_scenario(url: str, token: str, tmp: str) -> None:
     client.close()
 
 
-INTERRUPTIBLE = (
-    "import signal, sys\n"
-    "def on_int(*_): print('child-int', flush=True); sys.exit(3)\n"
-    "signal.signal(signal.SIGINT, on_int)\n"
-    "print('ready', flush=True)\n"
-    "while True: signal.pause()\n"
-)
+# Plain sh (no interpreter path that a sandboxed uid may not reach). The trap is set before
+# "ready"; the short sleeps bound how long a signal that lands between two of them waits.
+INTERRUPTIBLE = 'trap "echo child-int; exit 3" INT; echo ready; while :; do sleep 0.05; done'
 
 
 def b64(data: bytes) -> str:
@@ -430,7 +426,8 @@ def invariants_scenario(url: str, token: str) -> None:
     # §5.3: output written before the exit is sequenced before exited.
     size = 700_000
     for n in range(6):
-        client.start(f"blk{n}", [PY, "-c", f"import os; os.write(1, b'x' * {size}); os.write(2, b'y' * {size})"])
+        block = f"head -c {size} /dev/zero | tr '\\0' x; head -c {size} /dev/zero | tr '\\0' y >&2"
+        client.start(f"blk{n}", ["sh", "-c", block])
     for n in range(6):
         record = client.finish(f"blk{n}")
         assert all(seq < record.exited["seq"] for seq in record.chunks)
