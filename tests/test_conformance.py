@@ -25,7 +25,13 @@ import trio
 import websockets.exceptions
 from websockets.sync.client import ClientConnection, connect
 
-from rawclient import PidWatch, no_leftover_processes  # noqa: F401  (test plumbing only, no protocol code)
+from rawclient import (  # noqa: F401  (test plumbing only: no protocol code)
+    PidWatch,
+    cli_env,
+    no_leftover_processes,
+    open_raw_client,
+    run_cli_server,
+)
 
 RECV_TIMEOUT = 20.0
 
@@ -448,6 +454,22 @@ async def test_invariants(server: Any, no_leftover_processes: None) -> None:
     await in_thread(invariants_scenario, server.url, server.token)
 
 
+def burst_scenario(url: str, token: str) -> None:
+    """Many processes started back to back and ending together: each history is complete."""
+    with Client(url, token) as client:
+        client.initialize()
+        for n in range(48):
+            start = {"processId": f"t{n}", "argv": ["true"]}
+            client.send({"jsonrpc": "2.0", "id": f"s{n}", "method": "process/start", "params": start})
+        for n in range(48):
+            record = client.finish(f"t{n}")
+            assert record.exited["exitCode"] == 0 and record.chunks == {}
+
+
+async def test_burst(server: Any, no_leftover_processes: None) -> None:
+    await in_thread(burst_scenario, server.url, server.token)
+
+
 def big_output_scenario(url: str, token: str, path: str, expected_sha: str, size: int, delivery: str) -> None:
     client, _ = session(url, token, delivery=delivery)
     record = client.run("big", ["cat", path])
@@ -519,3 +541,25 @@ def resume_scenario(url: str, token: str) -> None:
 
 async def test_resume_and_takeover(server: Any, no_leftover_processes: None) -> None:
     await in_thread(resume_scenario, server.url, server.token)
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #9")
+async def test_against_the_cli_server_with_its_defaults(tmp_path: Path, no_leftover_processes: None) -> None:
+    """What an independent checker runs: ``exec-server serve`` as shipped (readOnly sandbox by
+    default, denial audit where available), driven over the wire by this client."""
+    args = ["serve", "--listen", "ws://127.0.0.1:0", "--token-file", str(tmp_path / "token")]
+    with trio.fail_after(90):
+        async with run_cli_server(args, cli_env()) as cli:
+            url = (await cli.stdout_line()).decode()
+            token = (tmp_path / "token").read_text().strip()
+            async with open_raw_client(url, token) as probe:
+                sandbox = (await probe.initialize())["capabilities"]["sandbox"]
+            if not sandbox["available"]:
+                pytest.skip("no kernel sandbox here: the default server refuses to run commands")
+            await in_thread(burst_scenario, url, token)
+            # /tmp, not tmp_path: the sandboxed uid may not enter pytest's private directories.
+            await in_thread(methods_scenario, url, token, "/tmp")
+            await in_thread(invariants_scenario, url, token)
+            await in_thread(resume_scenario, url, token)
+            cli.process.send_signal(signal.SIGTERM)
+            assert await cli.process.wait() == 0
