@@ -306,3 +306,33 @@ async def test_per_process_retain_bytes_evicts_the_oldest_and_counts_it(
     assert result["evictedBytes"]["stdout"] + len(kept) == len(data)
     assert 0 < len(kept) <= MIB // 2 and kept == data[len(data) - len(kept) :]
 
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #10: a lossless pump stays blocked on the dead connection's queue")
+async def test_lossless_connection_cut_while_backpressured_resumes_without_loss(
+    start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
+) -> None:
+    """Lossless + auto-resume (the client's default): a connection that dies while the server
+    holds the child must not leave the child held forever, and what was queued for the dead
+    connection must still be readable after the resume."""
+    data = write_random(tmp_path / "data", 24 * MIB)
+    fifo = go_fifo(tmp_path)
+    server = await start_server(detached_session_ttl=30.0)  # default retention and queue
+    proxy = await nursery.start(StallProxy(port_of(server.url)).serve)
+    with trio.fail_after(30):
+        async with open_client(proxy.url, token=server.token, delivery="lossless") as client:
+            handle = await client.start(gated_cat(fifo, tmp_path / "data"), max_output_bytes=None, stream_output=False)
+            assert handle.pid is not None
+            proxy.stall()
+            await release(fifo)
+            written_at_stall = await wait_until_writes_stall(handle.pid)
+            assert is_running(handle.pid) and written_at_stall < len(data)
+            proxy.cut()  # the connection dies with the server's queue full
+            proxy.flow()  # the client's reconnect gets through
+            # Generous for 24 MiB on loopback; today it never completes (the child stays held).
+            with trio.fail_after(8):
+                record = await handle.wait()
+            assert client.resumes == 1
+    assert record.failure is None and record.exit_code == 0
+    assert not record.output_lost, f"lost {record.stdout_lost_bytes} bytes"
+    assert sha256(record.stdout) == sha256(data)
