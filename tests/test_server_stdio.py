@@ -183,3 +183,21 @@ async def test_stdio_eof_ends_server_and_kills_processes(stdio: StdioClient) -> 
         await finish(stdio)
         await child.wait_exited()
         await grandchild.wait_exited()
+
+
+async def test_stdio_oversized_and_undecodable_lines(stdio: StdioClient) -> None:
+    assert stdio.cli.process.stdin is not None
+    with trio.fail_after(30):
+        await stdio.call("initialize", {"clientName": "stdio-test", "protocolVersion": 1})
+        # Over the 16 MiB default limit: answered -32005, the rest of the line is skipped.
+        head = '{"jsonrpc":"2.0","id":77,"method":"process/start","params":{"processId":"h","argv":["echo","'
+        await stdio.send(head + "x" * (17 * 1024 * 1024) + '"]}}')
+        error = await stdio.next_message()
+        assert error["error"]["code"] == -32005
+        # Not UTF-8 at all: a parse error.
+        await stdio.cli.process.stdin.send_all(b'{"id": 5, "method": "\xff\xfe"}\n')
+        error = await stdio.next_message()
+        assert error["error"]["code"] == -32700 and error["id"] is None
+        # Still serving, and the oversized start never ran.
+        assert (await stdio.call("process/list", {}))["processes"] == []
+        await finish(stdio)
