@@ -685,3 +685,21 @@ async def test_concurrent_exits_under_default_sandbox(start_server: Any, no_left
                 events = await raw.events_for(f"t{n}")
                 assert exited_of(events)["exitCode"] == 0
             assert (await raw.call("process/list"))["processes"]
+
+
+async def test_binary_output_frames_when_negotiated(server: Any, no_leftover_processes: None, tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 2048 + b"\x00end"
+    (tmp_path / "blob").write_bytes(payload)
+    with trio.fail_after(10):
+        async with open_raw_client(server.url, server.token) as raw:
+            result = await raw.initialize(binaryOutput=True, delivery="lossless")
+            assert result["capabilities"]["binaryOutput"] is True
+            before = len(raw.log)
+            events = await raw.run("bin", ["sh", "-c", 'cat "$1"; printf err >&2', "sh", str(tmp_path / "blob")])
+            assert output_of(events) == payload and output_of(events, "stderr") == b"err"
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            # Output came as binary frames (rawclient marks them without "jsonrpc"); the rest stays JSON text.
+            outputs = [m for m in raw.log[before:] if m.get("method") == "process/output"]
+            assert outputs and all("jsonrpc" not in m for m in outputs)
+            others = [m for m in raw.log[before:] if m.get("method") != "process/output"]
+            assert all(m.get("jsonrpc") == "2.0" for m in others)
