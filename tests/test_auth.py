@@ -6,6 +6,7 @@ import gc
 import os
 import re
 import signal
+import socket
 import stat
 import warnings
 from pathlib import Path
@@ -216,3 +217,14 @@ async def test_cli_sigterm_drains_running_process(tmp_path: Path, no_leftover_pr
             assert await cli.process.wait() == 0
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+
+async def test_accepted_socket_has_tcp_nodelay(server: Any, no_leftover_processes: None) -> None:
+    """Protocol §1: TCP_NODELAY on every accepted socket (small frames must not wait for Nagle)."""
+    with trio.fail_after(10):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize()
+            (connection,) = server.server.connections
+            # Reaching the accepted socket takes private attributes: transport → websocket → stream.
+            sock = connection._transport._websocket._stream.socket
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
