@@ -505,7 +505,7 @@ async def open_client(
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     gap_grace: float = GAP_GRACE_SECONDS,
     auto_resume: bool = True,
-    binary_output: bool = False,
+    binary_output: bool = True,
 ) -> AsyncIterator[Client]:
     """Connect to an exec server and open a session.
 
@@ -519,8 +519,9 @@ async def open_client(
         connect_timeout: seconds for the TCP connect, the handshake and ``initialize``.
         gap_grace: seconds a hole in a process's seqs may wait for a reordered event.
         auto_resume: reconnect and resume the session after a connection loss.
-        binary_output: ask for output events as binary frames (no base64); only for
-            servers that know the ``binaryOutput`` field (this project's does).
+        binary_output: ask for output events as binary frames (no base64; several times
+            faster for bulk output). A server that does not offer it keeps sending text
+            frames, which the client reads just the same.
 
     Raises:
         ConnectionFailed: unreachable, refused, or a bad token.

@@ -77,6 +77,7 @@ class Connection:
                 self._queue.close_for_producers()
         finally:
             self._detach()
+            self._queue.abandon()  # producers blocked on this dead queue move on (BUGS.md #10)
             code, reason = self._close_reason or (CLOSE_NORMAL, "")
             try:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -264,6 +265,10 @@ class Connection:
                 raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
             session = server.new_session()
         self._delivery = params.delivery
+        if params.delivery is p.Delivery.LOSSLESS:
+            # What a lossless connection holds in flight must stay inside retention, so that
+            # a cut connection loses nothing the resumed one cannot read back.
+            self._queue.max_output_bytes = min(self._config.outbound_queue_bytes, self._config.retain_bytes // 4)
         self._binary_output = params.binary_output and self._transport_supports_binary()
         self._generation = session.attach(params.delivery, self._queue, self.close)
         self._session = session

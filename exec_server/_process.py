@@ -8,6 +8,7 @@ the order of delivery on every connection.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import resource
 import signal as signal_module
@@ -32,6 +33,8 @@ from . import _tree
 from ._retention import RetainedOutput
 from ._spawn import SpawnedProcess
 from .sandbox import DenialReport, LaunchPlan, Sandbox
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES: Final = 256 * 1024
 # What the denial heuristic may look at: the end of each stream.
@@ -240,9 +243,7 @@ class ManagedProcess:
         # Output written before the exit is in the pipes now: sequence it before `exited`.
         for stream, data in self._drain_readable():
             await self._emit_output(stream, data)
-        report: DenialReport = await self._sandbox.denial_report(
-            self._plan, self.pid, exit_code, bytes(self._tails[Stream.STDOUT]), bytes(self._tails[Stream.STDERR])
-        )
+        report = await self._denial_report(exit_code)
         self._move(_Lifecycle.EXITED)
         self.exited = ExitedEvent(
             process_id=self.process_id,
@@ -261,6 +262,16 @@ class ManagedProcess:
             sandbox_denied_source=report.source,
         )
         await self._emit(self.exited)
+
+    async def _denial_report(self, exit_code: int) -> DenialReport:
+        """The sandbox's verdict; a failure to reach one must not cost the client its record."""
+        try:
+            return await self._sandbox.denial_report(
+                self._plan, self.pid, exit_code, bytes(self._tails[Stream.STDOUT]), bytes(self._tails[Stream.STDERR])
+            )
+        except Exception:
+            log.exception("denial report failed for %s; sandboxDenied is unknown", self.process_id)
+            return DenialReport(denied=False, denials=(), source="unknown")
 
     async def _enforce_timeout(self, timeout: float) -> None:
         await trio.sleep(timeout)

@@ -183,7 +183,11 @@ class Session:
                 elif not attachment.queue.offer_output(event):
                     attachment.dropped_events += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the connection went away; resume + read repairs it
+                # The connection went away (it detached before abandoning its queue). A
+                # lossless chunk goes to the next connection, waiting above while detached;
+                # anything else is retained and repaired by the resumed client's read.
+                if self._lossless and isinstance(event, OutputEvent) and attachment is not self.attachment:
+                    continue
             return
 
     # --- methods ---------------------------------------------------------------------

@@ -543,7 +543,6 @@ async def test_resume_and_takeover(server: Any, no_leftover_processes: None) -> 
     await in_thread(resume_scenario, server.url, server.token)
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #9")
 async def test_against_the_cli_server_with_its_defaults(tmp_path: Path, no_leftover_processes: None) -> None:
     """What an independent checker runs: ``exec-server serve`` as shipped (readOnly sandbox by
     default, denial audit where available), driven over the wire by this client."""

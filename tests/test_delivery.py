@@ -308,7 +308,6 @@ async def test_per_process_retain_bytes_evicts_the_oldest_and_counts_it(
 
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #10: a lossless pump stays blocked on the dead connection's queue")
 async def test_lossless_connection_cut_while_backpressured_resumes_without_loss(
     start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
 ) -> None:

@@ -666,7 +666,6 @@ async def test_write_id_retry_after_failed_write_keeps_the_outcome(client: RawCl
             await client.events_for("closed-in")
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #9")
 async def test_concurrent_exits_under_default_sandbox(start_server: Any, no_leftover_processes: None) -> None:
     """The server's defaults (readOnly sandbox, denials from audit where available) with
     many commands ending at once: every one gets exited and closed, and the server lives."""

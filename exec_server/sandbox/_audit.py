@@ -389,6 +389,10 @@ def denial_rules() -> list[bytes]:
     return rules
 
 
+# The kernel answers AUDIT_GET at once; this only bounds a lost answer.
+_BACKLOG_ANSWER_S: Final = 0.05
+
+
 class AuditBacklogProbe:
     """Asks the kernel, without blocking trio, how many records still wait in its audit queue.
 
@@ -404,9 +408,18 @@ class AuditBacklogProbe:
             raise AuditUnavailable(f"cannot open a NETLINK_AUDIT socket: {exc.strerror}") from exc
         self._sock.setblocking(False)
         self._seq = 0
+        # One question at a time on the one socket: trio allows a single waiter per fd, and
+        # concurrent exits all ask (BUGS.md #9).
+        self._lock = trio.Lock()
 
     async def backlog(self) -> int | None:
         """The kernel's audit backlog, or None if it could not be read (never raises)."""
+        async with self._lock:
+            with trio.move_on_after(_BACKLOG_ANSWER_S):
+                return await self._ask()
+            return None
+
+    async def _ask(self) -> int | None:
         self._seq += 1
         request = _NLMSG_HEADER.pack(_NLMSG_HEADER.size, AUDIT_GET, _NLM_F_REQUEST, self._seq, 0)
         try:
