@@ -219,7 +219,7 @@ class Connection:
     async def _dispatch(self, request: p.Request) -> Any:
         params = request.params
         if request.method == "initialize":
-            return self._initialize(params)
+            return await self._initialize(params)
         session = self._session
         if session is None:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: call initialize first")
@@ -246,7 +246,7 @@ class Connection:
                 return session.list()
         raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {request.method}")
 
-    def _initialize(self, params: p.InitializeParams) -> p.InitializeResult:
+    async def _initialize(self, params: p.InitializeParams) -> p.InitializeResult:
         if self._session is not None:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: already initialized")
         if params.protocol_version != p.PROTOCOL_VERSION:
@@ -263,7 +263,7 @@ class Connection:
         else:
             if server.shutting_down:
                 raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
-            session = server.new_session()
+            session = await server.new_session()
         self._delivery = params.delivery
         if params.delivery is p.Delivery.LOSSLESS:
             # What a lossless connection holds in flight must stay inside retention, so that

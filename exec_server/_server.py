@@ -96,13 +96,14 @@ class Server:
 
     # --- sessions ----------------------------------------------------------------------
 
-    def new_session(self) -> Session:
+    async def new_session(self) -> Session:
         if len(self.sessions) >= self.config.max_sessions:
             raise p.ProtocolError(p.ErrorCode.LIMIT_EXCEEDED, "limit exceeded: too many sessions")
         session = Session(self)
         assert self._nursery is not None
         self.sessions[session.id] = session
-        self._nursery.start_soon(session.run)
+        # Started, not just scheduled: a detach right after attach must find its nursery.
+        await self._nursery.start(session.run)
         return session
 
     def forget_session(self, session: Session) -> None:

@@ -99,6 +99,7 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._start_ttl()  # a session never attached (its client left) expires too
                 task_status.started()
                 await self._done.wait()
                 nursery.cancel_scope.cancel()
@@ -137,9 +138,12 @@ class Session:
         self.attachment = None
         self.state = SessionState.DETACHED
         self._attached = trio.Event()
-        if self._nursery is not None:
-            self._ttl_scope = trio.CancelScope()
-            self._nursery.start_soon(self._expire_after_ttl, self._ttl_scope)
+        self._start_ttl()
+
+    def _start_ttl(self) -> None:
+        assert self._nursery is not None
+        self._ttl_scope = trio.CancelScope()
+        self._nursery.start_soon(self._expire_after_ttl, self._ttl_scope)
 
     async def _expire_after_ttl(self, scope: trio.CancelScope) -> None:
         with scope:
