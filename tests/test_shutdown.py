@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -12,7 +14,8 @@ import trio
 import trio_websocket
 
 from rawclient import RawClient, is_gone, no_leftover_processes, open_raw_client, output_of  # noqa: F401
-from test_delivery_support import subprocess_server, terminate_and_time, wait_closed, wait_pid_exit
+from test_delivery import wait_until_writes_stall
+from test_delivery_support import StallProxy, subprocess_server, terminate_and_time, wait_closed, wait_pid_exit
 
 GRACE_S: Final = 1.0
 
@@ -137,3 +140,38 @@ async def test_a_second_signal_still_closes_connections_with_1001(tmp_path: Path
                 await server.wait_stderr(b"draining")
                 terminate_and_time(server)
                 assert await wait_closed(raw) == 1001
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #11: a stalled lossless client delays the exit by ~11 s")
+async def test_sigterm_with_a_stalled_lossless_client_still_exits_promptly_and_kills_everything(
+    tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
+) -> None:
+    """A lossless client that stopped reading holds its child (by design) and has no slow-consumer
+    timeout; the drain must not wait on it beyond the grace."""
+    pid = None
+    try:
+        with trio.fail_after(30):
+            async with subprocess_server(tmp_path, "--shutdown-grace", str(GRACE_S)) as server:
+                proxy = await nursery.start(StallProxy(int(server.url.rsplit(":", 1)[1])).serve)
+                async with open_raw_client(proxy.url, server.token) as raw:
+                    await raw.initialize(delivery="lossless")
+                    argv = ["sh", "-c", "read go; exec cat /dev/zero"]
+                    pid = (await raw.start("flood", argv, pipeStdin=True))["pid"]
+                    proxy.stall()
+                    await raw.send_request("process/write", {"processId": "flood", "chunk": b64(b"go\n")})
+                    await wait_until_writes_stall(pid)
+                    assert not is_gone(pid)
+                    sent = terminate_and_time(server)
+                    # The bound under test (a timeout, not a synchronisation); on expiry the
+                    # fixture kills the server.
+                    with trio.move_on_after(GRACE_S + 2):
+                        await server.process.wait()
+                    elapsed = time.monotonic() - sent
+                    returncode = server.process.returncode
+                    proxy.cut()  # let the client's close end at once
+        print(f"\n[shutdown, stalled lossless client] exit {returncode} after {elapsed:.2f} s (grace {GRACE_S:g} s)")
+        assert returncode == 0
+        assert is_gone(pid)
+    finally:
+        if pid is not None and not is_gone(pid):
+            os.kill(pid, signal.SIGKILL)  # never leave the flood behind, whatever failed
