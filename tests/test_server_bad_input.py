@@ -7,6 +7,8 @@ connection still works with a valid request (and, at the end, a whole process ru
 from __future__ import annotations
 
 import json
+import os
+import signal
 from typing import Any
 
 import pytest
@@ -292,3 +294,24 @@ async def test_notifications_get_no_answer(client: RawClient) -> None:
         # Messages are handled in order, so any answer to them precedes this response.
         await still_serving(client)
         assert [m for m in client.log if "error" in m] == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #12")
+async def test_parked_long_polls_do_not_stop_the_connection(start_server: Any, no_leftover_processes: None) -> None:
+    server = await start_server(max_concurrent_requests=4)
+    with trio.fail_after(20):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize()
+            pid = (await raw.start("quiet", ["cat"], pipeStdin=True))["pid"]
+            polls = [await raw.send_request("process/read", {"processId": "quiet", "waitMs": 60_000}) for _ in range(4)]
+            try:
+                with trio.fail_after(5):
+                    # Answered one way or the other (a result, or -32005 for too many requests): the
+                    # reader must not be parked behind the long-polls.
+                    response = await raw.request("process/list", {})
+                    assert "result" in response or response["error"]["code"] == -32005
+            finally:
+                os.kill(pid, signal.SIGKILL)  # the polls end when the process closes
+                for request_id in polls:
+                    await raw.response(request_id)
+                await raw.events_for("quiet")
