@@ -62,6 +62,8 @@ class StallProxy:
     _flowing: trio.Event = attrs.Factory(trio.Event)
     _pairs: list[_Pair] = attrs.Factory(list)
     _reset: bool = False
+    # While set, new connections are accepted and closed at once (a server that is unreachable).
+    refuse: bool = False
 
     def __attrs_post_init__(self) -> None:
         self._flowing.set()
@@ -96,6 +98,9 @@ class StallProxy:
 
     async def _handle(self, downstream: trio.SocketStream) -> None:
         self.accepted += 1
+        if self.refuse:
+            await downstream.aclose()
+            return
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PROXY_RECEIVE_BUFFER)
         await sock.connect(("127.0.0.1", self.target_port))
