@@ -96,6 +96,17 @@ class Connection:
         self._set_reason(code, reason)
         self._reader_scope.cancel()
 
+    def writer_stuck_for(self) -> float:
+        """Seconds the writer has been writing one message (0 when idle)."""
+        since = self._writing_since
+        return 0.0 if since is None else trio.current_time() - since
+
+    def give_up(self, code: int, reason: str) -> None:
+        """Abort and release every producer waiting on this connection's queue."""
+        self._detach()
+        self._queue.abandon()
+        self.close(code, reason)
+
     def _set_reason(self, code: int, reason: str) -> None:
         if self._close_reason is None:
             self._close_reason = (code, reason)
@@ -192,7 +203,18 @@ class Connection:
                 if message.method in _ANSWERED_IN_ORDER:
                     await self._answer(message)
                 else:
-                    await self._request_limit.acquire()
+                    try:
+                        self._request_limit.acquire_nowait()
+                    except trio.WouldBlock:
+                        # Never block the reader: parked long-polls must not stop the write
+                        # or terminate that would end them from being read.
+                        error = ProtocolError(
+                            ErrorCode.LIMIT_EXCEEDED,
+                            f"limit exceeded: more than {self._config.max_concurrent_requests} requests in flight",
+                            request_id=message.id,
+                        )
+                        await self._enqueue(p.encode_error(error))
+                        continue
                     requests.start_soon(self._answer_and_release, message)
             # Notifications (`initialized`) and stray responses need no answer.
 

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # Orphaned descendants re-parented to us are reaped this often.
 ORPHAN_REAP_INTERVAL: Final = 1.0
 CLOSE_GOING_AWAY: Final = 1001
+# At shutdown, a connection whose writer is stuck this long is not waited for.
+STUCK_WRITER_SECONDS: Final = 0.5
 # How long closing connections may take to finish their close handshake.
 CLOSE_HANDSHAKE_SECONDS: Final = 2.0
 
@@ -154,6 +156,13 @@ class Server:
             if not process.is_closed:
                 log.info("shutdown: killing the tree of %s after %.1fs grace", process.process_id, grace)
                 process.kill_now()
+        for session in self.sessions.values():
+            session.stop_holding()
+        # A client that stopped reading must not hold up the exit (lossless has no
+        # slow-consumer close): its events stay retained, nobody will read them now.
+        for connection in list(self.connections):
+            if connection.writer_stuck_for() >= STUCK_WRITER_SECONDS:
+                connection.give_up(CLOSE_GOING_AWAY, "server shutting down")
         with trio.move_on_after(5):
             for process in processes:
                 await process.closed_event.wait()

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 # How long TTL expiry and shutdown wait for killed trees to report `closed`.
 KILL_SETTLE_SECONDS: Final = 5.0
+# After a lossless resume, how long a running process's live output waits for the client's
+# catch-up read before flowing anyway (a client that never reads must not hold it forever).
+CATCH_UP_WAIT_SECONDS: Final = 10.0
 
 
 class SessionState(enum.Enum):
@@ -91,6 +94,9 @@ class Session:
         self._done = trio.Event()
         self._attached = trio.Event()
         self._lossless = False
+        # Lossless resume: processes whose live output waits for the client's catch-up read,
+        # so that retention does not slide past what the client has not seen yet.
+        self._catch_up: dict[str, trio.Event] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -123,6 +129,10 @@ class Session:
         self.attachment = Attachment(self.generation, delivery, queue, close)
         self.state = SessionState.ATTACHED
         self._lossless = delivery is Delivery.LOSSLESS
+        if self._lossless:
+            for process in self.processes.values():
+                if not process.is_closed:
+                    self._catch_up.setdefault(process.process_id, trio.Event())
         self._attached.set()
         if self._ttl_scope is not None:
             self._ttl_scope.cancel()
@@ -154,9 +164,20 @@ class Session:
     async def expire(self) -> None:
         """Kill every process tree of the session and forget it."""
         self.state = SessionState.EXPIRED
-        self._attached.set()  # release lossless pumps waiting for a resume
+        self.stop_holding()  # release lossless pumps waiting for a resume or a catch-up read
         await self.kill_all(settle=KILL_SETTLE_SECONDS)
         self._done.set()
+
+    def stop_holding(self) -> None:
+        """Shutdown: lossless pumps waiting for a resume stop waiting (output stays retained)."""
+        self._attached.set()
+        for process_id in list(self._catch_up):
+            self._release_catch_up(process_id)
+
+    def _release_catch_up(self, process_id: str) -> None:
+        barrier = self._catch_up.pop(process_id, None)
+        if barrier is not None:
+            barrier.set()
 
     async def kill_all(self, settle: float) -> None:
         for process in list(self.processes.values()):
@@ -170,9 +191,21 @@ class Session:
     async def deliver(self, event: ProcessEvent) -> None:
         """Hand an event to the attached connection, per its delivery mode (protocol §7)."""
         while True:
+            # Every event of the process waits, not only output: seq order on the wire.
+            barrier = self._catch_up.get(event.process_id)
+            if barrier is not None and self._lossless and not self._server.shutting_down:
+                with trio.move_on_after(CATCH_UP_WAIT_SECONDS):
+                    await barrier.wait()
+                self._release_catch_up(event.process_id)
+                continue
             attachment = self.attachment
             if attachment is None:
-                if self._lossless and isinstance(event, OutputEvent) and self.state is SessionState.DETACHED:
+                if (
+                    self._lossless
+                    and isinstance(event, OutputEvent)
+                    and self.state is SessionState.DETACHED
+                    and not self._server.shutting_down
+                ):
                     # Lossless and nobody attached: hold the pipes until a resume (or TTL
                     # expiry kills the tree) rather than let retention evict output.
                     await self._attached.wait()
@@ -276,6 +309,7 @@ class Session:
         if self.processes.get(process.process_id) is not process:
             return
         del self.processes[process.process_id]
+        self._release_catch_up(process.process_id)
         process.retention.release()
         self._tombstones[process.process_id] = tombstone
         while len(self._tombstones) > self._config.max_tombstones:
@@ -285,7 +319,11 @@ class Session:
         process = self._process(params.process_id)
         if params.wait_ms and not process.is_closed and process.next_seq <= params.after_seq + 1:
             await process.wait_for_change(params.after_seq, params.wait_ms / 1000.0)
-        return process.read(params.after_seq, params.max_bytes)
+        result = process.read(params.after_seq, params.max_bytes)
+        if not result.chunks or result.next_seq > (result.last_seq or 0):
+            # The client has caught up to what was retained: live output may flow again.
+            self._release_catch_up(params.process_id)
+        return result
 
     async def write(self, params: WriteParams) -> WriteResult:
         process = self.processes.get(params.process_id)

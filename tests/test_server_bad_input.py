@@ -296,7 +296,6 @@ async def test_notifications_get_no_answer(client: RawClient) -> None:
         assert [m for m in client.log if "error" in m] == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #12")
 async def test_parked_long_polls_do_not_stop_the_connection(start_server: Any, no_leftover_processes: None) -> None:
     server = await start_server(max_concurrent_requests=4)
     with trio.fail_after(20):

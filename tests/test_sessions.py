@@ -260,7 +260,6 @@ async def _wait_until_held(pid: int) -> None:
     assert is_running(pid)
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #13: after a lossless resume, live output evicts what the catch-up read needs")
 async def test_lossless_resume_with_a_slow_catch_up_read_loses_nothing(
     start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
 ) -> None:

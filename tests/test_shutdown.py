@@ -142,7 +142,6 @@ async def test_a_second_signal_still_closes_connections_with_1001(tmp_path: Path
                 assert await wait_closed(raw) == 1001
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #14: a stalled lossless client delays the exit by ~11 s")
 async def test_sigterm_with_a_stalled_lossless_client_still_exits_promptly_and_kills_everything(
     tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
 ) -> None:
