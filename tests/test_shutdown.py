@@ -174,3 +174,27 @@ async def test_sigterm_with_a_stalled_lossless_client_still_exits_promptly_and_k
     finally:
         if pid is not None and not is_gone(pid):
             os.kill(pid, signal.SIGKILL)  # never leave the flood behind, whatever failed
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #16: commands outlive a SIGKILLed server (no parent-death signal)")
+async def test_a_killed_server_leaves_no_command_running(tmp_path: Path, no_leftover_processes: None) -> None:
+    """A crash (SIGKILL, OOM) runs no shutdown code; the commands must still not outlive the server."""
+    pids: list[int] = []
+    try:
+        with trio.fail_after(20):
+            async with subprocess_server(tmp_path) as server:
+                async with open_raw_client(server.url, server.token) as raw:
+                    await raw.initialize()
+                    pids.append((await raw.start("sleeper", ["sleep", "300"]))["pid"])
+                    os.kill(server.pid, signal.SIGKILL)
+                    await server.process.wait()
+                    await wait_closed(raw)
+            # The bound under test (a timeout, not a synchronisation).
+            with trio.move_on_after(2):
+                for pid in pids:
+                    await wait_pid_exit(pid)
+        assert all(is_gone(pid) for pid in pids), [pid for pid in pids if not is_gone(pid)]
+    finally:
+        for pid in pids:
+            if not is_gone(pid):
+                os.kill(pid, signal.SIGKILL)
