@@ -74,7 +74,6 @@ class Attachment:
     delivery: Delivery
     queue: OutboundQueue
     close: Callable[[int, str], None]
-    dropped_events: int = 0
 
 
 class Session:
@@ -217,8 +216,10 @@ class Session:
                 elif attachment.delivery is Delivery.LOSSLESS:
                     # The wait stops this pipe's pump: the backpressure of lossless mode.
                     await attachment.queue.put_output(event)
-                elif not attachment.queue.offer_output(event):
-                    attachment.dropped_events += 1
+                else:
+                    # Refused when full: dropped from the push stream, still retained; the
+                    # client sees the seq gap and repairs it with one read.
+                    attachment.queue.offer_output(event)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # The connection went away (it detached before abandoning its queue). A
                 # lossless chunk goes to the next connection, waiting above while detached;

@@ -16,7 +16,7 @@ import protocol as p
 def encode_event(event: p.ProcessEvent, binary_output: bool = False) -> str | bytes:
     if isinstance(event, p.OutputEvent):
         if binary_output:
-            return encode_binary_output(event)
+            return p.encode_binary_output(event)
         return (
             '{"jsonrpc":"2.0","method":"process/output","params":{"processId":'
             + json.dumps(event.process_id)
@@ -30,7 +30,3 @@ def encode_event(event: p.ProcessEvent, binary_output: bool = False) -> str | by
         )
     return p.encode_notification(event)
 
-
-def encode_binary_output(event: p.OutputEvent) -> bytes:
-    """Binary frame for ``process/output`` (negotiated with ``binaryOutput``)."""
-    return p.encode_binary_output(event)
