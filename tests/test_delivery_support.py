@@ -307,19 +307,22 @@ class SubprocessServer:
 
 
 @contextlib.asynccontextmanager
-async def subprocess_server(directory: Path, *extra: str) -> AsyncIterator[SubprocessServer]:
+async def subprocess_server(
+    directory: Path, *extra: str, token: str | None = None, listen: str = "ws://127.0.0.1:0"
+) -> AsyncIterator[SubprocessServer]:
     """``python -m exec_server serve --listen ws://127.0.0.1:0 --sandbox none ...`` as a child.
 
+    ``token``: reuse a token (a restarted server); ``listen``: e.g. a fixed port.
     Killed and waited for on exit if the test did not stop it.
     """
-    token = secrets.token_urlsafe(32)
+    token = token or secrets.token_urlsafe(32)
     token_file = directory / "token"
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     argv = [
         sys.executable, "-m", "exec_server", "serve",
-        "--listen", "ws://127.0.0.1:0",
+        "--listen", listen,
         "--sandbox", "none",
         "--audit-denials", "off",
         "--token-file", str(token_file),

@@ -8,6 +8,8 @@ server so a test can wait for a connection's teardown instead of guessing how lo
 from __future__ import annotations
 
 import base64
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from test_delivery_support import (
     read_all,
     release,
     sha256,
+    subprocess_server,
     wait_closed,
     wait_connections_ended,
     wait_pid_exit,
@@ -285,3 +288,37 @@ async def test_lossless_resume_with_a_slow_catch_up_read_loses_nothing(
             proxy.cut()
     assert sorted(chunks) == list(range(held_seq + 1, last["lastSeq"] - 1)), "output evicted before the catch-up read"
     assert sha256(held + b"".join(chunks[seq] for seq in sorted(chunks))) == sha256(data)
+
+
+@pytest.mark.xfail(strict=True, reason="BUGS.md #17: the client retries a definitive 'unknown session' until 0.9 x TTL")
+async def test_client_gives_up_at_once_when_a_restarted_server_no_longer_has_the_session(
+    tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
+) -> None:
+    """The server restarted (same address, same token, new state): the resume is refused for
+    good on the first attempt, so the record must end with `failure` then, not after ~27 s."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with trio.fail_after(30):
+        async with subprocess_server(tmp_path / "a", "--shutdown-grace", "0") as first:
+            proxy = await nursery.start(StallProxy(port_of(first.url)).serve)
+            async with open_client(proxy.url, token=first.token) as client:
+                handle = await client.start(["sh", "-c", "echo started; exec sleep 300"])
+                chunks = aiter(handle)
+                assert (await anext(chunks)).chunk == b"started\n"
+                proxy.refuse = True  # no reconnect reaches anything until the new server is up
+                proxy.cut()
+                # The old server goes away (its commands with it: two signals kill every tree).
+                os.kill(first.pid, signal.SIGTERM)
+                await first.wait_stderr(b"draining")
+                os.kill(first.pid, signal.SIGTERM)
+                await first.process.wait()
+                async with subprocess_server(tmp_path / "b", token=first.token) as second:
+                    proxy.target_port = port_of(second.url)
+                    proxy.refuse = False
+                    refused_at = trio.current_time()
+                    # The bound under test: a few backoff steps, far below 0.9 x 30 s.
+                    with trio.move_on_after(3):
+                        record = await handle.wait()
+                    gave_up_after = trio.current_time() - refused_at
+                    assert handle.record is not None, f"no record {gave_up_after:.1f} s after the refusal"
+    assert record.failure is not None and record.exit_code is None
