@@ -193,12 +193,14 @@ async def test_lossless_backpressures_the_child_with_bounded_server_memory(
 # --- acceptance 3: a client that never reads ------------------------------------------------
 
 
-async def _stall_a_reader_until_dropped(server: Any, data_path: Path) -> tuple[int, str, int]:
+async def _stall_a_reader_until_dropped(server: Any, data_path: Path, *, binary: bool = False) -> tuple[int, str, int]:
     """A raw client starts a flood of ``data_path`` and stops reading its socket until the
     server detached its session; then it reads what is left, up to the close. Returns (close code, session id,
     pid of the process, which then waits for a line on stdin)."""
     async with open_raw_client(server.url, server.token) as raw:
-        session_id = (await raw.initialize())["sessionId"]
+        result = await raw.initialize(binaryOutput=binary)
+        assert result["capabilities"]["binaryOutput"] is binary
+        session_id = result["sessionId"]
         detached = hook_detached(server.server.sessions[session_id])
         argv = ["sh", "-c", f"read go; cat {data_path}; read hold"]
         pid = (await raw.start("flood", argv, pipeStdin=True))["pid"]
@@ -213,14 +215,15 @@ async def _stall_a_reader_until_dropped(server: Any, data_path: Path) -> tuple[i
     return code, session_id, pid
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
 async def test_never_reading_client_is_closed_with_1008(
-    start_server: Any, tmp_path: Path, no_leftover_processes: None
+    binary: bool, start_server: Any, tmp_path: Path, no_leftover_processes: None
 ) -> None:
     write_random(tmp_path / "data", 16 * MIB)
     # A short real timeout: it is the behaviour under test, not a synchronisation.
     server = await start_server(slow_consumer_timeout=0.5, retain_bytes=32 * MIB, detached_session_ttl=0.5)
     with trio.fail_after(30):
-        code, _session_id, _pid = await _stall_a_reader_until_dropped(server, tmp_path / "data")
+        code, _session_id, _pid = await _stall_a_reader_until_dropped(server, tmp_path / "data", binary=binary)
     assert code == 1008
 
 
@@ -360,7 +363,6 @@ class _PumpSteps(trio.abc.Instrument):
             self._seq_before = None
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #15: the pipe pump has no checkpoint and starves the event loop")
 @pytest.mark.parametrize("delivery", ["bestEffort", "lossless"])
 async def test_a_flooding_process_never_holds_the_event_loop(
     delivery: str, start_server: Any, tmp_path: Path, no_leftover_processes: None

@@ -198,3 +198,27 @@ async def test_a_killed_server_leaves_no_command_running(tmp_path: Path, no_left
         for pid in pids:
             if not is_gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_long_poll_in_flight_at_sigterm_is_answered_before_the_1001(
+    tmp_path: Path, no_leftover_processes: None
+) -> None:
+    with trio.fail_after(30):
+        async with subprocess_server(tmp_path, "--shutdown-grace", str(GRACE_S)) as server:
+            async with open_raw_client(server.url, server.token) as raw:
+                await raw.initialize()
+                pid = (await raw.start("sleeper", ["sleep", "300"]))["pid"]
+                # Parked: nothing after seq 0 yet, and the process will not write.
+                poll = await raw.send_request(
+                    "process/read", {"processId": "sleeper", "afterSeq": 0, "waitMs": 60_000}
+                )
+                terminate_and_time(server)
+                await server.wait_stderr(b"draining")
+                code = await wait_closed(raw)
+                assert await server.process.wait() == 0
+    # Answered (woken by the kill at the end of the grace), and before the close frame.
+    answers = [message for message in raw.log if message.get("id") == poll]
+    assert len(answers) == 1 and "result" in answers[0], answers
+    assert answers[0]["result"]["exited"] is True
+    assert code == 1001
+    assert is_gone(pid)
