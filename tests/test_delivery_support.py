@@ -200,23 +200,33 @@ def random_50mib(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def hook_connection_ended(server: Any) -> list[trio.Event]:
-    """Instrument an in-process ``Server``: the returned list gains a set Event per ended connection.
+@attrs.define(eq=False)
+class EndedConnections:
+    """How many connections of an instrumented server have ended (see ``hook_connection_ended``)."""
 
-    Tests wait on ``ended_count(n)``-style conditions through ``wait_connections_ended``.
-    """
-    ended: list[trio.Event] = []
+    count: int = 0
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    def _ended(self) -> None:
+        self.count += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while self.count < count:
+            await self._changed.wait()
+
+
+def hook_connection_ended(server: Any) -> EndedConnections:
+    """Instrument an in-process ``Server``: count the connections whose teardown has finished."""
+    ended = EndedConnections()
     original = server.connection_ended
-    changed = [trio.Event()]
 
     def connection_ended(connection: Any) -> None:
         original(connection)
-        ended.append(trio.Event())
-        changed[0].set()
-        changed[0] = trio.Event()
+        ended._ended()
 
     server.connection_ended = connection_ended
-    server._test_changed = changed  # read by wait_connections_ended
     return ended
 
 
@@ -232,11 +242,6 @@ def hook_detached(session: Any) -> trio.Event:
 
     session.detach = detach
     return detached
-
-
-async def wait_connections_ended(server: Any, ended: list[trio.Event], count: int) -> None:
-    while len(ended) < count:
-        await server._test_changed[0].wait()
 
 
 async def wait_closed(raw: RawClient) -> int:

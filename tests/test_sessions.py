@@ -29,7 +29,6 @@ from test_delivery_support import (
     sha256,
     subprocess_server,
     wait_closed,
-    wait_connections_ended,
     wait_pid_exit,
     write_random,
 )
@@ -103,7 +102,7 @@ async def test_takeover_closes_the_old_connection_4001_and_its_teardown_leaves_t
                 assert result["resumed"] is True and result["sessionId"] == session_id
                 assert await wait_closed(first) == 4001
                 # The old connection's teardown has run to its end...
-                await wait_connections_ended(server.server, ended, 1)
+                await ended.wait_for(1)
                 # ...and did not detach the session it no longer owns.
                 session = server.server.sessions[session_id]
                 assert session.state.value == "attached"
