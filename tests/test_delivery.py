@@ -139,7 +139,8 @@ async def test_slow_best_effort_consumer_recovers_byte_exact_and_does_not_delay_
     assert not record.output_lost and record.stdout_omitted_bytes == 0
     ratio = statistics.median(loaded) / statistics.median(idle)
     print(
-        f"\n[acceptance 1, {pace}] one-shot `true` on a second connection: idle p50 {statistics.median(idle) * 1000:.2f} ms, "
+        f"\n[acceptance 1, {pace}] one-shot `true` on a second connection: "
+        f"idle p50 {statistics.median(idle) * 1000:.2f} ms, "
         f"during the 50 MiB stall p50 {statistics.median(loaded) * 1000:.2f} ms over {len(loaded)} runs "
         f"(max {max(loaded) * 1000:.2f} ms): ratio {ratio:.2f}; slow client readCalls={record.read_calls}"
     )

@@ -38,7 +38,10 @@ async def test_sigterm_drains_two_connections_and_exits_0_within_grace(
 ) -> None:
     with trio.fail_after(30):
         async with subprocess_server(tmp_path, "--shutdown-grace", str(GRACE_S)) as server:
-            async with open_raw_client(server.url, server.token) as one, open_raw_client(server.url, server.token) as two:
+            async with (
+                open_raw_client(server.url, server.token) as one,
+                open_raw_client(server.url, server.token) as two,
+            ):
                 await one.initialize()
                 await two.initialize()
                 pids = {
