@@ -19,6 +19,7 @@ from ._errors import ConnectionFailed as ConnectionFailed
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import DuplicateProcess as DuplicateProcess
 from ._errors import ExecClientError as ExecClientError
+from ._errors import InitializeRefused as InitializeRefused
 from ._errors import InvalidParams as InvalidParams
 from ._errors import LimitExceeded as LimitExceeded
 from ._errors import NotTerminal as NotTerminal

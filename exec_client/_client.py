@@ -29,6 +29,7 @@ from ._errors import (
     ConnectionLost,
     DuplicateProcess,
     ExecClientError,
+    InitializeRefused,
     ProtocolViolation,
     ServerError,
 )
@@ -46,6 +47,7 @@ RESUME_MAX_DELAY: Final = 1.0
 RESUME_TTL_FRACTION: Final = 0.9
 # Close codes after which resuming is pointless: taken over by another connection, or the
 # server is going away (its sessions do not survive it).
+RESUME_ATTEMPT_SECONDS: Final = 1.5
 _NO_RESUME_CODES: Final = {4001: "session taken over by another connection", 1001: "server shutting down"}
 _TERMINATE_ON_CANCEL_SECONDS: Final = 5.0
 _RELEASE_TIMEOUT_SECONDS: Final = 10.0
@@ -414,7 +416,11 @@ class Client:
                 )
                 info = ServerInfo.from_result(raw)
                 await connection.notify(p.InitializedParams())
-        except (ServerError, ProtocolViolation, ConnectionLost, trio.TooSlowError) as exc:
+        except ServerError as exc:
+            await connection.aclose()
+            # Reachable and answering: its refusal is final (e.g. an unknown session).
+            raise InitializeRefused(f"initialize failed at {self.url}: {exc}") from None
+        except (ProtocolViolation, ConnectionLost, trio.TooSlowError) as exc:
             await connection.aclose()
             detail = "no answer" if isinstance(exc, trio.TooSlowError) else str(exc)
             raise ConnectionFailed(f"initialize failed at {self.url}: {detail}") from None
@@ -458,8 +464,14 @@ class Client:
         session_id = self.info.session_id
         while not self._closing:
             try:
-                with trio.fail_after(max(0.0, deadline - trio.current_time())):
+                # Each attempt is short: trio-websocket can wait out its whole timeout on a
+                # server that closes the TCP connection before the handshake.
+                attempt = min(RESUME_ATTEMPT_SECONDS, max(0.0, deadline - trio.current_time()))
+                with trio.fail_after(attempt):
                     connection, info = await self._connect(resume_session_id=session_id)
+            except InitializeRefused as exc:
+                self._give_up(f"connection lost ({lost.reason}); the server refused the resume: {exc}")
+                return
             except (ConnectionFailed, trio.TooSlowError) as exc:
                 if isinstance(exc, ConnectionFailed):
                     last_error = str(exc)

@@ -16,6 +16,10 @@ class ConnectionFailed(ExecClientError):
     """The server could not be reached, or refused us (bad token, handshake failure)."""
 
 
+class InitializeRefused(ConnectionFailed):
+    """The server was reached but refused ``initialize`` (e.g. an unknown or expired session)."""
+
+
 class ConnectionLost(ExecClientError):
     """The connection dropped and the session could not be resumed."""
 

@@ -326,3 +326,34 @@ async def test_client_gives_up_at_once_when_a_restarted_server_no_longer_has_the
                     gave_up_after = trio.current_time() - refused_at
                     assert handle.record is not None, f"no record {gave_up_after:.1f} s after the refusal"
     assert record.failure is not None and record.exit_code is None
+
+
+@pytest.mark.parametrize("delivery", ["bestEffort", "lossless"])
+async def test_a_process_that_ends_while_detached_is_completed_by_the_resume(
+    delivery: str, start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
+) -> None:
+    """exited/closed fall into the gap while nobody is attached; the resumed client's read has them."""
+    data = write_random(tmp_path / "data", 2 * MIB)
+    fifo = go_fifo(tmp_path)
+    server = await start_server()
+    proxy = await nursery.start(StallProxy(port_of(server.url)).serve)
+    argv = ["sh", "-c", f"echo first; cat {fifo} >/dev/null; cat {tmp_path / 'data'}; exit 3"]
+    with trio.fail_after(20):
+        async with open_client(proxy.url, token=server.token, delivery=delivery) as client:
+            handle = await client.start(argv, max_output_bytes=None)
+            assert handle.pid is not None
+            chunks = aiter(handle)
+            assert (await anext(chunks)).chunk == b"first\n"
+            proxy.refuse = True  # reconnects fail until the process is gone
+            proxy.cut()
+            await release(fifo)
+            # Detached bestEffort: the output is retained. Detached lossless: the pump holds
+            # the pipe, so the process can only finish once the resume lets it.
+            if delivery == "bestEffort":
+                await wait_pid_exit(handle.pid)
+            proxy.refuse = False
+            record = await handle.wait()
+            assert client.resumes == 1
+    assert record.failure is None and (record.exit_code, record.signal) == (3, None)
+    assert record.stdout == b"first\n" + data
+    assert record.completion == "recovered" and record.read_calls >= 1
