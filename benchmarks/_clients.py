@@ -92,8 +92,8 @@ async def open_bench_client(
         from exec_client import open_client
 
         kwargs: dict[str, Any] = {"token": token, "delivery": delivery, "client_name": "bench"}
-        if binary_output:
-            kwargs["binary_output"] = True
+        if exec_client_supports_binary():
+            kwargs["binary_output"] = binary_output  # explicit: the client's default is binary
         async with open_client(url, **kwargs) as client:
             negotiated = bool(getattr(getattr(client, "info", None), "binary_output", False)) if binary_output else False
             yield _ExecClient(client, negotiated)
