@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -18,6 +19,7 @@ from . import _tree
 from ._config import SERVER_NAME, SERVER_VERSION, ServerConfig
 from ._retention import RetentionBudget
 from ._session import Session
+from ._watchdog import Watchdog
 from .sandbox import Sandbox
 
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ class Server:
     def __init__(self, config: ServerConfig, sandbox: Sandbox) -> None:
         self.config = config
         self.sandbox = sandbox
+        # Prefixes every command's tree marker, so the watchdog finds this server's commands.
+        self.id = secrets.token_hex(8)
         self.retention_budget = RetentionBudget(config.retain_total_bytes)
         self.sessions: dict[str, Session] = {}
         self.connections: set[Connection] = set()
@@ -62,6 +66,7 @@ class Server:
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Own every session and connection until ``stop`` or cancellation."""
         _tree.become_subreaper()
+        watchdog = Watchdog(self.id)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -83,6 +88,7 @@ class Server:
             # Sessions' nurseries were cancelled above, which killed and reaped every
             # tree; this catches a process whose session task never ran.
             self.kill_everything()
+            await watchdog.stop()
             self.finished.set()
 
     async def serve(self, transport: MessageTransport) -> None:

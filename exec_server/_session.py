@@ -261,7 +261,7 @@ class Session:
         except SandboxUnavailable as exc:
             raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
         cwd = params.cwd or server.default_cwd
-        marker = secrets.token_hex(8)
+        marker = f"{server.id}:{secrets.token_hex(8)}"
         env = _spawn.build_env(params.env, params.inherit_env, marker, _tree.TREE_MARKER_VAR)
         _spawn.check_spawnable(params.argv[0], cwd, env)
         try:

@@ -179,7 +179,6 @@ async def test_sigterm_with_a_stalled_lossless_client_still_exits_promptly_and_k
             os.kill(pid, signal.SIGKILL)  # never leave the flood behind, whatever failed
 
 
-@pytest.mark.xfail(strict=True, reason="BUGS.md #16: commands outlive a SIGKILLed server (no parent-death signal)")
 async def test_a_killed_server_leaves_no_command_running(tmp_path: Path, no_leftover_processes: None) -> None:
     """A crash (SIGKILL, OOM) runs no shutdown code; the commands must still not outlive the server."""
     pids: list[int] = []
