@@ -31,10 +31,13 @@ CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_TAKEN_OVER: Final = 4001
-# Answered by the reader itself: `initialize` because nothing may run before the session
-# exists; `process/start` because it never waits on the child (the fork is synchronous)
-# and a task per start is measurable on the one-shot path.
-_ANSWERED_IN_ORDER: Final = frozenset({"initialize", "process/start"})
+# Answered by the reader itself, not in a task of their own: `initialize` because nothing
+# may run before the session exists; the others because they never wait (the fork is
+# synchronous) and a task per request is measurable on the one-shot path. Only
+# `process/read` (long-poll) and `process/write` (a full stdin pipe) can wait.
+_ANSWERED_IN_ORDER: Final = frozenset(
+    {"initialize", "process/start", "process/release", "process/signal", "process/terminate", "process/list"}
+)
 
 
 class Connection:
