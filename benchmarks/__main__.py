@@ -235,10 +235,22 @@ def _latency_targets(results: list[_latency.ArmResult], label: str) -> list[Targ
             + (f" (stack-floor arm {stack.summary.p50 / floor.summary.p50:.2f}×)" if stack is not None else ""),
             ratio <= 2.0,
         ),
+        # The protocol A/B: the same raw client loop, pushed completion vs exit + final read.
+        *(
+            [
+                Target(
+                    f"pushed faster than final-read, same raw client ({label}, p50)",
+                    f"pushed-raw {raw.summary.p50:.3f} vs final-read {final_read.summary.p50:.3f} ms",
+                    raw.summary.p50 < final_read.summary.p50,
+                )
+            ]
+            if raw is not None
+            else []
+        ),
+        # And the client users run, which adds its own work (assembler, release) on top.
         Target(
-            f"pushed faster than final-read ({label}, p50)",
-            f"{pushed.summary.p50:.3f} vs {final_read.summary.p50:.3f} ms"
-            + (f" (pushed-raw {raw.summary.p50:.3f} ms)" if raw is not None else ""),
+            f"exec_client pushed faster than raw final-read ({label}, p50)",
+            f"{pushed.summary.p50:.3f} vs {final_read.summary.p50:.3f} ms",
             pushed.summary.p50 < final_read.summary.p50,
         ),
         Target("0 process/read calls in the pushed arm", f"{pushed.reads} reads in {pushed.calls} calls", pushed.reads == 0),
