@@ -154,11 +154,14 @@ class ManagedProcess:
                 if self._timeout is not None:
                     nursery.start_soon(self._enforce_timeout, self._timeout)
                 await self._reap()
-                # The pumps end at EOF of both pipes; a grandchild may hold them open.
-                await self._pipes_eof.wait()
+                # The pumps end at EOF of both pipes; a grandchild may hold them open. Most
+                # often the reap already drained both to EOF: then `closed` follows `exited`
+                # in the same step (one write burst for the client, no extra scheduling pass).
+                if not self._pipes_eof.is_set():
+                    await self._pipes_eof.wait()
+                self._move(_Lifecycle.CLOSED)
+                await self._emit(ClosedEvent(process_id=self.process_id, seq=self._next_seq()))
                 nursery.cancel_scope.cancel()
-            self._move(_Lifecycle.CLOSED)
-            await self._emit(ClosedEvent(process_id=self.process_id, seq=self._next_seq()))
         finally:
             await self._kill_and_reap()
             self._close_stdin()
