@@ -96,6 +96,7 @@ class Session:
         # Lossless resume: processes whose live output waits for the client's catch-up read,
         # so that retention does not slide past what the client has not seen yet.
         self._catch_up: dict[str, trio.Event] = {}
+        self._order_locks: dict[str, trio.Lock] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -188,7 +189,26 @@ class Session:
     # --- delivery ------------------------------------------------------------------
 
     async def deliver(self, event: ProcessEvent) -> None:
-        """Hand an event to the attached connection, per its delivery mode (protocol §7)."""
+        """Hand an event to the attached connection, per its delivery mode (protocol §7).
+
+        In lossless mode an event may wait (for room, a resume, a catch-up read), and trio
+        wakes a group of waiters in no set order: a per-process FIFO lock keeps one process's
+        events in seq order through those waits.
+        """
+        if not self._lossless:
+            await self._deliver(event)
+            return
+        lock = self._order_locks.setdefault(event.process_id, trio.Lock())
+        try:
+            lock.acquire_nowait()  # the common case: no scheduling point
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._deliver(event)
+        finally:
+            lock.release()
+
+    async def _deliver(self, event: ProcessEvent) -> None:
         while True:
             # Every event of the process waits, not only output: seq order on the wire.
             barrier = self._catch_up.get(event.process_id)
@@ -311,6 +331,7 @@ class Session:
             return
         del self.processes[process.process_id]
         self._release_catch_up(process.process_id)
+        self._order_locks.pop(process.process_id, None)
         process.retention.release()
         self._tombstones[process.process_id] = tombstone
         while len(self._tombstones) > self._config.max_tombstones:
