@@ -288,16 +288,14 @@ class ManagedProcess:
     # --- control -----------------------------------------------------------------------
 
     def signal_tree(self, signum: int) -> bool:
-        return _tree.signal_tree(self.pid, self.pid, self._marker, signum)
+        return _tree.signal_tree(self.pid, self._marker, signum, reaped=self._popen.returncode is not None)
 
     def signal_group(self, signum: int) -> bool:
         if self.is_closed:
             return False
-        try:
-            os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        return _tree.signal_tree(
+            self.pid, self._marker, signum, reaped=self._popen.returncode is not None, group_only=True
+        )
 
     async def terminate(self, grace: float) -> None:
         """SIGTERM to the whole tree, SIGKILL after ``grace`` seconds if it still runs."""

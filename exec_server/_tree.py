@@ -49,16 +49,22 @@ def _marker_of(proc: psutil.Process) -> str | None:
         return None
 
 
-def tree_members(root_pid: int, marker: str) -> set[int]:
-    """Every live pid of the tree: the root's descendants and marked orphans of ours."""
+def tree_members(root_pid: int | None, marker: str) -> set[int]:
+    """Every live pid of the tree: the root's descendants and marked orphans of ours.
+
+    ``root_pid`` is None once the root was reaped: its number may belong to an unrelated
+    process by then, so only the marker is trusted (every descendant whose ancestors died
+    has been re-parented to us, the subreaper).
+    """
     pids: set[int] = set()
-    try:
-        root = psutil.Process(root_pid)
-        if root.status() != psutil.STATUS_ZOMBIE:
-            pids.add(root_pid)
-        pids.update(child.pid for child in root.children(recursive=True))
-    except psutil.Error:
-        pass
+    if root_pid is not None:
+        try:
+            root = psutil.Process(root_pid)
+            if root.status() != psutil.STATUS_ZOMBIE:
+                pids.add(root_pid)
+            pids.update(child.pid for child in root.children(recursive=True))
+        except psutil.Error:
+            pass
     for pid in own_children():
         if pid == root_pid:
             continue
@@ -72,19 +78,38 @@ def tree_members(root_pid: int, marker: str) -> set[int]:
     return pids
 
 
-def signal_tree(root_pid: int, pgid: int, marker: str, signum: int) -> bool:
-    """Send ``signum`` to the process group and to every member of the tree.
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def signal_tree(pgid: int, marker: str, signum: int, *, reaped: bool, group_only: bool = False) -> bool:
+    """Send ``signum`` to a command's tree: its process group, and (unless ``group_only``)
+    every member, including those that left the group.
+
+    Args:
+        pgid: the command's pid, which is also its process group id.
+        marker: the tree marker in the command's environment.
+        reaped: whether the command itself was reaped. Its number may then belong to an
+            unrelated process, so it is used only while a marked member still holds the
+            group (a live group's id is never reused).
 
     Returns:
         True if at least one process received it.
     """
+    members = tree_members(None if reaped else pgid, marker)
     delivered = False
-    try:
-        os.killpg(pgid, signum)
-        delivered = True
-    except (ProcessLookupError, PermissionError):
-        pass
-    for pid in tree_members(root_pid, marker):
+    if not reaped or any(_group_of(pid) == pgid for pid in members):
+        try:
+            os.killpg(pgid, signum)
+            delivered = True
+        except (ProcessLookupError, PermissionError):
+            pass
+    if group_only:
+        return delivered
+    for pid in members:
         try:
             os.kill(pid, signum)
             delivered = True
