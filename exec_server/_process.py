@@ -13,7 +13,7 @@ import os
 import resource
 import signal as signal_module
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 import trio
@@ -380,6 +380,13 @@ class ManagedProcess:
             sandbox_denied_source=exited.sandbox_denied_source if exited else None,
             evicted_bytes=self.retention.evicted_bytes,
         )
+
+
+async def wait_closed(processes: Iterable[ManagedProcess], timeout: float) -> None:
+    """Wait until every one of ``processes`` has closed, or ``timeout`` seconds passed."""
+    with trio.move_on_after(timeout):
+        for process in processes:
+            await process.closed_event.wait()
 
 
 def _close_quietly(fd: int) -> None:

@@ -18,7 +18,8 @@ import protocol as p
 from . import _tree
 from ._config import SERVER_NAME, SERVER_VERSION, ServerConfig
 from ._retention import RetentionBudget
-from ._session import Session
+from ._process import wait_closed
+from ._session import KILL_SETTLE_SECONDS, Session
 from ._watchdog import Watchdog
 from .sandbox import Sandbox
 
@@ -33,6 +34,8 @@ ORPHAN_REAP_INTERVAL: Final = 1.0
 CLOSE_GOING_AWAY: Final = 1001
 # At shutdown, a connection whose writer is stuck this long is not waited for.
 STUCK_WRITER_SECONDS: Final = 0.5
+# At shutdown, how long connections may take to deliver what is queued for them.
+FLUSH_SECONDS: Final = 5.0
 # How long closing connections may take to finish their close handshake.
 CLOSE_HANDSHAKE_SECONDS: Final = 2.0
 
@@ -155,9 +158,7 @@ class Server:
         grace = self.config.shutdown_grace if grace is None else grace
         self.shutting_down = True
         processes = [proc for session in self.sessions.values() for proc in session.processes.values()]
-        with trio.move_on_after(grace):
-            for process in processes:
-                await process.closed_event.wait()
+        await wait_closed(processes, grace)
         for process in processes:
             if not process.is_closed:
                 log.info("shutdown: killing the tree of %s after %.1fs grace", process.process_id, grace)
@@ -169,12 +170,10 @@ class Server:
         for connection in list(self.connections):
             if connection.writer_stuck_for() >= STUCK_WRITER_SECONDS:
                 connection.give_up(CLOSE_GOING_AWAY, "server shutting down")
-        with trio.move_on_after(5):
-            for process in processes:
-                await process.closed_event.wait()
+        await wait_closed(processes, KILL_SETTLE_SECONDS)
         for connection in list(self.connections):
             connection.finish(CLOSE_GOING_AWAY, "server shutting down")
-        with trio.move_on_after(5):
+        with trio.move_on_after(FLUSH_SECONDS):
             if self.connections:
                 await self._connections_gone.wait()
         self.stopped.set()

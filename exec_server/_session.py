@@ -44,7 +44,7 @@ from protocol import (
 
 from . import _spawn, _tree
 from ._outbound import OutboundQueue
-from ._process import ManagedProcess
+from ._process import ManagedProcess, wait_closed
 from ._retention import RetainedOutput
 from .sandbox import SandboxUnavailable
 
@@ -182,9 +182,7 @@ class Session:
     async def kill_all(self, settle: float) -> None:
         for process in list(self.processes.values()):
             process.kill_now()
-        with trio.move_on_after(settle):
-            for process in list(self.processes.values()):
-                await process.closed_event.wait()
+        await wait_closed(list(self.processes.values()), settle)
 
     # --- delivery ------------------------------------------------------------------
 
