@@ -294,13 +294,10 @@ class Connection:
             # What a lossless connection holds in flight must stay inside retention, so that
             # a cut connection loses nothing the resumed one cannot read back.
             self._queue.max_output_bytes = min(self._config.outbound_queue_bytes, self._config.retain_bytes // 4)
-        self._binary_output = params.binary_output and self._transport_supports_binary()
+        self._binary_output = params.binary_output and self._transport.supports_binary
         self._generation = session.attach(params.delivery, self._queue, self.close)
         self._session = session
         return server.initialize_result(session, resumed=resumed, binary_output=self._binary_output)
-
-    def _transport_supports_binary(self) -> bool:
-        return bool(getattr(self._transport, "supports_binary", False))
 
 
 def _oversized(raw: str | bytes, size: int, limit: int) -> ProtocolError:

@@ -37,7 +37,7 @@ class RetentionBudget:
     def _unregister(self, member: RetainedOutput) -> None:
         self._members.discard(member)
 
-    def _enforce(self, appending: RetainedOutput) -> None:
+    def _enforce(self) -> None:
         # The biggest retainer pays first: it is almost always the one that is flooding.
         while self.used_bytes > self.total_bytes:
             victim = max(self._members, key=lambda member: member.retained_bytes, default=None)
@@ -77,7 +77,7 @@ class RetainedOutput:
         self._budget.used_bytes += charge
         while self.retained_bytes > self.cap_bytes:
             self._evict_oldest()
-        self._budget._enforce(self)
+        self._budget._enforce()
 
     def _evict_oldest(self) -> None:
         oldest = self._chunks.popleft()

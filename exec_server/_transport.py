@@ -14,6 +14,8 @@ class MessageTransport(Protocol):
 
     #: Whether a stalled peer may be disconnected (protocol §7: WebSocket yes, stdio no).
     drops_slow_consumers: bool
+    #: Whether it can carry binary frames (the negotiated binary output framing).
+    supports_binary: bool
 
     async def receive(self) -> str | bytes:
         """The next whole message. Raises ``TransportClosed`` at the end."""
