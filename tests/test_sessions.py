@@ -228,12 +228,15 @@ async def test_client_that_cannot_resume_within_the_ttl_ends_with_failure_not_an
     assert proxy.accepted >= 2  # it did try to reconnect
 
 
+@pytest.mark.parametrize("catch_up_delay", [0.0, 0.2], ids=["prompt-catch-up", "slow-catch-up"])
 async def test_takeover_of_a_lossless_session_whose_child_is_held_completes_exactly(
-    start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
+    start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None, catch_up_delay: float
 ) -> None:
     """The old connection is stalled (its queue full, the child held by lossless back-pressure)
     when a new connection takes the session over: the held child must move on to the new
-    connection, and old pushed + new read + new pushed must be the exact output."""
+    connection, and old pushed + new read + new pushed must be the exact output — also when
+    the new connection sends its catch-up read late (a busy client): lossless must not let the
+    live flow evict what that read needs."""
     data = write_random(tmp_path / "data", 16 * MIB)
     fifo = go_fifo(tmp_path)
     server = await start_server()
@@ -248,6 +251,8 @@ async def test_takeover_of_a_lossless_session_whose_child_is_held_completes_exac
             await _wait_until_held(pid)
             async with open_raw_client(server.url, server.token) as new:
                 assert (await new.initialize(resumeSessionId=session_id, delivery="lossless"))["resumed"] is True
+                if catch_up_delay:
+                    await trio.sleep(catch_up_delay)  # the slow catch-up under test, not a synchronisation
                 held_seq, held = contiguous_prefix(old, "held")
                 chunks, last = await read_all(new, "held", after_seq=held_seq)
                 # Whatever the new connection got pushed agrees with what it read.
@@ -257,7 +262,7 @@ async def test_takeover_of_a_lossless_session_whose_child_is_held_completes_exac
             proxy.cut()
     assert last["exitCode"] == 0
     # Nothing was evicted before the new connection read it: every seq is there.
-    assert sorted(chunks) == list(range(held_seq + 1, last["lastSeq"] - 1))
+    assert sorted(chunks) == list(range(held_seq + 1, last["lastSeq"] - 1)), "output evicted before the catch-up read"
     assert sha256(held + b"".join(chunks[seq] for seq in sorted(chunks))) == sha256(data)
 
 
@@ -266,33 +271,6 @@ async def _wait_until_held(pid: int) -> None:
 
     await wait_until_writes_stall(pid)
     assert is_running(pid)
-
-
-async def test_lossless_resume_with_a_slow_catch_up_read_loses_nothing(
-    start_server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
-) -> None:
-    """As above, but the new connection sends its catch-up read 0.2 s after the resume (a busy
-    client): lossless must not let the live flow evict what that read needs."""
-    data = write_random(tmp_path / "data", 16 * MIB)
-    fifo = go_fifo(tmp_path)
-    server = await start_server()
-    proxy = await nursery.start(StallProxy(port_of(server.url)).serve)
-    argv = ["sh", "-c", f"cat {fifo} >/dev/null; exec cat {tmp_path / 'data'}"]
-    with trio.fail_after(30):
-        async with open_raw_client(proxy.url, server.token) as old:
-            session_id = (await old.initialize(delivery="lossless"))["sessionId"]
-            pid = (await old.start("held", argv))["pid"]
-            proxy.stall()
-            await release(fifo)
-            await _wait_until_held(pid)
-            async with open_raw_client(server.url, server.token) as new:
-                assert (await new.initialize(resumeSessionId=session_id, delivery="lossless"))["resumed"] is True
-                await trio.sleep(0.2)  # the slow catch-up under test, not a synchronisation
-                held_seq, held = contiguous_prefix(old, "held")
-                chunks, last = await read_all(new, "held", after_seq=held_seq)
-            proxy.cut()
-    assert sorted(chunks) == list(range(held_seq + 1, last["lastSeq"] - 1)), "output evicted before the catch-up read"
-    assert sha256(held + b"".join(chunks[seq] for seq in sorted(chunks))) == sha256(data)
 
 
 async def test_client_gives_up_at_once_when_a_restarted_server_no_longer_has_the_session(
