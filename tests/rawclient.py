@@ -390,6 +390,17 @@ class CliServer:
     process: trio.Process
     stderr: bytearray = attrs.Factory(bytearray)
     _stdout_buffer: bytearray = attrs.Factory(bytearray)
+    _stderr_changed: trio.Event = attrs.Factory(trio.Event)
+
+    async def wait_stderr(self, needle: bytes) -> None:
+        """Until ``needle`` has appeared on its stderr."""
+        while needle not in self.stderr:
+            await self._stderr_changed.wait()
+
+    def _got_stderr(self, data: bytes) -> None:
+        self.stderr += data
+        self._stderr_changed.set()
+        self._stderr_changed = trio.Event()
 
     async def stdout_line(self) -> bytes:
         """The next line of its stdout, without the newline (b"" at EOF)."""
@@ -438,7 +449,7 @@ async def run_cli_server(args: list[str], env: dict[str, str], *, stdin: bool = 
     async def collect_stderr() -> None:
         assert process.stderr is not None
         while data := await process.stderr.receive_some(65536):
-            cli.stderr += data
+            cli._got_stderr(data)
 
     try:
         async with trio.open_nursery() as nursery:

@@ -20,7 +20,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,7 +30,7 @@ import psutil
 import pytest
 import trio
 
-from rawclient import REPO_ROOT, RawClient, cli_env
+from rawclient import CliServer, RawClient, cli_env, run_cli_server
 
 MIB: Final = 1024 * 1024
 # The proxy's socket towards the server: a small fixed receive buffer (no autotuning), so a
@@ -274,15 +273,26 @@ async def read_all(raw: RawClient, process_id: str, after_seq: int = 0) -> tuple
 
 @attrs.define(eq=False)
 class SubprocessServer:
-    process: trio.Process
+    """A ``serve`` CLI child with its URL and token (see ``subprocess_server``)."""
+
+    cli: CliServer
     url: str
     token: str
-    stderr: bytearray = attrs.Factory(bytearray)
-    _stderr_changed: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def process(self) -> trio.Process:
+        return self.cli.process
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.cli.process.pid
+
+    @property
+    def stderr(self) -> bytearray:
+        return self.cli.stderr
+
+    async def wait_stderr(self, needle: bytes) -> None:
+        await self.cli.wait_stderr(needle)
 
     def rss(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)
@@ -301,15 +311,6 @@ class SubprocessServer:
     def children(self) -> list[int]:
         return [child.pid for child in psutil.Process(self.pid).children(recursive=True)]
 
-    async def wait_stderr(self, needle: bytes) -> None:
-        while needle not in self.stderr:
-            await self._stderr_changed.wait()
-
-    def _got_stderr(self, data: bytes) -> None:
-        self.stderr += data
-        self._stderr_changed.set()
-        self._stderr_changed = trio.Event()
-
 
 @contextlib.asynccontextmanager
 async def subprocess_server(
@@ -325,44 +326,18 @@ async def subprocess_server(
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
-    argv = [
-        sys.executable, "-m", "exec_server", "serve",
+    args = [
+        "serve",
         "--listen", listen,
         "--sandbox", "none",
         "--audit-denials", "off",
         "--token-file", str(token_file),
         *extra,
     ]  # fmt: skip
-    process = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=REPO_ROOT
-    )
-    assert process.stdout is not None and process.stderr is not None
-    try:
-        async with trio.open_nursery() as nursery:
-            line = b""
-            while not line.endswith(b"\n"):
-                data = await process.stdout.receive_some(4096)
-                assert data, "the server exited before printing its URL"
-                line += data
-            server = SubprocessServer(process, line.decode().strip(), token)
-
-            async def collect_stderr() -> None:
-                assert process.stderr is not None
-                while data := await process.stderr.receive_some(65536):
-                    server._got_stderr(data)
-
-            nursery.start_soon(collect_stderr)
-            try:
-                yield server
-            finally:
-                with trio.CancelScope(shield=True):
-                    if process.returncode is None:
-                        process.kill()
-                    await process.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            for stream in (process.stdout, process.stderr):
-                await stream.aclose()
+    async with run_cli_server(args, cli_env()) as cli:
+        url = (await cli.stdout_line()).decode().strip()
+        assert url, "the server exited before printing its URL"
+        yield SubprocessServer(cli, url, token)
 
 
 def terminate_and_time(server: SubprocessServer) -> float:
