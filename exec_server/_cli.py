@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import attrs
 import trio
 
 from protocol import SandboxMode
@@ -52,6 +53,13 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retain-total-bytes", type=int, default=256 * 1024 * 1024, metavar="N")
     parser.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S")
     parser.add_argument("--log-level", default="INFO")
+    defaults = attrs.fields(ServerConfig)
+    parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval.default, metavar="S",
+                        help="ping every connection this often (0: never)")
+    parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout.default, metavar="S",
+                        help="no pong within this is a dropped connection")
+    parser.add_argument("--max-detached-per-peer", type=int, default=defaults.max_detached_per_peer.default,
+                        metavar="N", help="detached sessions one remote address may hold (its oldest end first)")
 
 
 def _config(args: argparse.Namespace, token: str) -> ServerConfig:
@@ -67,6 +75,9 @@ def _config(args: argparse.Namespace, token: str) -> ServerConfig:
         retain_bytes=args.retain_bytes,
         retain_total_bytes=args.retain_total_bytes,
         shutdown_grace=args.shutdown_grace,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        max_detached_per_peer=args.max_detached_per_peer,
     )
 
 
@@ -90,7 +101,7 @@ async def _serve(args: argparse.Namespace, config: ServerConfig) -> None:
             listener_scope.cancel()
         # Let the server close its connections (1001) before anything is cancelled.
         with trio.move_on_after(CLOSE_HANDSHAKE_SECONDS + 1):
-            await server.finished.wait()
+            await server.wait_stopped()
         nursery.cancel_scope.cancel()
 
 
@@ -123,7 +134,7 @@ async def _handle_signals(server: Server, listener_scope: trio.CancelScope | Non
 
 
 async def _wait_stopped(server: Server, scope: trio.CancelScope) -> None:
-    await server.stopped.wait()
+    await server.wait_closing()
     scope.cancel()
 
 

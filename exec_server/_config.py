@@ -34,3 +34,9 @@ class ServerConfig:
     outbound_queue_messages: int = 4096
     outbound_queue_bytes: int = 16 * MIB
     max_concurrent_requests: int = 256
+    # Keepalive: a ping every `ping_interval` seconds (0: none); no pong within
+    # `ping_timeout` seconds is a dropped connection (the session detaches).
+    ping_interval: float = 15.0
+    ping_timeout: float = 15.0
+    # Detached sessions one peer (remote address) may hold; beyond it its oldest end.
+    max_detached_per_peer: int = 256

@@ -9,28 +9,24 @@ past ``slow_consumer_timeout`` is closed with 1008.
 
 from __future__ import annotations
 
+import enum
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
 import protocol as p
-from protocol import ErrorCode, ProtocolError
+from protocol import CloseCode, ErrorCode, ProtocolError
 
+from ._config import ServerConfig
+from ._lifecycle import Lifecycle
 from ._outbound import OutboundItem, OutboundQueue
 from ._session import Session
 from ._transport import MessageTransport, TransportClosed
 from ._wire import encode_event
 
-if TYPE_CHECKING:
-    from ._server import Server
-
 log = logging.getLogger(__name__)
 
-CLOSE_NORMAL: Final = 1000
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_POLICY: Final = 1008
-CLOSE_TAKEN_OVER: Final = 4001
 # Answered by the reader itself, not in a task of their own: `initialize` because nothing
 # may run before the session exists; the others because they never wait (the fork is
 # synchronous) and a task per request is measurable on the one-shot path. Only
@@ -38,15 +34,70 @@ CLOSE_TAKEN_OVER: Final = 4001
 _ANSWERED_IN_ORDER: Final = frozenset(
     {"initialize", "process/start", "process/release", "process/signal", "process/terminate", "process/list"}
 )
+# How long the close handshake may take once this connection is closing.
+CLOSE_TIMEOUT_SECONDS: Final = 1.0
+
+
+class ConnectionState(enum.Enum):
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_ALLOWED: Final = {
+    (ConnectionState.OPEN, ConnectionState.DRAINING),
+    (ConnectionState.OPEN, ConnectionState.CLOSING),
+    (ConnectionState.DRAINING, ConnectionState.CLOSING),
+    (ConnectionState.CLOSING, ConnectionState.CLOSED),
+}
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the server that serves it."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    def find_session(self, session_id: str) -> Session | None:
+        """The live session with this id, if any."""
+
+    async def new_session(self, peer: str | None) -> Session:
+        """A new, started session. Raises ``ProtocolError`` (limits, shutting down)."""
+
+    def initialize_result(self, session: Session, *, resumed: bool, binary_output: bool) -> p.InitializeResult:
+        """The ``initialize`` answer for ``session``."""
 
 
 class Connection:
-    """Serves one transport until the peer leaves or the connection is closed."""
+    """Serves one transport until the peer leaves or the connection is closed.
 
-    def __init__(self, server: Server, transport: MessageTransport) -> None:
-        self._server = server
-        self._config = server.config
+    State table (``Connection.state``; every move goes through ``Connection._move``):
+
+    ==========  ===========================================  ======================================
+    state       meaning                                      leaves on
+    ==========  ===========================================  ======================================
+    OPEN        reading requests, writing answers and        the peer closed, or ``finish`` (drain)
+                events                                       -> DRAINING; ``close`` (takeover,
+                                                             slow consumer, missing pong, abort)
+                                                             -> CLOSING
+    DRAINING    the reader stopped; the writer delivers      the queue is delivered, or ``close``
+                everything queued                            -> CLOSING
+    CLOSING     the close handshake (bounded)                the transport closed -> CLOSED
+    CLOSED      nothing more is read or written              (terminal)
+    ==========  ===========================================  ======================================
+
+    The first close code given (``close``/``finish``) is the one the peer sees.
+    """
+
+    def __init__(self, host: ConnectionHost, transport: MessageTransport) -> None:
+        self._server = host
+        self._config = host.config
         self._transport = transport
+        self._lifecycle = Lifecycle("connection", ConnectionState.OPEN, _ALLOWED)
         self._queue = OutboundQueue(
             max_messages=self._config.outbound_queue_messages,
             max_output_bytes=self._config.outbound_queue_bytes,
@@ -56,6 +107,8 @@ class Connection:
         self._delivery = p.Delivery.BEST_EFFORT
         self._binary_output = False
         self._close_reason: tuple[int, str] | None = None
+        # The close code the peer sent (None: no close frame, or not closed by the peer).
+        self._peer_close_code: int | None = None
         self._reader_scope = trio.CancelScope()
         # Cancelled by `close` (abort, nothing more is written); replaced in `run`.
         self._connection_scope = trio.CancelScope()
@@ -65,39 +118,61 @@ class Connection:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    @property
+    def state(self) -> ConnectionState:
+        return self._lifecycle.state
+
+    def _move(self, new: ConnectionState) -> None:
+        """The one place the connection's state changes (see the table in the class docstring)."""
+        self._lifecycle.move(new)
+        if new is ConnectionState.DRAINING:
+            self._reader_scope.cancel()
+        elif new is ConnectionState.CLOSING:
+            self._connection_scope.cancel()
+
     async def run(self) -> None:
-        self._server.connections.add(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._connection_scope = nursery.cancel_scope
+                if self.state is ConnectionState.CLOSING:
+                    nursery.cancel_scope.cancel()  # closed before it ran
                 nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._keepalive)
                 with self._reader_scope:
                     async with trio.open_nursery() as requests:
                         await self._read_loop(requests)
                         requests.cancel_scope.cancel()
                 # The reader ended: stop delivering to us, let the writer flush, then close.
+                if self.state is ConnectionState.OPEN:
+                    self._move(ConnectionState.DRAINING)
+                if self._peer_close_code == CloseCode.NORMAL:
+                    self._client_done()
                 self._detach()
                 self._queue.close_for_producers()
         finally:
             self._detach()
-            self._queue.abandon()  # producers blocked on this dead queue move on (BUGS.md #10)
-            code, reason = self._close_reason or (CLOSE_NORMAL, "")
+            self._queue.abandon()  # producers blocked on this dead queue move on
+            if self.state is not ConnectionState.CLOSING:
+                self._move(ConnectionState.CLOSING)
+            code, reason = self._close_reason or (CloseCode.NORMAL, "")
             try:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
                     await self._transport.close(code, reason)
             finally:
-                self._server.connection_ended(self)  # only once the close handshake is over
+                self._move(ConnectionState.CLOSED)
 
     def close(self, code: int, reason: str) -> None:
         """Abort this connection now (takeover, peer gone). Idempotent; the first reason
         is the one the peer sees."""
         self._set_reason(code, reason)
-        self._connection_scope.cancel()
+        if self.state in (ConnectionState.OPEN, ConnectionState.DRAINING):
+            self._move(ConnectionState.CLOSING)
 
     def finish(self, code: int, reason: str) -> None:
         """Stop reading, deliver everything queued, then close (graceful shutdown)."""
         self._set_reason(code, reason)
-        self._reader_scope.cancel()
+        if self.state is ConnectionState.OPEN:
+            self._move(ConnectionState.DRAINING)
 
     def writer_stuck_for(self) -> float:
         """Seconds the writer has been writing one message (0 when idle)."""
@@ -119,6 +194,34 @@ class Connection:
         if self._session is not None:
             self._session.detach(self._generation)
             self._session = None
+
+    def _client_done(self) -> None:
+        if self._session is not None:
+            self._session.client_done(self._generation)
+            self._session = None
+
+    async def _keepalive(self) -> None:
+        """Ping the peer every ``ping_interval``; no pong within ``ping_timeout`` is a drop.
+
+        A peer that vanished without a FIN (a cable, a suspended VM, a NAT that forgot us)
+        would otherwise keep its session attached, and its TTL from starting, forever.
+        """
+        interval, timeout = self._config.ping_interval, self._config.ping_timeout
+        if interval <= 0:
+            return
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(timeout) as waited:
+                try:
+                    await self._transport.ping()
+                except TransportClosed:
+                    return
+            if waited.cancelled_caught:
+                log.info("no pong within %.1fs: the peer is gone", timeout)
+                self._detach()
+                self._queue.abandon()
+                self.close(CloseCode.PING_TIMEOUT, "ping timeout")
+                return
 
     # --- writing -----------------------------------------------------------------------
 
@@ -145,9 +248,12 @@ class Connection:
                     await self._transport.send(message)
                     self._writing_since = None
             except TransportClosed:
-                self.close(CLOSE_NORMAL, "peer closed")
+                self.close(CloseCode.NORMAL, "peer closed")
             finally:
                 nursery.cancel_scope.cancel()
+                # Everything queued is written (or nothing more can be): on to the close.
+                if self.state in (ConnectionState.OPEN, ConnectionState.DRAINING):
+                    self._move(ConnectionState.CLOSING)
 
     async def _watch_for_slow_consumer(self) -> None:
         """Protocol §7: a bestEffort WebSocket whose writer is stuck past the timeout is closed
@@ -168,15 +274,16 @@ class Connection:
                 await trio.sleep(timeout - stuck_for)
                 continue
             log.info("slow consumer: writer stuck for %.1fs; closing with 1008", stuck_for)
-            self._set_reason(CLOSE_POLICY, "slow consumer")
+            self._set_reason(CloseCode.POLICY, "slow consumer")
             self._detach()
             self._queue.abandon()  # producers stop waiting on us; their events stay retained
-            self._reader_scope.cancel()
+            if self.state is ConnectionState.OPEN:
+                self._move(ConnectionState.DRAINING)
             with trio.move_on_after(timeout):
                 while self._writing_since == since:
                     await trio.sleep(timeout / 8)
                 return  # the writer finished that message and sees the queue closed
-            self._connection_scope.cancel()  # never finished: abort
+            self.close(CloseCode.POLICY, "slow consumer")  # never finished: abort
             return
 
     # --- reading -----------------------------------------------------------------------
@@ -186,7 +293,8 @@ class Connection:
         while True:
             try:
                 raw = await self._transport.receive()
-            except TransportClosed:
+            except TransportClosed as closed:
+                self._peer_close_code = closed.code
                 return
             size = len(raw)
             if size * 4 > limit and isinstance(raw, str):
@@ -281,14 +389,15 @@ class Connection:
             )
         server = self._server
         resumed = params.resume_session_id is not None
-        if resumed:
-            session = server.sessions.get(params.resume_session_id)  # type: ignore[arg-type]
-            if session is None:
+        if params.resume_session_id is not None:
+            found = server.find_session(params.resume_session_id)
+            if found is None:
                 raise ProtocolError(ErrorCode.INVALID_PARAMS, "unknown or expired session")
+            session = found
         else:
             if server.shutting_down:
                 raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
-            session = await server.new_session()
+            session = await server.new_session(self._transport.peer)
         self._delivery = params.delivery
         if params.delivery is p.Delivery.LOSSLESS:
             # What a lossless connection holds in flight must stay inside retention, so that

@@ -30,6 +30,7 @@ from protocol import (
 )
 
 from . import _tree
+from ._lifecycle import Lifecycle
 from ._retention import RetainedOutput
 from ._spawn import SpawnedProcess
 from .sandbox import DenialReport, LaunchPlan, Sandbox
@@ -43,11 +44,9 @@ TAIL_BYTES: Final = 4096
 MAX_WRITE_IDS: Final = 1024
 
 
-class IllegalTransition(RuntimeError):
-    pass
-
-
 class _Lifecycle(enum.Enum):
+    """A process's states (its events, in this order): RUNNING -> EXITED -> CLOSED."""
+
     RUNNING = "running"
     EXITED = "exited"
     CLOSED = "closed"
@@ -105,7 +104,7 @@ class ManagedProcess:
         self._marker = marker
         self.retain_after_close = retain_after_close
         self._started = time.monotonic()
-        self._state = _Lifecycle.RUNNING
+        self._lifecycle = Lifecycle(f"process {process_id}", _Lifecycle.RUNNING, _ALLOWED)
         self._last_seq = 0
         self._changed = trio.Event()
         self._tails = {Stream.STDOUT: bytearray(), Stream.STDERR: bytearray()}
@@ -121,17 +120,15 @@ class ManagedProcess:
     # --- state -----------------------------------------------------------------------
 
     def _move(self, new: _Lifecycle) -> None:
-        if (self._state, new) not in _ALLOWED:
-            raise IllegalTransition(f"process {self.process_id}: {self._state.value} -> {new.value}")
-        self._state = new
+        self._lifecycle.move(new)
 
     @property
     def state(self) -> ProcessState:
-        return ProcessState(self._state.value)
+        return ProcessState(self._lifecycle.state.value)
 
     @property
     def is_closed(self) -> bool:
-        return self._state is _Lifecycle.CLOSED
+        return self._lifecycle.state is _Lifecycle.CLOSED
 
     @property
     def next_seq(self) -> int:
@@ -281,7 +278,7 @@ class ManagedProcess:
 
     async def _enforce_timeout(self, timeout: float) -> None:
         await trio.sleep(timeout)
-        if self._state is _Lifecycle.RUNNING:
+        if self._lifecycle.state is _Lifecycle.RUNNING:
             self.timed_out = True
         self.signal_tree(signal_module.SIGKILL)
 

@@ -4,7 +4,24 @@ A session outlives its connection. When the connection drops it is *detached* fo
 TTL (processes run on, output is retained); ``initialize{resumeSessionId}`` re-attaches
 it; resuming an attached session takes it over from the old connection. Every attach
 bumps the generation, so a stale connection's teardown cannot detach a session it no
-longer owns.
+longer owns. A client that closes normally (1000) while the session holds nothing more
+ends it at once (``client_done``): only an abnormal drop leaves a session waiting.
+
+State table (``Session.state``; every move goes through ``Session._move``):
+
+==========  ==============================================  =======================================
+state       meaning                                         leaves on
+==========  ==============================================  =======================================
+DETACHED    no connection; the TTL runs (also the state     attach -> ATTACHED; TTL expired, or the
+            of a new session until its initialize ends)     peer's detached cap evicts it -> ENDING
+ATTACHED    one connection receives its events              attach (takeover) -> ATTACHED; the
+                                                            connection dropped -> DETACHED; a 1000
+                                                            close with nothing held -> ENDING
+ENDING      its trees are being killed (bounded wait)       the kill settled -> ENDED
+ENDED       forgotten by the server; every tree killed      (terminal)
+==========  ==============================================  =======================================
+
+Any state moves to ENDED when the server cancels the session (shutdown, second signal).
 """
 
 from __future__ import annotations
@@ -14,12 +31,13 @@ import enum
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import attrs
 import trio
 
 from protocol import (
+    CloseCode,
     Delivery,
     EmptyResult,
     ErrorCode,
@@ -43,13 +61,12 @@ from protocol import (
 )
 
 from . import _spawn, _tree
+from ._config import ServerConfig
+from ._lifecycle import Lifecycle
 from ._outbound import OutboundQueue
 from ._process import ManagedProcess, wait_closed
-from ._retention import RetainedOutput
-from .sandbox import SandboxUnavailable
-
-if TYPE_CHECKING:
-    from ._server import Server
+from ._retention import RetainedOutput, RetentionBudget
+from .sandbox import Sandbox, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +80,49 @@ CATCH_UP_WAIT_SECONDS: Final = 10.0
 class SessionState(enum.Enum):
     ATTACHED = "attached"
     DETACHED = "detached"
-    EXPIRED = "expired"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+_ALLOWED: Final = {
+    (SessionState.DETACHED, SessionState.ATTACHED),
+    (SessionState.ATTACHED, SessionState.ATTACHED),
+    (SessionState.ATTACHED, SessionState.DETACHED),
+    (SessionState.ATTACHED, SessionState.ENDING),
+    (SessionState.DETACHED, SessionState.ENDING),
+    (SessionState.ATTACHED, SessionState.ENDED),
+    (SessionState.DETACHED, SessionState.ENDED),
+    (SessionState.ENDING, SessionState.ENDED),
+}
+_LIVE: Final = frozenset({SessionState.ATTACHED, SessionState.DETACHED})
+
+
+class SessionHost(Protocol):
+    """What a session needs from the server that holds it."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def sandbox(self) -> Sandbox: ...
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def retention_budget(self) -> RetentionBudget: ...
+
+    @property
+    def default_cwd(self) -> str: ...
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    def session_detached(self, session: Session) -> None:
+        """The session just detached (the per-peer cap is enforced here)."""
+
+    def session_ended(self, session: Session) -> None:
+        """The session has ended: forget it."""
 
 
 @attrs.define(eq=False)
@@ -77,20 +136,28 @@ class Attachment:
 
 
 class Session:
-    """One client's processes and their delivery state."""
+    """One client's processes and their delivery state.
 
-    def __init__(self, server: Server) -> None:
+    Args:
+        host: the server that holds it.
+        peer: who created it (the remote address for TCP, None for stdio): the per-peer cap
+            on detached sessions counts by it.
+    """
+
+    def __init__(self, host: SessionHost, peer: str | None = None) -> None:
         self.id = secrets.token_urlsafe(18)
-        self._server = server
-        self._config = server.config
-        self.state = SessionState.DETACHED
+        self.peer = peer
+        self._server = host
+        self._config = host.config
+        self._lifecycle = Lifecycle(f"session {self.id}", SessionState.DETACHED, _ALLOWED)
         self.processes: dict[str, ManagedProcess] = {}
         self._tombstones: collections.OrderedDict[str, ErrorCode] = collections.OrderedDict()
         self.attachment: Attachment | None = None
         self.generation = 0
+        # When it last detached (trio clock): the per-peer cap evicts the oldest first.
+        self.detached_at = 0.0
         self._nursery: trio.Nursery | None = None
         self._ttl_scope: trio.CancelScope | None = None
-        self._done = trio.Event()
         self._attached = trio.Event()
         self._lossless = False
         # Lossless resume: processes whose live output waits for the client's catch-up read,
@@ -100,21 +167,43 @@ class Session:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    @property
+    def state(self) -> SessionState:
+        return self._lifecycle.state
+
+    def _move(self, new: SessionState) -> None:
+        """The one place the session's state changes (see the table in the module docstring)."""
+        self._lifecycle.move(new)
+        if new is SessionState.ATTACHED:
+            self._attached.set()
+        elif new is SessionState.DETACHED:
+            self._attached = trio.Event()
+        if new is not SessionState.DETACHED and self._ttl_scope is not None:
+            self._ttl_scope.cancel()
+            self._ttl_scope = None
+        if new is SessionState.DETACHED:
+            self.detached_at = trio.current_time()
+            self._start_ttl()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The session's home: its processes' tasks live in this nursery."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.detached_at = trio.current_time()
                 self._start_ttl()  # a session never attached (its client left) expires too
                 task_status.started()
-                await self._done.wait()
+                await self._lifecycle.wait_for({SessionState.ENDING})
+                self.stop_holding()  # release lossless pumps waiting for a resume or a catch-up read
+                await self.kill_all(settle=KILL_SETTLE_SECONDS)
                 nursery.cancel_scope.cancel()
         finally:
             for process in self.processes.values():
                 process.kill_now()
                 process.retention.release()
             self.processes.clear()
-            self._server.forget_session(self)
+            self._move(SessionState.ENDED)
+            self._server.session_ended(self)
 
     def attach(self, delivery: Delivery, queue: OutboundQueue, close: Callable[[int, str], None]) -> int:
         """Attach a connection, taking the session over from any older one.
@@ -122,23 +211,19 @@ class Session:
         Returns:
             The generation the caller must present to ``detach``.
         """
-        if self.state is SessionState.EXPIRED:
-            raise ProtocolError(ErrorCode.INVALID_PARAMS, "session expired")
+        if self.state not in _LIVE:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, "unknown or expired session")
         previous = self.attachment
         self.generation += 1
         self.attachment = Attachment(self.generation, delivery, queue, close)
-        self.state = SessionState.ATTACHED
         self._lossless = delivery is Delivery.LOSSLESS
         if self._lossless:
             for process in self.processes.values():
                 if not process.is_closed:
                     self._catch_up.setdefault(process.process_id, trio.Event())
-        self._attached.set()
-        if self._ttl_scope is not None:
-            self._ttl_scope.cancel()
-            self._ttl_scope = None
+        self._move(SessionState.ATTACHED)
         if previous is not None:
-            previous.close(4001, "session taken over")
+            previous.close(CloseCode.TAKEN_OVER, "session taken over")
         return self.generation
 
     def detach(self, generation: int) -> None:
@@ -146,9 +231,32 @@ class Session:
         if generation != self.generation or self.state is not SessionState.ATTACHED:
             return
         self.attachment = None
-        self.state = SessionState.DETACHED
-        self._attached = trio.Event()
-        self._start_ttl()
+        self._move(SessionState.DETACHED)
+        self._server.session_detached(self)
+
+    def client_done(self, generation: int) -> None:
+        """The client of ``generation`` closed normally (1000).
+
+        The session ends at once if it holds nothing the client could still want: no
+        process, running or closed, that was not released. Otherwise it is detached like
+        after any drop (its TTL decides), so a client that closes while work is in flight
+        can still resume and read its records.
+        """
+        if generation != self.generation or self.state is not SessionState.ATTACHED:
+            return
+        if self.processes:
+            self.detach(generation)
+            return
+        self.attachment = None
+        log.debug("session %s ended by its client", self.id)
+        self._move(SessionState.ENDING)
+
+    def end(self, why: str) -> None:
+        """End the session now: kill every tree and forget it. Idempotent."""
+        if self.state in _LIVE:
+            log.info("session %s ends: %s", self.id, why)
+            self.attachment = None
+            self._move(SessionState.ENDING)
 
     def _start_ttl(self) -> None:
         assert self._nursery is not None
@@ -158,15 +266,7 @@ class Session:
     async def _expire_after_ttl(self, scope: trio.CancelScope) -> None:
         with scope:
             await trio.sleep(self._config.detached_session_ttl)
-            log.info("session %s expired after %.1fs detached", self.id, self._config.detached_session_ttl)
-            await self.expire()
-
-    async def expire(self) -> None:
-        """Kill every process tree of the session and forget it."""
-        self.state = SessionState.EXPIRED
-        self.stop_holding()  # release lossless pumps waiting for a resume or a catch-up read
-        await self.kill_all(settle=KILL_SETTLE_SECONDS)
-        self._done.set()
+            self.end(f"expired after {self._config.detached_session_ttl:.1f}s detached")
 
     def stop_holding(self) -> None:
         """Shutdown: lossless pumps waiting for a resume stop waiting (output stays retained)."""
@@ -179,9 +279,17 @@ class Session:
         if barrier is not None:
             barrier.set()
 
-    async def kill_all(self, settle: float) -> None:
+    def open_processes(self) -> list[ManagedProcess]:
+        """Its processes that have not closed yet."""
+        return [process for process in self.processes.values() if not process.is_closed]
+
+    def kill_now(self) -> None:
+        """SIGKILL every tree of the session (the caller waits for them if it needs to)."""
         for process in list(self.processes.values()):
             process.kill_now()
+
+    async def kill_all(self, settle: float) -> None:
+        self.kill_now()
         await wait_closed(list(self.processes.values()), settle)
 
     # --- delivery ------------------------------------------------------------------

@@ -18,6 +18,7 @@ class StdioTransport:
 
     drops_slow_consumers = False  # protocol §7: on stdio the writer waits
     supports_binary = False
+    peer: str | None = None
 
     def __init__(self, receive_stream: trio.abc.ReceiveStream, send_stream: trio.abc.SendStream, max_line: int) -> None:
         self._receive_stream = receive_stream
@@ -70,6 +71,9 @@ class StdioTransport:
             await self._send_stream.send_all(data + b"\n")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed from None
+
+    async def ping(self) -> None:
+        pass  # a pipe's peer that goes away is seen as EOF; nothing to probe
 
     async def close(self, code: int, reason: str) -> None:
         pass  # the process exits; closing fds 0/1 early would only confuse the parent

@@ -6,7 +6,15 @@ from typing import Protocol
 
 
 class TransportClosed(Exception):
-    """The peer went away (EOF, close frame, reset)."""
+    """The peer went away (EOF, close frame, reset).
+
+    Args:
+        code: the close code the peer sent (WebSocket), None without a close frame.
+    """
+
+    def __init__(self, code: int | None = None) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 class MessageTransport(Protocol):
@@ -16,6 +24,9 @@ class MessageTransport(Protocol):
     drops_slow_consumers: bool
     #: Whether it can carry binary frames (the negotiated binary output framing).
     supports_binary: bool
+    #: Who is on the other end (the remote address for TCP; None for stdio): the per-peer
+    #: cap on detached sessions counts by it.
+    peer: str | None
 
     async def receive(self) -> str | bytes:
         """The next whole message. Raises ``TransportClosed`` at the end."""
@@ -23,6 +34,13 @@ class MessageTransport(Protocol):
 
     async def send(self, message: str | bytes) -> None:
         """Write one message. Raises ``TransportClosed`` if the peer is gone."""
+        ...
+
+    async def ping(self) -> None:
+        """Return once the peer proved it is alive (a WebSocket pong; stdio: at once).
+
+        Raises ``TransportClosed`` if the peer is gone. The caller bounds the wait.
+        """
         ...
 
     async def close(self, code: int, reason: str) -> None:

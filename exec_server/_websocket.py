@@ -27,18 +27,25 @@ class WebSocketTransport:
     drops_slow_consumers = True
     supports_binary = True
 
-    def __init__(self, websocket: trio_websocket.WebSocketConnection) -> None:
+    def __init__(self, websocket: trio_websocket.WebSocketConnection, peer: str | None = None) -> None:
         self._websocket = websocket
+        self.peer = peer
 
     async def receive(self) -> str | bytes:
         try:
             return await self._websocket.get_message()
-        except trio_websocket.ConnectionClosed:
-            raise TransportClosed from None
+        except trio_websocket.ConnectionClosed as exc:
+            raise TransportClosed(exc.reason.code if exc.reason is not None else None) from None
 
     async def send(self, message: str | bytes) -> None:
         try:
             await self._websocket.send_message(message)
+        except trio_websocket.ConnectionClosed:
+            raise TransportClosed from None
+
+    async def ping(self) -> None:
+        try:
+            await self._websocket.ping()  # waits for the matching pong
         except trio_websocket.ConnectionClosed:
             raise TransportClosed from None
 
@@ -68,7 +75,9 @@ async def serve_websocket(
             await request.reject(401, extra_headers=[(b"WWW-Authenticate", b"Bearer")], body=b"unauthorized\n")
             return
         websocket = await request.accept(subprotocol=subprotocol)
-        await server.serve(WebSocketTransport(websocket))
+        remote = request.remote
+        peer = remote.address if isinstance(remote, trio_websocket.Endpoint) else str(remote)
+        await server.serve(WebSocketTransport(websocket, str(peer)))
 
     await trio_websocket.serve_websocket(
         handle,
