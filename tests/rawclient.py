@@ -466,3 +466,94 @@ async def run_cli_server(args: list[str], env: dict[str, str], *, stdin: bool = 
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream is not None:
                     await stream.aclose()
+
+
+# --- a lean client: wsproto over a bare TCP stream ------------------------------------------
+
+
+class LeanClient:
+    """The WebSocket client handshake and frames by hand (wsproto over a TCP stream).
+
+    Cheaper than a trio-websocket connection (no background reader task), for the tests
+    that open thousands of connections; and able to go silent — stop reading, never pong,
+    never send a FIN — which a library client cannot.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        import wsproto
+
+        self.stream = stream
+        self._ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self._ids = itertools.count(1)
+        self._text: list[str] = []
+        #: The close code the server sent, once it did.
+        self.close_code: int | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, host: str, port: int, token: str) -> AsyncIterator[LeanClient]:
+        from wsproto.events import AcceptConnection, Request
+
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            client = cls(stream)
+            headers = [(b"Authorization", f"Bearer {token}".encode())]
+            await stream.send_all(client._ws.send(Request(host=f"{host}:{port}", target="/", extra_headers=headers)))
+            while True:
+                event = await client._next_event()
+                if isinstance(event, AcceptConnection):
+                    break
+                raise AssertionError(f"upgrade refused: {event!r}")
+            yield client
+
+    async def _next_event(self) -> Any:
+        from wsproto.events import CloseConnection, Ping, TextMessage
+
+        while True:
+            for event in self._ws.events():
+                if isinstance(event, Ping):
+                    await self.stream.send_all(self._ws.send(event.response()))
+                    continue
+                if isinstance(event, TextMessage) and not event.message_finished:
+                    self._text.append(event.data)
+                    continue
+                if isinstance(event, TextMessage) and self._text:
+                    event = TextMessage(data="".join((*self._text, event.data)))
+                    self._text.clear()
+                if isinstance(event, CloseConnection):
+                    self.close_code = event.code
+                return event
+            data = await self.stream.receive_some(65536)
+            if not data:
+                self._ws.receive_data(None)
+            else:
+                self._ws.receive_data(data)
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send a request; return its response envelope (notifications in between are skipped)."""
+        from wsproto.events import CloseConnection, Message, TextMessage
+
+        request_id = next(self._ids)
+        text = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        await self.stream.send_all(self._ws.send(Message(data=text)))
+        while True:
+            event = await self._next_event()
+            if isinstance(event, CloseConnection):
+                raise AssertionError(f"closed {event.code} while waiting for {method}")
+            if isinstance(event, TextMessage):
+                message = json.loads(event.data)
+                if message.get("id") == request_id:
+                    return dict(message)
+
+    async def initialize(self, **extra: Any) -> dict[str, Any]:
+        response = await self.call("initialize", {"clientName": "lean", "protocolVersion": 1, **extra})
+        assert "result" in response, response
+        return dict(response["result"])
+
+    async def close(self, code: int = 1000) -> None:
+        """Send a close frame and wait for the server's answer (then the caller closes TCP)."""
+        from wsproto.events import CloseConnection
+
+        await self.stream.send_all(self._ws.send(CloseConnection(code=code)))
+        while not isinstance(await self._next_event(), CloseConnection):
+            pass
