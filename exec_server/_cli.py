@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -105,7 +106,7 @@ async def _serve(args: argparse.Namespace, config: ServerConfig) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _listen(server: Server, host: str, port: int, scope: trio.CancelScope, *, task_status: trio.TaskStatus) -> None:
+async def _listen(server: Server, host: str, port: int, scope: trio.CancelScope, *, task_status: trio.TaskStatus[Any]) -> None:
     with scope:
         await serve_websocket(server, host, port, task_status=task_status)
 

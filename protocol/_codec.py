@@ -13,7 +13,7 @@ import enum
 import json
 import re
 import typing
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import attrs
 import cattrs
@@ -97,7 +97,7 @@ def _structure_str(value: Any, type_: type) -> str:
         raise TypeError(f"expected a string, got {type(value).__name__}")
     if type_ is not str and issubclass(type_, enum.Enum):
         try:
-            return type_(value)
+            return cast(str, type_(value))  # a str-valued Enum member is a str
         except ValueError:
             allowed = ", ".join(repr(member.value) for member in type_)
             raise ValueError(f"expected one of {allowed}, got {value!r}") from None
@@ -210,8 +210,8 @@ def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
     )
 
     def attrs_structure_factory(type_: type) -> Any:
-        renames = {a.name: override(rename=wire_name(a.name)) for a in attrs.fields(type_)}
-        inner = make_dict_structure_fn(type_, converter, _cattrs_forbid_extra_keys=forbid_extra_keys, **renames)
+        renames: dict[str, Any] = {a.name: override(rename=wire_name(a.name)) for a in attrs.fields(type_)}
+        inner: Any = make_dict_structure_fn(type_, converter, _cattrs_forbid_extra_keys=forbid_extra_keys, **renames)
 
         def structure_object(value: Any, _type: type) -> Any:
             if not isinstance(value, dict):
@@ -221,7 +221,7 @@ def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
         return structure_object
 
     def attrs_unstructure_factory(type_: type) -> Any:
-        renames = {a.name: override(rename=wire_name(a.name)) for a in attrs.fields(type_)}
+        renames: dict[str, Any] = {a.name: override(rename=wire_name(a.name)) for a in attrs.fields(type_)}
         return make_dict_unstructure_fn(type_, converter, **renames)
 
     converter.register_structure_hook_factory(attrs.has, attrs_structure_factory)

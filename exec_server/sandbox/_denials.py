@@ -45,7 +45,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -421,7 +421,7 @@ class DenialLedger:
             del self._tallies[pid]
 
 
-def _bound(mapping: collections.OrderedDict[object, object]) -> None:
+def _bound(mapping: collections.OrderedDict[Any, Any]) -> None:
     while len(mapping) > MAX_TRACKED:
         mapping.popitem(last=False)
 

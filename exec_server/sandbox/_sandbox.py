@@ -220,12 +220,12 @@ class Sandbox:
         if policy.mode is SandboxMode.WORKSPACE_WRITE:
             temp = tempfile.mkdtemp(prefix=_TEMP_PREFIX)
             cleanup = _temp_dir_cleanup(temp)
-            try:
-                if identity is not None:
+            if identity is not None:
+                try:
                     os.chown(temp, identity.uid, identity.gid)
-            except OSError as exc:
-                cleanup()
-                raise SandboxUnavailable(f"cannot hand the private temp dir to uid {identity.uid}: {exc}") from None
+                except OSError as exc:
+                    cleanup()
+                    raise SandboxUnavailable(f"cannot hand the private temp dir to uid {identity.uid}: {exc}") from None
             writable = (*writable, temp)
             env.update(TMPDIR=temp, TMP=temp, TEMP=temp)
         assert self._launcher is not None  # available implies a launcher
