@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                     rest, heavy = overhead.ratios["rest"], overhead.ratios["heavy"]
                     targets.append(
                         Target(
-                            "sandboxed one-shot ≤ 2.5× unsandboxed, flat with server RSS (issue 3)",
+                            "sandboxed one-shot ≤ 2.5× unsandboxed, flat with server RSS",
                             f"{rest:.2f}× at rest, {heavy:.2f}× at ~{plan.ballast_bytes / MIB:.0f} MiB ballast; "
                             f"readOnly p50 heavy/rest {overhead.ratios['readOnly heavy/rest']:.2f}×",
                             rest <= 2.5 and heavy <= 2.5,

@@ -23,6 +23,8 @@ SAMPLE_RATE: Final = 997
 # epoll_wait with a timeout and trio's cached worker threads parked on their lock.
 WAIT_LEAVES: Final = ("EpollIOManager.get_events (", "WorkerThread._work (")
 _FRAME: Final = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+# Repository paths in profiles are shown relative to the checkout, wherever it is.
+_REPO_ROOT: Final = str(Path(__file__).resolve().parents[1]) + os.sep
 
 
 def py_spy() -> str | None:
@@ -65,7 +67,7 @@ def _function(frame: str) -> str:
         return frame.strip()
     file = match["file"]
     # Shorten site-packages and repository paths to something readable.
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3.11/", _REPO_ROOT):
         if marker in file:
             file = file.split(marker, 1)[1]
     return f"{match['func']} ({file})"

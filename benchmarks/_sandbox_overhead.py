@@ -1,4 +1,4 @@
-"""Sandbox overhead (issue 3): sandboxed vs unsandboxed one-shot completion, at rest and at ~1 GiB RSS.
+"""Sandbox overhead: sandboxed vs unsandboxed one-shot completion, at rest and at ~1 GiB RSS.
 
 The server runs inside this process so the benchmark can inflate the server's own heap (a
 touched 1 GiB bytearray) without any hook in the public server: a spawn path that forks
@@ -40,7 +40,7 @@ def touched_ballast(size: int) -> bytearray:
 
 
 async def run_section(runs: int, calls: int, ballast_bytes: int = GIB) -> OverheadOutcome:
-    section = Section("Sandbox overhead (issue 3): one-shot /usr/bin/true, in-process server")
+    section = Section("Sandbox overhead: one-shot /usr/bin/true, in-process server")
     outcome = OverheadOutcome(section)
     me = psutil.Process(os.getpid())
     async with in_process_server() as server, open_bench_client(server.url, server.token) as client:

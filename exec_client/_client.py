@@ -526,7 +526,7 @@ async def open_client(
         token: the bearer token.
         delivery: ``"lossless"`` (default: a command that outpaces this client is slowed
             down rather than having its output evicted) or ``"bestEffort"`` (output
-            events may be dropped and are repaired from retention; see protocol doc §7).
+            events may be dropped and are repaired from retention; see protocol doc §8).
         client_name: reported at ``initialize``.
         connect_timeout: seconds for the TCP connect, the handshake and ``initialize``.
         gap_grace: seconds a hole in a process's seqs may wait for a reordered event.

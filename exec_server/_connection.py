@@ -256,7 +256,7 @@ class Connection:
                     self._move(ConnectionState.CLOSING)
 
     async def _watch_for_slow_consumer(self) -> None:
-        """Protocol §7: a bestEffort WebSocket whose writer is stuck past the timeout is closed
+        """Protocol §8: a bestEffort WebSocket whose writer is stuck past the timeout is closed
         with 1008, and its session detaches at once so that it can resume elsewhere.
 
         The message being written is allowed to finish, so the 1008 close frame reaches a

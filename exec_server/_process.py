@@ -179,7 +179,7 @@ class ManagedProcess:
                 return
             await self._emit_output(stream, data)
             # A fast producer keeps the pipe readable and delivery may not wait: without a
-            # checkpoint this loop would hold the event loop for the whole flood (BUGS.md #15).
+            # checkpoint this loop would hold the event loop for the whole flood.
             await trio.lowlevel.checkpoint()
 
     def _mark_eof(self, stream: Stream) -> None:

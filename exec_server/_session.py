@@ -295,7 +295,7 @@ class Session:
     # --- delivery ------------------------------------------------------------------
 
     async def deliver(self, event: ProcessEvent) -> None:
-        """Hand an event to the attached connection, per its delivery mode (protocol §7).
+        """Hand an event to the attached connection, per its delivery mode (protocol §8).
 
         In lossless mode an event may wait (for room, a resume, a catch-up read), and trio
         wakes a group of waiters in no set order: a per-process FIFO lock keeps one process's

@@ -16,7 +16,7 @@ _READ_BYTES: Final = 256 * 1024
 class StdioTransport:
     """``MessageTransport`` over a pair of byte streams, one JSON message per line."""
 
-    drops_slow_consumers = False  # protocol §7: on stdio the writer waits
+    drops_slow_consumers = False  # protocol §8: on stdio the writer waits
     supports_binary = False
     peer: str | None = None
 

@@ -20,7 +20,7 @@ class TransportClosed(Exception):
 class MessageTransport(Protocol):
     """A message-framed duplex stream (a WebSocket, or newline-delimited stdio)."""
 
-    #: Whether a stalled peer may be disconnected (protocol §7: WebSocket yes, stdio no).
+    #: Whether a stalled peer may be disconnected (protocol §8: WebSocket yes, stdio no).
     drops_slow_consumers: bool
     #: Whether it can carry binary frames (the negotiated binary output framing).
     supports_binary: bool

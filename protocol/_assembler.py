@@ -1,4 +1,4 @@
-"""The client's terminal-record assembler: a pure state machine (protocol doc §8).
+"""The client's terminal-record assembler: a pure state machine (protocol doc §9).
 
 One ``Assembler`` per process. It is sans-io: no trio, no clock, no sockets. The I/O layer
 feeds it what arrived — pushed events, ``process/read`` results, and three signals of its
@@ -71,7 +71,7 @@ from ._messages import (
 REORDER_BUFFER_EVENTS: Final = 256
 REORDER_BUFFER_BYTES: Final = 8 * 1024 * 1024
 # Payload cap per process/read: keeps each response well under the WebSocket message limit
-# after base64 and JSON (SEMANTICS: pass maxBytes <= 4 MiB).
+# after base64 and JSON (docs/protocol.md §5.3: a read answers at most 4 MiB of payload).
 READ_MAX_BYTES: Final = 4 * 1024 * 1024
 # How long a legacy long-poll read may wait on the server for something new.
 LONG_POLL_WAIT_MS: Final = 10_000
@@ -103,7 +103,7 @@ class AssemblerError(RuntimeError):
 
 @attrs.frozen(kw_only=True)
 class TerminalRecord:
-    """The complete, converged result of one process (protocol doc §8).
+    """The complete, converged result of one process (protocol doc §9).
 
     ``exit_code`` is ``None`` only when no exit was ever observed (then ``failure`` says
     why). ``stdout``/``stderr`` are exact unless ``*_omitted_bytes`` (client cap: head +

@@ -7,7 +7,7 @@ from typing import Any
 
 
 class ErrorCode(enum.IntEnum):
-    """Every error code the protocol uses (protocol doc §2)."""
+    """Every error code the protocol uses (protocol doc §3)."""
 
     PARSE_ERROR = -32700
     INVALID_REQUEST = -32600

@@ -259,7 +259,7 @@ class ReadResult:
     exited: bool
     closed: bool
     exit_code: int | None = None
-    # Defaults for servers older than the shared contract (they may omit these).
+    # Defaults for servers that follow only the base protocol (they may omit these; docs §12).
     retained_from_seq: int = 1
     signal: str | None = None
     timed_out: bool = False

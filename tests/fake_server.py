@@ -2,7 +2,7 @@
 
 ``ScriptedProcess`` is a model of one finished process on the server: its complete event
 list, what retention evicted, and how a ``process/read`` answers (the semantics of
-/work/notes/SEMANTICS.md: ``lastSeq``, ``nextSeq``, ``retainedFromSeq``, ``evictedBytes``).
+docs/protocol.md §5.3: ``lastSeq``, ``nextSeq``, ``retainedFromSeq``, ``evictedBytes``).
 The assembler unit tests use it directly to answer reads; ``FakeServer`` plays it over a
 real loopback WebSocket in the order a test scripts — reordered, duplicated, legacy (no
 ``pushEvents``, no ``sandboxDenied``), or dropping the connection before ``closed``.

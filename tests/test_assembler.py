@@ -1,4 +1,4 @@
-"""The terminal-record assembler as a state table: synchronous, no I/O (protocol doc §8)."""
+"""The terminal-record assembler as a state table: synchronous, no I/O (protocol doc §9)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     for arm in ("pushed", "pushed-raw", "final-read", "poll", "subprocess.run", "trio.run_process"):
         assert arm in arms
         float(arms[arm][1])  # p50 is a number
-    # The pushed path never reads on the complete, in-order path (protocol §8).
+    # The pushed path never reads on the complete, in-order path (protocol §9).
     assert arms["pushed"][5] == "0.00"
     assert arms["final-read"][5] == "1.00"
 

@@ -45,7 +45,7 @@ def one_line(stderr: bytes) -> str:
 
 
 async def test_json_record_of_echo_hi_exit_3(server: Any, tmp_path: Path) -> None:
-    # Issue 2 acceptance: exits 3, readCalls 0, completion "pushed".
+    # Exits 3, readCalls 0, completion "pushed".
     with trio.fail_after(30):
         done = await exec_client(
             ["run", "--url", server.url, "--json", "--", "sh", "-c", "echo hi; exit 3"],

@@ -58,7 +58,6 @@ async def test_in_order_push_needs_no_read_and_releases(serve_fake: ServeFake) -
 
 
 async def test_reordered_and_duplicated_frames_give_the_exact_record_without_reads(serve_fake: ServeFake) -> None:
-    # Issue 4, acceptance 9.
     with trio.fail_after(10):
         fake = await serve_fake(script(push=[2, 1, 1, 3, 2, 4, 3, 1, 4, 5]))
         async with open_client(fake.url, token=FAKE_TOKEN, gap_grace=NO_TIMER) as client:

@@ -1,10 +1,10 @@
-"""Conformance: a client written only from the wire contract (/work/shared/protocol.md).
+"""Conformance: a client written only from the wire protocol (docs/protocol.md).
 
 It uses a different WebSocket library (``websockets``' sync client, in a worker thread)
 and plain ``json``; nothing from our ``protocol`` package or ``exec_client``. It drives
-every method of §3–§4 and checks every invariant of §5 on what it receives. In the
-default ``bestEffort`` delivery the server may drop output events (§7), so the checker
-repairs seq gaps with ``process/read`` exactly as the contract prescribes, and proves
+every method of §4–§5 and checks every invariant of §6 on what it receives. In the
+default ``bestEffort`` delivery the server may drop output events (§8), so the checker
+repairs seq gaps with ``process/read`` exactly as the protocol prescribes, and proves
 that the repair fills them exactly.
 """
 
@@ -143,7 +143,7 @@ class Client:
         return result
 
     def finish(self, process_id: str) -> Record:
-        """Wait for ``closed`` and check every §5 invariant; gaps are repaired by reads."""
+        """Wait for ``closed`` and check every §6 invariant; gaps are repaired by reads."""
         self.wait_for(process_id, lambda evs: any(e["method"] == "process/closed" for e in evs))
         return check_invariants(self, process_id)
 
@@ -170,11 +170,11 @@ def check_invariants(client: Client, process_id: str) -> Record:
     methods = [e["method"] for e in events]
     assert set(methods) <= {"process/output", "process/exited", "process/closed"}, methods
     seqs = [e["params"]["seq"] for e in events]
-    # §5.2: in seq order on this connection (and no duplicates).
+    # §6 invariant 2: in seq order on this connection (and no duplicates).
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
-    # §5.4: closed is the last event and carries the last seq; it follows exited.
+    # §6 invariant 4: closed is the last event and carries the last seq; it follows exited.
     assert methods.count("process/closed") == 1 and methods[-1] == "process/closed", methods
-    # §5.5: exited is never dropped.
+    # §6 invariant 5: exited is never dropped.
     assert methods.count("process/exited") == 1, methods
     exited = events[methods.index("process/exited")]["params"]
     closed_seq = events[-1]["params"]["seq"]
@@ -185,14 +185,14 @@ def check_invariants(client: Client, process_id: str) -> Record:
     assert 0 <= exited["exitCode"] <= 255
     if exited["signal"] is not None:
         assert exited["signal"] == signal.Signals(exited["exitCode"] - 128).name
-    # The start response was written before the first event (§4 process/start).
+    # The start response was written before the first event (§6 invariant 2).
     start_at = next(
         i
         for i, m in enumerate(client.arrivals)
         if isinstance(m.get("result"), dict) and m["result"].get("processId") == process_id
     )
     assert start_at < client.arrivals.index(events[0])
-    # §5.1: seqs 1..closed, one counter; whatever output was dropped (§7) a read repairs exactly.
+    # §6 invariant 1: seqs 1..closed, one counter; whatever output was dropped (§8) a read repairs exactly.
     chunks = {
         e["params"]["seq"]: (e["params"]["stream"], base64.b64decode(e["params"]["chunk"]))
         for e in events
@@ -257,12 +257,12 @@ async def test_auth(server: Any, no_leftover_processes: None) -> None:
     await in_thread(auth_scenario, server.url, server.token)
 
 
-# --- §3 session, §4 methods, §5 invariants ---------------------------------------------
+# --- §4 session, §5 methods, §6 invariants ---------------------------------------------
 
 
 def methods_scenario(url: str, token: str, tmp: str) -> None:
     client = Client(url, token)
-    # §2: a call before initialize is an invalid request.
+    # §3: a call before initialize is an invalid request.
     client.error("process/list", {}, -32600)
     init = client.initialize()
     assert isinstance(init["sessionId"], str) and init["sessionId"]
@@ -365,7 +365,7 @@ def methods_scenario(url: str, token: str, tmp: str) -> None:
     client.error("process/release", {"processId": "never"}, -32001)
     assert "busy" not in {p["processId"] for p in client.call("process/list", {})["processes"]}
 
-    # §2 errors, each followed by a working call on the same connection.
+    # §3 errors, each followed by a working call on the same connection.
     client.send("{oops")
     while not any(m.get("id", 0) is None for m in client.arrivals):
         client.receive()
@@ -406,7 +406,7 @@ async def test_every_method(server: Any, no_leftover_processes: None, tmp_path: 
 
 def invariants_scenario(url: str, token: str) -> None:
     client, _ = session(url, token)
-    # §5.1/§5.2/§5.4 on interleaved streams, several processes at once.
+    # §6 invariants 1, 2, 4 on interleaved streams, several processes at once.
     script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo out$i; echo err$i >&2; done"
     for n in range(8):
         client.start(f"mix{n}", ["sh", "-c", script])
@@ -417,7 +417,7 @@ def invariants_scenario(url: str, token: str) -> None:
     quiet = client.run("quiet", ["true"])
     assert quiet.exited["seq"] == 1 and quiet.closed_seq == 2
 
-    # §5.3: exited does not wait for a grandchild holding stdout; later output follows it.
+    # §6 invariant 3: exited does not wait for a grandchild holding stdout; later output follows it.
     client.start("bg", ["sh", "-c", "exec 3<&0; (read x <&3; echo late:$x) & echo early"], pipeStdin=True)
     events = client.wait_for("bg", lambda evs: any(e["method"] == "process/exited" for e in evs))
     assert not any(e["method"] == "process/closed" for e in events)
@@ -429,7 +429,7 @@ def invariants_scenario(url: str, token: str) -> None:
     assert b"".join(d for s, (_st, d) in sorted(record.chunks.items()) if s < exited_seq) == b"early\n"
     assert b"".join(d for s, (_st, d) in sorted(record.chunks.items()) if s > exited_seq) == b"late:go\n"
 
-    # §5.3: output written before the exit is sequenced before exited.
+    # §6 invariant 3: output written before the exit is sequenced before exited.
     size = 700_000
     for n in range(6):
         block = f"head -c {size} /dev/zero | tr '\\0' x; head -c {size} /dev/zero | tr '\\0' y >&2"
@@ -493,7 +493,7 @@ async def test_big_output_best_effort_is_complete_after_repair(
     start_server: Any, no_leftover_processes: None, tmp_path: Path
 ) -> None:
     # bestEffort may drop output events; with retention large enough, one read per gap run
-    # restores every byte (§7).
+    # restores every byte (§8).
     server = await start_server(retain_bytes=32 * 1024 * 1024)
     size = 12 * 1024 * 1024
     payload = os.urandom(size)

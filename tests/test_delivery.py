@@ -1,4 +1,4 @@
-"""Delivery under backpressure (protocol §7, issue 4 acceptance 1, 2, 3, 7), real processes over real loopback.
+"""Delivery under backpressure (protocol §8), real processes over real loopback.
 
 A stalled client is simulated at the socket: ``StallProxy`` stops reading what the server
 sends (or the raw client stops reading its socket), so the server's TCP send buffer and
@@ -93,7 +93,7 @@ async def wait_until_writes_stall(pid: int) -> int:
     return last
 
 
-# --- acceptance 1: bestEffort slow consumer -------------------------------------------------
+# --- bestEffort slow consumer ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("pace", ["burst", "paced"])
@@ -139,14 +139,14 @@ async def test_slow_best_effort_consumer_recovers_byte_exact_and_does_not_delay_
     assert not record.output_lost and record.stdout_omitted_bytes == 0
     ratio = statistics.median(loaded) / statistics.median(idle)
     print(
-        f"\n[acceptance 1, {pace}] one-shot `true` on a second connection: "
+        f"\n[bestEffort slow consumer, {pace}] one-shot `true` on a second connection: "
         f"idle p50 {statistics.median(idle) * 1000:.2f} ms, "
         f"during the 50 MiB stall p50 {statistics.median(loaded) * 1000:.2f} ms over {len(loaded)} runs "
         f"(max {max(loaded) * 1000:.2f} ms): ratio {ratio:.2f}; slow client readCalls={record.read_calls}"
     )
 
 
-# --- acceptance 2: lossless back-pressure ---------------------------------------------------
+# --- lossless back-pressure -----------------------------------------------------------------
 
 
 async def test_lossless_backpressures_the_child_with_bounded_server_memory(
@@ -182,7 +182,7 @@ async def test_lossless_backpressures_the_child_with_bounded_server_memory(
     assert record.completion == "pushed" and record.read_calls == 0 and not record.output_lost
     growth = peak - baseline
     print(
-        f"\n[acceptance 2] lossless: producer held after writing {written_at_stall / MIB:.1f} MiB of 50 MiB; "
+        f"\n[lossless] producer held after writing {written_at_stall / MIB:.1f} MiB of 50 MiB; "
         f"server RSS baseline {baseline / MIB:.1f} MiB, at stall {rss_at_stall / MIB:.1f} MiB, "
         f"peak {peak / MIB:.1f} MiB: growth {growth / MIB:.1f} MiB"
     )
@@ -191,7 +191,7 @@ async def test_lossless_backpressures_the_child_with_bounded_server_memory(
     assert growth < 32 * MIB
 
 
-# --- acceptance 3: a client that never reads ------------------------------------------------
+# --- a client that never reads --------------------------------------------------------------
 
 
 async def _stall_a_reader_until_dropped(server: Any, data_path: Path, *, binary: bool = False) -> tuple[int, str, int]:
@@ -247,7 +247,7 @@ async def test_slow_consumer_dropped_keeps_its_processes_and_resumes_to_the_comp
     assert sha256(b"".join(chunks[seq] for seq in sorted(chunks))) == sha256(data)
 
 
-# --- acceptance 7: eviction while stalled ---------------------------------------------------
+# --- eviction while stalled -----------------------------------------------------------------
 
 
 async def test_eviction_while_stalled_reports_the_lost_bytes_and_keeps_the_rest_exact(
@@ -278,7 +278,7 @@ async def test_eviction_while_stalled_reports_the_lost_bytes_and_keeps_the_rest_
     # The last retained MiB is the end of the data (retention keeps the newest output).
     assert record.stdout.endswith(data[-MIB // 2 :])
     assert record.completion == "recovered" and record.read_calls >= 1
-    print(f"\n[acceptance 7] kept {len(record.stdout) / MIB:.2f} MiB, lost {lost} bytes after {head} bytes")
+    print(f"\n[eviction while stalled] kept {len(record.stdout) / MIB:.2f} MiB, lost {lost} bytes after {head} bytes")
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
@@ -368,7 +368,7 @@ class _PumpSteps(trio.abc.Instrument):
 async def test_a_flooding_process_never_holds_the_event_loop(
     delivery: str, start_server: Any, tmp_path: Path, no_leftover_processes: None
 ) -> None:
-    """Acceptance 1's "a slow caller never stalls another", at its root: however fast a child
+    """"A slow caller never stalls another", at its root: however fast a child
     writes, its pump yields to the scheduler after every chunk. (Measured through the
     server: without that, a one-shot on another connection waits for the whole 50 MiB
     burst, ~40 ms against ~3 ms idle.) Counted, not timed: chunks per task step."""

@@ -1,4 +1,4 @@
-"""Retention and release (issue 4 "Retention and release", protocol §6): the server-wide cap,
+"""Retention and release (protocol §7): the server-wide cap,
 ``retainAfterCloseMs`` expiry, and the bounded tombstone set. Raw JSON over a real socket.
 """
 

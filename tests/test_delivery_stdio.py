@@ -1,4 +1,4 @@
-"""Protocol §7 on stdio: a slow reader is never disconnected; the writer waits (and bestEffort
+"""Protocol §8 on stdio: a slow reader is never disconnected; the writer waits (and bestEffort
 output that does not fit is dropped, then repaired from retention)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared tools of the delivery, session and shutdown tests (issue 4); no tests of its own.
+"""Shared tools of the delivery, session and shutdown tests; no tests of its own.
 
 - ``StallProxy``: a TCP forwarder between a client and the server that a test can *stall*
   (stop reading what the server sends, so the server's socket and queue fill exactly as

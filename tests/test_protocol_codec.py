@@ -410,7 +410,7 @@ def test_params_may_be_omitted_or_null_for_parameterless_methods(params: Any) ->
 
 
 def test_legacy_exited_without_sandbox_denied_decodes_as_none() -> None:
-    """A server that follows only the shared contract's older shape still decodes (client §8)."""
+    """A server that follows only the base protocol's older shape still decodes (docs §9)."""
     text = json.dumps(
         {"method": "process/exited", "params": {"processId": "a", "seq": 2, "exitCode": 0, "signal": None, "timedOut": False}}
     )

@@ -69,7 +69,7 @@ REAL_ACCESS_NET = (
 )
 REAL_SECCOMP = (
     b"audit(1795326164.790:7): auid=4294967295 uid=0 gid=0 ses=4294967295 pid=4520"
-    b' comm="python3" exe="/root/.pyenv/versions/3.11.7/bin/python3.11" sig=0 arch=c000003e'
+    b' comm="python3" exe="/usr/local/bin/python3.11" sig=0 arch=c000003e'
     b" syscall=41 compat=0 ip=0x7f4181928dc7 code=0x50000"
 )
 
@@ -82,7 +82,7 @@ REAL_UID_CHMOD = [
         b" gid=65534 euid=65534 suid=65534 fsuid=65534 egid=65534 sgid=65534 fsgid=65534"
         b' tty=(none) ses=4294967295 comm="chmod" exe="/usr/bin/chmod" key="exec-server-denial"',
     ),
-    (AUDIT_CWD, b'audit(1795327921.330:546): cwd="/work/main"'),
+    (AUDIT_CWD, b'audit(1795327921.330:546): cwd="/srv/project"'),
     (
         AUDIT_PATH,
         b'audit(1795327921.330:546): item=0 name="/etc/hostname" inode=1234 dev=fe:00 mode=0100644'
@@ -245,7 +245,7 @@ def test_relative_path_is_resolved_against_the_cwd_record() -> None:
     records = [record(kind, line) for kind, line in REAL_UID_CHMOD]
     records[2] = record(AUDIT_PATH, REAL_UID_CHMOD[2][1], name="sub/../x")
     ledger.feed(records)
-    assert ledger.take(8602) == (True, (Denial(blocker="uid.chmod", target="/work/main/x"),))
+    assert ledger.take(8602) == (True, (Denial(blocker="uid.chmod", target="/srv/project/x"),))
 
 
 def test_syscall_records_of_other_rules_and_landlock_duplicates_are_ignored() -> None:

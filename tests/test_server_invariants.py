@@ -1,4 +1,4 @@
-"""The five per-process invariants of protocol §5, observed on the wire.
+"""The five per-process invariants of protocol §6, observed on the wire.
 
 1. seq starts at 1; one counter for output, exited and closed.
 2. a process's events are written in seq order (and its start response comes first).
@@ -33,7 +33,7 @@ PY = sys.executable
 
 @pytest.fixture
 async def client(server: Any, no_leftover_processes: None) -> AsyncIterator[RawClient]:
-    """A lossless client: with bestEffort the server may drop output under load (protocol §7),
+    """A lossless client: with bestEffort the server may drop output under load (protocol §8),
     and these tests check the order of every event, so every event must be on the wire."""
     async with open_raw_client(server.url, server.token) as raw:
         await raw.initialize(delivery="lossless")

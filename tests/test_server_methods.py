@@ -1,4 +1,4 @@
-"""Every method of protocol §3–§4 over a real loopback WebSocket, with real processes.
+"""Every method of protocol §4–§5 over a real loopback WebSocket, with real processes.
 
 Plain JSON through ``rawclient``: these tests pin the wire, not our codec.
 """

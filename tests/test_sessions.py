@@ -1,4 +1,4 @@
-"""Sessions across connections (protocol §3, issue 4 acceptance 4, 5, 6 and client auto-resume).
+"""Sessions across connections (protocol §4, and client auto-resume).
 
 Real processes, real loopback sockets. A connection is cut without a close frame by
 ``StallProxy.cut`` (FIN, or RST with ``reset=True``); takeover and TTL use the in-process
@@ -51,7 +51,7 @@ def contiguous_prefix(raw: RawClient, process_id: str) -> tuple[int, bytes]:
     return last, output_of([by_seq[seq] for seq in range(1, last + 1)])
 
 
-# --- acceptance 4: abrupt disconnect mid-stream, then resume --------------------------------
+# --- abrupt disconnect mid-stream, then resume --------------------------------
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
@@ -82,7 +82,7 @@ async def test_abrupt_disconnect_mid_stream_then_resume_gives_the_byte_exact_rec
     assert sha256(record) == sha256(data)
 
 
-# --- acceptance 5: takeover and the generation guard --------------------------------------
+# --- takeover and the generation guard --------------------------------------
 
 
 async def test_takeover_closes_the_old_connection_4001_and_its_teardown_leaves_the_session(
@@ -133,7 +133,7 @@ async def test_resuming_an_unknown_session_is_refused(server: Any, no_leftover_p
             assert (await raw.initialize())["resumed"] is False
 
 
-# --- acceptance 6: TTL expiry kills the whole tree --------------------------------------------
+# --- TTL expiry kills the whole tree --------------------------------------------
 
 
 @pytest.mark.parametrize(

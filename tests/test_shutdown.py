@@ -1,4 +1,4 @@
-"""Graceful shutdown on SIGTERM (issue 4 acceptance 8), against ``python -m exec_server serve`` as a child."""
+"""Graceful shutdown on SIGTERM (protocol §4), against ``python -m exec_server serve`` as a child."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ async def test_sigterm_drains_two_connections_and_exits_0_within_grace(
             returncode = await server.process.wait()
             elapsed = time.monotonic() - sent
     print(
-        f"\n[acceptance 8] SIGTERM -> both connections closed after {closed_after:.2f} s, "
+        f"\n[shutdown] SIGTERM -> both connections closed after {closed_after:.2f} s, "
         f"exit {returncode} after {elapsed:.2f} s (grace {GRACE_S:g} s)"
     )
     assert codes == (1001, 1001)

@@ -1,6 +1,6 @@
 """The kernel-enforced sandbox: Landlock, seccomp, an empty network namespace, no root.
 
-The server uses :class:`Sandbox` (see ``notes/SANDBOX_INTERFACE.md``): ``create`` once,
+The server uses :class:`Sandbox` (``_sandbox.py``): ``create`` once,
 ``resolve`` + ``prepare`` per request, ``run`` as a long-lived task, ``denial_report``
 after each reaped process. The policy is applied by a small C launcher (``launcher.c``)
 that the server starts on CPython's vfork path and that execs the command, so the pid the

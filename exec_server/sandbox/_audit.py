@@ -409,7 +409,7 @@ class AuditBacklogProbe:
         self._sock.setblocking(False)
         self._seq = 0
         # One question at a time on the one socket: trio allows a single waiter per fd, and
-        # concurrent exits all ask (BUGS.md #9).
+        # concurrent exits all ask.
         self._lock = trio.Lock()
 
     async def backlog(self) -> int | None:
