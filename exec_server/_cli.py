@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    defaults = attrs.fields(ServerConfig)  # one place for every default: ServerConfig
     parser.add_argument("--token-file", type=Path, help="token file (created with mode 0600 if missing)")
     parser.add_argument(
         "--sandbox",
@@ -48,13 +49,12 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-unsandboxed", action="store_true", help='allow requests for sandbox mode "none"')
     parser.add_argument("--audit-denials", choices=["auto", "on", "off"], default="auto")
-    parser.add_argument("--slow-consumer-timeout", type=float, default=10.0, metavar="S")
-    parser.add_argument("--detached-session-ttl", type=float, default=30.0, metavar="S")
-    parser.add_argument("--retain-bytes", type=int, default=8 * 1024 * 1024, metavar="N")
-    parser.add_argument("--retain-total-bytes", type=int, default=256 * 1024 * 1024, metavar="N")
-    parser.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S")
+    parser.add_argument("--slow-consumer-timeout", type=float, default=defaults.slow_consumer_timeout.default, metavar="S")
+    parser.add_argument("--detached-session-ttl", type=float, default=defaults.detached_session_ttl.default, metavar="S")
+    parser.add_argument("--retain-bytes", type=int, default=defaults.retain_bytes.default, metavar="N")
+    parser.add_argument("--retain-total-bytes", type=int, default=defaults.retain_total_bytes.default, metavar="N")
+    parser.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace.default, metavar="S")
     parser.add_argument("--log-level", default="INFO")
-    defaults = attrs.fields(ServerConfig)
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval.default, metavar="S",
                         help="ping every connection this often (0: never)")
     parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout.default, metavar="S",
@@ -156,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     if token_path is not None:
         print(f"exec-server: token in {token_path}", file=sys.stderr, flush=True)
     try:
-        trio.run(_serve, args, _config(args, token))
+        config = _config(args, token)
+    except ValueError as exc:  # a flag out of range (ServerConfig's validators)
+        print(f"exec-server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_serve, args, config)
     except KeyboardInterrupt:
         return 130
     return 0

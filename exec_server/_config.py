@@ -36,7 +36,7 @@ class ServerConfig:
     max_concurrent_requests: int = 256
     # Keepalive: a ping every `ping_interval` seconds (0: none); no pong within
     # `ping_timeout` seconds is a dropped connection (the session detaches).
-    ping_interval: float = 15.0
-    ping_timeout: float = 15.0
+    ping_interval: float = attrs.field(default=15.0, validator=attrs.validators.ge(0))
+    ping_timeout: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     # Detached sessions one peer (remote address) may hold; beyond it its oldest end.
-    max_detached_per_peer: int = 256
+    max_detached_per_peer: int = attrs.field(default=256, validator=attrs.validators.ge(1))

@@ -42,6 +42,8 @@ READ_CHUNK_BYTES: Final = 256 * 1024
 TAIL_BYTES: Final = 4096
 # Retried writeIds remembered per process.
 MAX_WRITE_IDS: Final = 1024
+# How long a cancelled process may take to die after SIGKILL before we stop waiting.
+REAP_AFTER_KILL_SECONDS: Final = 5.0
 
 
 class _Lifecycle(enum.Enum):
@@ -232,7 +234,7 @@ class ManagedProcess:
         if self._popen.returncode is not None:
             return
         self.signal_tree(signal_module.SIGKILL)
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
+        with trio.CancelScope(shield=True), trio.move_on_after(REAP_AFTER_KILL_SECONDS):
             await self._wait_for_exit()
 
     async def _reap(self) -> None:

@@ -15,7 +15,9 @@ order, for a streaming handle) and exactly one action:
 - ``Complete(record)``: the terminal record converged. Later inputs are ignored and answer
   the same ``Complete``.
 
-State table (``Assembler.state``; transitions live in ``_decide`` only):
+State table (``Assembler.state``, one field; it changes only in ``_move``, called from
+``_decide`` and ``_finish``; ``_ALLOWED`` is the table, an illegal move raises
+``AssemblerError`` naming it):
 
 ==========  =============================================  ===================================
 state       meaning                                        leaves on
@@ -32,9 +34,14 @@ READING     one process/read outstanding                   result: more retained
                                                            again; terminal state held ->
                                                            COMPLETE; else RECEIVING/HOLDING
 POLLING     legacy server (no pushEvents): long-poll       result holds the terminal state ->
-            read outstanding                               COMPLETE; else POLLING again
+            read outstanding (none before ``begin``)       COMPLETE; else POLLING again
 COMPLETE    the record is final                            (terminal)
 ==========  =============================================  ===================================
+
+What the state does not say is data, not state: the outstanding ``NeedRead`` (there is one
+exactly in READING, and in POLLING after ``begin``), why a repair read is due (``_repair``:
+one field for an overflowed buffer, an expired grace timer or an unreadable frame), and the
+facts the record is built from (seqs, the exit, where each part came from).
 
 ``event_unreadable()`` (a frame of this process that did not decode) asks for a read as
 soon as none is outstanding. ``connection_resumed()`` abandons an outstanding read and asks for a read from the last
@@ -99,6 +106,25 @@ class AssemblerState(enum.Enum):
 
 class AssemblerError(RuntimeError):
     """An input that is illegal in the assembler's current state (an I/O-layer bug)."""
+
+
+_S = AssemblerState
+_ALLOWED: Final = frozenset(
+    {(state, state) for state in _S}  # COMPLETE -> COMPLETE: later inputs answer the same Complete
+    | {(_S.RECEIVING, other) for other in (_S.HOLDING, _S.READING, _S.COMPLETE)}
+    | {(_S.HOLDING, other) for other in (_S.RECEIVING, _S.READING, _S.POLLING, _S.COMPLETE)}
+    | {(_S.READING, other) for other in (_S.RECEIVING, _S.HOLDING, _S.COMPLETE)}
+    | {(_S.POLLING, other) for other in (_S.HOLDING, _S.COMPLETE)}
+)
+
+
+class _Repair(enum.Enum):
+    """Why a repair read is due (the three reasons are cleared together when it is sent)."""
+
+    #: The reorder buffer overflowed, or the gap grace timer fired: read if a hole remains.
+    HOLE = "hole"
+    #: A frame of this process did not decode: read whatever else holds.
+    UNREADABLE = "unreadable"
 
 
 @attrs.frozen(kw_only=True)
@@ -264,9 +290,7 @@ class Assembler:
         self._exit_from_read = False
         self._compat_read: NeedRead | None = None  # the one sandboxDenied compatibility read
         self._compat_done = False
-        self._overflowed = False
-        self._grace_expired = False
-        self._force_read = False
+        self._repair: _Repair | None = None
 
         self._outstanding: NeedRead | None = None
         self._read_calls = 0
@@ -308,7 +332,7 @@ class Assembler:
 
     def event(self, event: OutputEvent | ExitedEvent | ClosedEvent) -> Progress:
         """Feed one pushed event of this process (any order, duplicates allowed)."""
-        if self._record is not None:
+        if self._state is AssemblerState.COMPLETE:
             return self._decide()
         seq = event.seq
         if seq <= self._contiguous or seq <= self._accounted_through or seq in self._held:
@@ -332,7 +356,7 @@ class Assembler:
 
     def read_result(self, result: ReadResult) -> Progress:
         """Feed the result of the read this assembler asked for last."""
-        if self._record is not None:
+        if self._state is AssemblerState.COMPLETE:
             return self._decide()
         request = self._outstanding
         if request is None:
@@ -401,19 +425,19 @@ class Assembler:
         Without this a malformed ``closed`` would leave no hole behind it and the record
         would wait forever.
         """
-        if self._record is None:
-            self._force_read = True
+        if self._state is not AssemblerState.COMPLETE:
+            self._repair = _Repair.UNREADABLE
         return self._decide()
 
     def gap_grace_expired(self) -> Progress:
         """The I/O layer's grace timer (started on ``Wait(hole=True)``) fired."""
-        if self._record is None and self._has_hole() and self._outstanding is None:
-            self._grace_expired = True
+        if self._state is not AssemblerState.COMPLETE and self._has_hole() and self._outstanding is None:
+            self._want_hole_repair()
         return self._decide()
 
     def connection_resumed(self) -> Progress:
         """The session was resumed on a new connection: catch up from the last contiguous seq."""
-        if self._record is not None:
+        if self._state is AssemblerState.COMPLETE:
             return self._decide()
         self._outstanding = None
         return self._decide(read_from=self._contiguous, wait_ms=0 if self.push_events else self._long_poll_ms)
@@ -429,7 +453,7 @@ class Assembler:
     # --- internals -----------------------------------------------------------------------
 
     def _fail(self, reason: str) -> Progress:
-        if self._record is None:
+        if self._state is not AssemblerState.COMPLETE:
             self._outstanding = None
             self._finish(failure=reason)
         return self._decide()
@@ -441,7 +465,7 @@ class Assembler:
         # Bound the reorder buffer: drop the highest seqs (still retained on the server).
         while len(self._held) > self._reorder_events or self._held_bytes > self._reorder_bytes:
             self._unhold(max(self._held))
-            self._overflowed = True
+            self._want_hole_repair()
 
     def _store(self, seq: int, item: OutputEvent | OutputChunk) -> None:
         self._held[seq] = item
@@ -515,15 +539,17 @@ class Assembler:
     def _request(self, after_seq: int, wait_ms: int) -> NeedRead:
         self._outstanding = NeedRead(after_seq=after_seq, wait_ms=wait_ms, max_bytes=self._read_max_bytes)
         self._read_calls += 1
-        self._overflowed = False
-        self._grace_expired = False
-        self._force_read = False
+        self._repair = None
         return self._outstanding
+
+    def _want_hole_repair(self) -> None:
+        if self._repair is None:
+            self._repair = _Repair.HOLE
 
     def _decide(self, *, read_from: int | None = None, wait_ms: int = 0) -> Progress:
         """The one place that picks the next action and the state."""
         action: Action
-        if self._record is None and self._outstanding is None:
+        if self._state is not AssemblerState.COMPLETE and self._outstanding is None:
             if self._converged():
                 self._finish(failure=None)
             elif read_from is not None:
@@ -539,29 +565,35 @@ class Assembler:
                 # Everything converged but sandboxDenied: exactly one compatibility read.
                 self._compat_read = self._request(self._contiguous, 0)
                 return self._progress(self._outstanding_action())
-            elif self._force_read or (
-                self._has_hole() and (self._closed_seq is not None or self._overflowed or self._grace_expired)
+            elif self._repair is _Repair.UNREADABLE or (
+                self._has_hole() and (self._closed_seq is not None or self._repair is _Repair.HOLE)
             ):
                 self._request(self._contiguous, 0)
                 return self._progress(self._outstanding_action())
 
-        if self._record is not None:
-            self._state = AssemblerState.COMPLETE
+        if self._state is AssemblerState.COMPLETE:
+            assert self._record is not None  # set by _finish with the move
             action = Complete(self._record)
         elif self._outstanding is not None:
-            self._state = AssemblerState.READING if self.push_events else AssemblerState.POLLING
+            self._move(AssemblerState.READING if self.push_events else AssemblerState.POLLING)
             action = Wait(hole=False)
         elif self._has_hole():
-            self._state = AssemblerState.HOLDING
+            self._move(AssemblerState.HOLDING)
             action = Wait(hole=True)
         else:
-            self._state = AssemblerState.RECEIVING if self.push_events else AssemblerState.POLLING
+            self._move(AssemblerState.RECEIVING if self.push_events else AssemblerState.POLLING)
             action = Wait(hole=False)
         return self._progress(action)
 
+    def _move(self, new: AssemblerState) -> None:
+        """The one place the state changes (``_ALLOWED`` is the table)."""
+        if (self._state, new) not in _ALLOWED:
+            raise AssemblerError(f"assembler {self.process_id}: {self._state.value} -> {new.value}")
+        self._state = new
+
     def _outstanding_action(self) -> NeedRead:
         assert self._outstanding is not None
-        self._state = AssemblerState.READING if self.push_events else AssemblerState.POLLING
+        self._move(AssemblerState.READING if self.push_events else AssemblerState.POLLING)
         return self._outstanding
 
     def _progress(self, action: Action) -> Progress:
@@ -604,7 +636,7 @@ class Assembler:
         )
         self._held.clear()
         self._held_bytes = 0
-        self._state = AssemblerState.COMPLETE
+        self._move(AssemblerState.COMPLETE)
 
 
 def _exit_from_event(event: ExitedEvent) -> _ExitInfo:

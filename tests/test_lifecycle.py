@@ -313,3 +313,33 @@ async def test_a_second_shutdown_and_a_stop_after_it_are_harmless(
         await server.wait_stopped()
     assert is_gone(pid)
 
+
+
+def test_the_assembler_state_is_one_field_with_a_table() -> None:
+    import protocol as p
+    from protocol._assembler import _ALLOWED
+
+    assembler = p.Assembler("proc-1", ["true"])
+    assert assembler.state is p.AssemblerState.RECEIVING
+    progress = assembler.connection_lost("gone")
+    assert isinstance(progress.action, p.Complete) and assembler.state is p.AssemblerState.COMPLETE
+    # Nothing leaves COMPLETE, and push-mode reading never turns into legacy polling.
+    assert {new for old, new in _ALLOWED if old is p.AssemblerState.COMPLETE} == {p.AssemblerState.COMPLETE}
+    assert (p.AssemblerState.READING, p.AssemblerState.POLLING) not in _ALLOWED
+    with pytest.raises(p.AssemblerError, match=r"^assembler proc-1: complete -> receiving$"):
+        assembler._move(p.AssemblerState.RECEIVING)
+
+
+def test_a_keepalive_flag_out_of_range_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from rawclient import REPO_ROOT, cli_env
+
+    result = subprocess.run(
+        [sys.executable, "-m", "exec_server", "serve", "--token-file", str(tmp_path / "token"), "--ping-timeout", "0"],
+        cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "exec-server: 'ping_timeout' must be > 0: 0.0"
+    assert "Traceback" not in result.stderr
