@@ -171,6 +171,10 @@ class Session:
     def state(self) -> SessionState:
         return self._lifecycle.state
 
+    async def wait_ended(self) -> None:
+        """Return once the session has ended (its trees killed, forgotten by the server)."""
+        await self._lifecycle.wait_for({SessionState.ENDED})
+
     def _move(self, new: SessionState) -> None:
         """The one place the session's state changes (see the table in the module docstring)."""
         self._lifecycle.move(new)

@@ -170,9 +170,12 @@ async def test_a_normal_close_of_an_empty_session_ends_it_at_once(
     with trio.fail_after(10):
         async with LeanClient.connect("127.0.0.1", port_of(server.url), server.token) as lean:
             session_id = (await lean.initialize())["sessionId"]
+            session = server.server.sessions[session_id]
             await lean.close(1000)
-        while session_id in server.server.sessions:
-            await trio.sleep(0)  # a few scheduling passes, no clock
+        # At once: no TTL (30 s) to wait for, no clock involved.
+        with trio.fail_after(1):
+            await session.wait_ended()
+        assert session_id not in server.server.sessions
         async with open_raw_client(server.url, server.token) as again:
             await again.expect_error(
                 "initialize", {"clientName": "t", "protocolVersion": 1, "resumeSessionId": session_id}, -32602
