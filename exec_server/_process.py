@@ -47,7 +47,16 @@ REAP_AFTER_KILL_SECONDS: Final = 5.0
 
 
 class _Lifecycle(enum.Enum):
-    """A process's states (its events, in this order): RUNNING -> EXITED -> CLOSED."""
+    """A process's states; every move goes through ``ManagedProcess._move`` (``_ALLOWED``).
+
+    ========  ======================================  ====================================
+    state     meaning                                 leaves on
+    ========  ======================================  ====================================
+    RUNNING   forked; pipes pumped                    reaped -> EXITED (``exited`` is sent)
+    EXITED    reaped; a descendant may hold a pipe    both pipes at EOF -> CLOSED
+    CLOSED    ``closed`` sent; the record is final    (terminal)
+    ========  ======================================  ====================================
+    """
 
     RUNNING = "running"
     EXITED = "exited"
