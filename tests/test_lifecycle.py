@@ -51,6 +51,15 @@ async def connect_and_leave(url: str, token: str) -> None:
         await early.run("hello", ["echo", "hi"])
 
 
+async def drop_with_a_sleeper(url: str, token: str) -> int:
+    """A client that starts a sleeper and drops without a close frame: its session stays detached."""
+    async with LeanClient.connect("127.0.0.1", port_of(url), token) as dropping:
+        await dropping.initialize()
+        response = await dropping.call("process/start", {"processId": "left", "argv": ["sleep", "300"]})
+        return int(response["result"]["pid"])
+    # (leaving the block closes the TCP stream with no close frame: an abnormal drop)
+
+
 async def stream_then_stop(raw: RawClient, data_path: Path, stop: Any) -> tuple[dict[str, int], float]:
     """Start a 12 MB stream and a sleeper, call ``stop()`` mid-stream, wait for the close.
 
@@ -90,12 +99,14 @@ async def test_sigterm_drains_every_event_after_an_earlier_client_left(
     with trio.fail_after(60):
         async with subprocess_server(tmp_path, "--shutdown-grace", str(GRACE_S)) as server:
             await connect_and_leave(server.url, server.token)
+            left_behind = await drop_with_a_sleeper(server.url, server.token)
             async with open_raw_client(server.url, server.token) as raw:
                 pids, sent = await stream_then_stop(raw, tmp_path / "data", lambda: terminate_and_time(server))
             returncode = await server.process.wait()
             elapsed = time.monotonic() - sent
     print(f"\n[drain after a disconnect] 12 MB byte-exact, 1001, exit {returncode} after {elapsed:.2f} s")
     assert_drained(raw, data, pids)
+    assert is_gone(left_behind)  # the detached session's tree died with the drain
     assert returncode == 0
     assert elapsed < GRACE_S + 2
 
@@ -110,7 +121,8 @@ async def test_in_process_shutdown_drains_every_event_after_earlier_clients_left
     with trio.fail_after(60):
         for _ in range(3):
             await connect_and_leave(running.url, running.token)
-        await ended.wait_for(3)
+        left_behind = await drop_with_a_sleeper(running.url, running.token)
+        await ended.wait_for(4)
         assert not server.connections
         async with open_raw_client(running.url, running.token) as raw:
 
@@ -123,6 +135,7 @@ async def test_in_process_shutdown_drains_every_event_after_earlier_clients_left
         await server.wait_stopped()
         elapsed = time.monotonic() - sent
     assert_drained(raw, data, pids)
+    assert is_gone(left_behind)
     assert server.state is ServerState.STOPPED
     assert elapsed < GRACE_S + 2
 
