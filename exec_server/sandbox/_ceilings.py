@@ -49,7 +49,9 @@ def check_mode(mode: SandboxMode, server_max: SandboxMode, caller_max: SandboxMo
             f'mode "{mode.value}" is above this server\'s ceiling (--max-sandbox {server_max.value})'
         )
     if caller_max is not None and MODE_RANK[mode] > MODE_RANK[caller_max]:
-        raise SandboxUnavailable(f'mode "{mode.value}" is above this client\'s ceiling (max sandbox {caller_max.value})')
+        raise SandboxUnavailable(
+            f'mode "{mode.value}" is above this client\'s ceiling (max sandbox {caller_max.value})'
+        )
 
 
 def check_network(policy: SandboxPolicy, allow_network: bool) -> None:
@@ -107,7 +109,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ceiling and ``--limit-*`` flags of ``exec-server serve``."""
     modes = [mode.value for mode in MODE_RANK]
     parser.add_argument(
-        "--max-sandbox", choices=modes, default=SandboxMode.NONE.value, help="most permissive mode a request may ask for"
+        "--max-sandbox",
+        choices=modes,
+        default=SandboxMode.NONE.value,
+        help="most permissive mode a request may ask for",
     )
     parser.add_argument(
         "--writable-roots-within",
@@ -120,7 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-memory", type=parse_size, metavar="BYTES", help="default and ceiling of memoryBytes")
     parser.add_argument("--limit-pids", type=int, metavar="N", help="default and ceiling of pids")
     parser.add_argument("--limit-cpu-seconds", type=int, metavar="S", help="default and ceiling of cpuSeconds")
-    parser.add_argument("--limit-file-size", type=parse_size, metavar="BYTES", help="default and ceiling of fileSizeBytes")
+    parser.add_argument(
+        "--limit-file-size", type=parse_size, metavar="BYTES", help="default and ceiling of fileSizeBytes"
+    )
     parser.add_argument("--limit-open-files", type=int, metavar="N", help="default and ceiling of openFiles")
 
 

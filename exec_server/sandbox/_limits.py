@@ -120,9 +120,9 @@ class CommandLimits:
             hit[LIMIT_PIDS] = limits.pids
         if limits.cpu_seconds is not None and (
             signum == signal.SIGXCPU
-            # wait4's CPU time trails the kernel's own account by up to a tick: past the soft
-            # limit is the evidence (a process still running there got SIGXCPU, and the hard
-            # limit's SIGKILL is the only other kill that needs that much CPU).
+            # wait4's CPU time trails the runtime RLIMIT_CPU counts (by up to a fifth here):
+            # past the soft limit is the evidence (a process running there got SIGXCPU, and the
+            # hard limit's SIGKILL one second later is the only other kill that needs that much).
             or (signum == signal.SIGKILL and not timed_out and cpu_seconds >= limits.cpu_seconds)
         ):
             hit[LIMIT_CPU] = limits.cpu_seconds

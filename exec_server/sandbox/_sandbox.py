@@ -169,7 +169,8 @@ class Sandbox:
         modes = [SandboxMode.READ_ONLY.value, SandboxMode.WORKSPACE_WRITE.value] if self.available else []
         if self.settings.allow_unsandboxed:
             modes.append(SandboxMode.NONE.value)
-        modes = [mode for mode in modes if _ceilings.MODE_RANK[SandboxMode(mode)] <= _ceilings.MODE_RANK[self.settings.max_mode]]
+        ceiling = _ceilings.MODE_RANK[self.settings.max_mode]
+        modes = [mode for mode in modes if _ceilings.MODE_RANK[SandboxMode(mode)] <= ceiling]
         network_isolation = self.available and self._enforceable(SandboxPolicy(mode=SandboxMode.READ_ONLY))
         caps: dict[str, Any] = {
             "available": self.available,
@@ -185,9 +186,8 @@ class Sandbox:
         if self.unavailable_reason is not None:
             caps["reason"] = self.unavailable_reason
         caps.update(self._limits.capabilities())
-        caps.update(
-            _ceilings.capabilities(self.settings.max_mode, self.settings.allow_network, self.settings.writable_roots_within)
-        )
+        settings = self.settings
+        caps.update(_ceilings.capabilities(settings.max_mode, settings.allow_network, settings.writable_roots_within))
         return caps
 
     def _enforceable(self, policy: SandboxPolicy) -> bool:
@@ -245,7 +245,7 @@ class Sandbox:
             if resolved_limits == ResourceLimits():
                 return LaunchPlan(list(argv), dict(env), (), SANDBOX_TYPE_NONE, policy=policy, cwd=cwd)
             if self._launcher is None:
-                raise SandboxUnavailable("limits of an unsandboxed command need the sandbox launcher, and there is none")
+                raise SandboxUnavailable("limits of an unsandboxed command need the sandbox launcher; there is none")
             none_limits = self._limits.prepare(resolved_limits)
             return LaunchPlan(
                 [self._launcher.path, *none_limits.launcher_args, "--limits-only", "--", *argv],
