@@ -22,7 +22,7 @@ import trio
 from conftest import RunningServer, StartServer
 from exec_server.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, _cgroup, _limits
 from protocol import ResourceLimits, SandboxMode, SandboxPolicy
-from rawclient import RawClient, no_leftover_processes, open_raw_client, output_of  # noqa: F401
+from rawclient import cli_env, no_leftover_processes, open_raw_client, output_of, run_cli_server  # noqa: F401
 
 MIB: Final = 1024 * 1024
 TIMEOUT_S: Final = 60
@@ -582,3 +582,73 @@ def test_contradictory_or_out_of_range_serve_flags_are_refused(flags: list[str],
 
     with pytest.raises(SystemExit, match=message):
         _cli._config(_serve_args(*flags), "t" * 32)
+
+
+# --- the client's record ------------------------------------------------------------------------
+
+
+def test_the_terminal_record_says_which_limit_was_hit_whether_pushed_or_read() -> None:
+    import protocol as p
+
+    denial = p.Denial(blocker="limit.memory", target=str(256 * MIB))
+    exited = p.ExitedEvent(
+        process_id="big", seq=1, exit_code=137, signal="SIGKILL", timed_out=False, sandbox_denied=True,
+        denials=(denial,), sandbox_denied_source="audit", limit_exceeded="memory",
+    )  # fmt: skip
+    pushed = p.Assembler("big", ("python3",))
+    pushed.begin()
+    pushed.event(exited)
+    progress = pushed.event(p.ClosedEvent(process_id="big", seq=2))
+    assert isinstance(progress.action, p.Complete)
+    assert progress.action.record.limit_exceeded == "memory" and progress.action.record.denials == (denial,)
+
+    read = p.Assembler("big", ("python3",))
+    read.begin()
+    progress = read.event(p.ClosedEvent(process_id="big", seq=2))  # exited never arrived
+    assert isinstance(progress.action, p.NeedRead)
+    progress = read.read_result(
+        p.ReadResult(
+            chunks=(), next_seq=3, exited=True, closed=True, exit_code=137, signal="SIGKILL", sandbox_denied=True,
+            last_seq=2, denials=(denial,), sandbox_denied_source="audit", limit_exceeded="memory",
+        )  # fmt: skip
+    )
+    assert isinstance(progress.action, p.Complete)
+    assert progress.action.record.limit_exceeded == "memory"
+
+
+def test_an_unprivileged_server_cannot_raise_its_own_hard_rlimits(monkeypatch: pytest.MonkeyPatch) -> None:
+    limiter = _limits.ResourceLimiter(ResourceLimits(), None, {})
+    monkeypatch.setattr(_limits.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(_limits.resource, "getrlimit", lambda _which: (1024, 4096))
+    assert limiter.resolve(ResourceLimits(open_files=4096)).open_files == 4096
+    with pytest.raises(SandboxUnavailable, match="limits.openFiles 4097 is above this server's own hard limit 4096"):
+        limiter.resolve(ResourceLimits(open_files=4097))
+    # cpuSeconds needs one second more for its SIGKILL.
+    with pytest.raises(SandboxUnavailable, match="limits.cpuSeconds 4096 is above"):
+        limiter.resolve(ResourceLimits(cpu_seconds=4096))
+
+
+@pytest.mark.skipif(not HAS_MEMORY_CGROUP, reason=f"no memory cgroup here: {_PROBLEMS.get('memory')}")
+async def test_the_cli_server_enforces_its_flags(tmp_path: Path, no_leftover_processes: None) -> None:
+    token_file = tmp_path / "token"
+    args = [
+        "serve", "--listen", "ws://127.0.0.1:0", "--token-file", str(token_file), "--audit-denials", "off",
+        "--allow-unsandboxed", "--max-sandbox", "readOnly", "--limit-memory", "256M", "--limit-cpu-seconds", "20",
+    ]  # fmt: skip
+    with trio.fail_after(TIMEOUT_S):
+        async with run_cli_server(args, cli_env()) as cli:
+            url = (await cli.stdout_line()).decode()
+            async with open_raw_client(url, token_file.read_text().strip()) as client:
+                await client.initialize()
+                caps = client.initialize_result["capabilities"]["sandbox"]  # type: ignore[index]
+                assert caps["maxMode"] == "readOnly" and caps["modes"] == ["readOnly"]
+                assert caps["limitCeilings"] == {"memoryBytes": 256 * MIB, "cpuSeconds": 20}
+                start = {"processId": "w", "argv": ["true"], "cwd": "/tmp", "sandbox": {"mode": "workspaceWrite"}}
+                error = await client.expect_error("process/start", start, SANDBOX_UNAVAILABLE)
+                assert "--max-sandbox readOnly" in error.message
+                # The operator's memory limit applies to a request that names none.
+                argv = [SYSTEM_PYTHON, "-c", "b = b'x' * (1 << 30)"]
+                exited = _exited(await client.run("big", argv, cwd="/"))
+                assert exited["limitExceeded"] == "memory"
+            cli.process.send_signal(signal.SIGTERM)
+            assert await cli.process.wait() == 0
