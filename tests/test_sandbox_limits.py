@@ -53,7 +53,7 @@ def _own_command_cgroups() -> list[str]:
         return []
     found: list[str] = []
     for hierarchy in CGROUPS.hierarchies.values():
-        found += glob.glob(os.path.join(hierarchy.own, f"{_cgroup.PREFIX}{os.getpid()}.*"))
+        found += glob.glob(os.path.join(hierarchy.own, f"{_cgroup.PREFIX}{_cgroup.pid_namespace()}.{os.getpid()}.*"))
     return found
 
 
@@ -500,17 +500,23 @@ def test_stale_command_cgroups_of_a_dead_server_are_removed_and_live_ones_kept()
     assert CGROUPS is not None
     own = CGROUPS.hierarchies[_cgroup.PIDS].own
     # pid 2**22 + 1 is above PID_MAX_LIMIT: no process has it, so its server is dead.
-    stale = os.path.join(own, f"{_cgroup.PREFIX}{(1 << 22) + 1}.12345.1")
+    namespace = _cgroup.pid_namespace()
+    stale = os.path.join(own, f"{_cgroup.PREFIX}{namespace}.{(1 << 22) + 1}.12345.1")
+    # The same dead pid in another pid namespace: not ours to judge.
+    foreign = os.path.join(own, f"{_cgroup.PREFIX}1{namespace}.{(1 << 22) + 1}.12345.1")
     mine = CGROUPS.create(None, 10)
     os.mkdir(stale)
+    os.mkdir(foreign)
     try:
         _cgroup.sweep_stale([CGROUPS.hierarchies[_cgroup.PIDS]])
         assert not os.path.exists(stale)
+        assert os.path.isdir(foreign)
         assert all(os.path.isdir(directory) for directory in mine.directories)
     finally:
         mine.close()
-        if os.path.exists(stale):
-            os.rmdir(stale)
+        for directory in (stale, foreign):
+            if os.path.exists(directory):
+                os.rmdir(directory)
     assert not any(os.path.exists(directory) for directory in mine.directories)
 
 

@@ -15,8 +15,10 @@ is used when it has the controller; otherwise the v1 hierarchy of that controlle
 that mount v1 controllers next to an empty v2 ``unified`` tree). The launcher joins them
 before it does anything else (``launcher.c``, the limits block), so the whole tree is inside.
 
-Names carry the server's pid and its start time (``exec-server.<pid>.<start>.<n>``): a
-directory whose server no longer runs is stale and removed when a server starts. A command's
+Names carry the server's pid namespace, pid and start time
+(``exec-server.<pidns>.<pid>.<start>.<n>``): a directory whose server no longer runs is stale
+and removed when a server of the same pid namespace starts (a pid means nothing in another
+namespace, and containers may share a cgroup). A command's
 directory is removed when the command closes; members still in it are killed first (SIGKILL
 through a pidfd, only after the pid was seen in ``cgroup.procs``), and a directory the kernel
 still calls busy is retried at the next command and at server exit.
@@ -195,6 +197,14 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+def pid_namespace() -> str:
+    """This process's pid namespace (its inode number): what a pid in a name is relative to."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
 def _members(directory: str) -> list[int]:
     try:
         return [int(pid) for pid in _read(os.path.join(directory, "cgroup.procs")).split()]
@@ -311,7 +321,7 @@ class CgroupPool:
     def __init__(self, hierarchies: dict[str, Hierarchy]) -> None:
         self.hierarchies = hierarchies
         start = _start_time(os.getpid()) or "0"
-        self._prefix = f"{PREFIX}{os.getpid()}.{start}."
+        self._prefix = f"{PREFIX}{pid_namespace()}.{os.getpid()}.{start}."
         self._counter = itertools.count(1)
         self._pending: set[str] = set()
 
@@ -392,6 +402,7 @@ def _write_memory_limit(version: int, directory: str, value: int) -> None:
 
 def sweep_stale(hierarchies: Iterable[Hierarchy]) -> None:
     """Remove the command cgroups of servers that no longer run (their pid or start time changed)."""
+    namespace = pid_namespace()
     for own in {hierarchy.own for hierarchy in hierarchies}:
         try:
             names = os.listdir(own)
@@ -401,9 +412,9 @@ def sweep_stale(hierarchies: Iterable[Hierarchy]) -> None:
             if not name.startswith(PREFIX):
                 continue
             parts = name[len(PREFIX) :].split(".")
-            if len(parts) != 3 or not parts[0].isdigit():
-                continue
-            if _start_time(int(parts[0])) == parts[1]:
+            if len(parts) != 4 or parts[0] != namespace or not parts[1].isdigit():
+                continue  # not ours to judge
+            if _start_time(int(parts[1])) == parts[2]:
                 continue  # its server still runs
             try:
                 remove(os.path.join(own, name))
