@@ -658,3 +658,26 @@ async def test_the_cli_server_enforces_its_flags(tmp_path: Path, no_leftover_pro
                 assert exited["limitExceeded"] == "memory"
             cli.process.send_signal(signal.SIGTERM)
             assert await cli.process.wait() == 0
+
+
+def test_the_v2_files_a_command_cgroup_is_made_and_judged_by(tmp_path: Path) -> None:
+    # This host's memory and pids controllers are v1: the v2 file protocol is checked on a
+    # plain directory standing in for a delegated v2 cgroup (the kernel side is not).
+    hierarchy = _cgroup.Hierarchy(2, str(tmp_path), frozenset({"memory", "pids"}))
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    _cgroup._enable_v2(hierarchy)
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +pids"
+    pool = _cgroup.CgroupPool({"memory": hierarchy, "pids": hierarchy})
+    command = pool.create(256 * MIB, 64)
+    [directory] = command.directories  # one directory holds both controllers
+    made = Path(directory)
+    assert (made / "memory.max").read_text() == str(256 * MIB)
+    assert (made / "memory.oom.group").read_text() == "1"
+    assert (made / "pids.max").read_text() == "64"
+    limits = _limits.CommandLimits(ResourceLimits(memory_bytes=256 * MIB, pids=64), (), command)
+    assert limits.verdict(None, 0.0) == _limits.NOTHING_HIT
+    (made / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 1\n")
+    (made / "pids.events").write_text("max 3\n")
+    verdict = limits.verdict(signal.SIGKILL, 0.1)
+    assert verdict.exceeded == "memory"
+    assert [denial.blocker for denial in verdict.denials] == ["limit.memory", "limit.pids"]
