@@ -119,6 +119,7 @@ def record_json(record: p.TerminalRecord) -> dict[str, Any]:
         "sandboxDenied": record.sandbox_denied,
         "denials": [{"blocker": d.blocker, "target": d.target} for d in record.denials],
         "sandboxDeniedSource": record.sandbox_denied_source,
+        "limitExceeded": record.limit_exceeded,
         "stdout": record.stdout.decode("utf-8", errors="replace"),
         "stderr": record.stderr.decode("utf-8", errors="replace"),
         "stdoutOmittedBytes": record.stdout_omitted_bytes,

@@ -21,6 +21,7 @@ from ._server import CLOSE_HANDSHAKE_SECONDS, Server
 from ._stdio import serve_stdio
 from ._websocket import serve_websocket
 from .sandbox import Sandbox, SandboxSettings
+from .sandbox import _ceilings
 
 log = logging.getLogger("exec_server")
 DEFAULT_LISTEN = "ws://127.0.0.1:8765"
@@ -49,6 +50,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-unsandboxed", action="store_true", help='allow requests for sandbox mode "none"')
     parser.add_argument("--audit-denials", choices=["auto", "on", "off"], default="auto")
+    _ceilings.add_arguments(parser)  # --max-sandbox, --writable-roots-within, --allow-network, --limit-*
     parser.add_argument("--slow-consumer-timeout", type=float, default=defaults.slow_consumer_timeout.default, metavar="S")
     parser.add_argument("--detached-session-ttl", type=float, default=defaults.detached_session_ttl.default, metavar="S")
     parser.add_argument("--retain-bytes", type=int, default=defaults.retain_bytes.default, metavar="N")
@@ -70,6 +72,7 @@ def _config(args: argparse.Namespace, token: str) -> ServerConfig:
             default_mode=SandboxMode(args.sandbox),
             allow_unsandboxed=args.allow_unsandboxed or args.sandbox == SandboxMode.NONE.value,
             audit_denials=args.audit_denials,
+            **_ceilings.settings_from_args(args),
         ),
         slow_consumer_timeout=args.slow_consumer_timeout,
         detached_session_ttl=args.detached_session_ttl,

@@ -249,6 +249,7 @@ class ManagedProcess:
     async def _reap(self) -> None:
         status, rusage = await self._wait_for_exit()
         duration_ms = (time.monotonic() - self._started) * 1000.0
+        signum: int | None = None
         if os.WIFSIGNALED(status):
             signum = os.WTERMSIG(status)
             exit_code, signal_name = 128 + signum, _signal_name(signum)
@@ -258,6 +259,8 @@ class ManagedProcess:
         for stream, data in self._drain_readable():
             await self._emit_output(stream, data)
         report = await self._denial_report(exit_code)
+        # Which resource limit the kernel says was hit (sandbox/_limits.py): also a denial.
+        limits = self._plan.limits.verdict(signum, rusage.ru_utime + rusage.ru_stime, timed_out=self.timed_out)
         self._move(_Lifecycle.EXITED)
         self.exited = ExitedEvent(
             process_id=self.process_id,
@@ -265,15 +268,16 @@ class ManagedProcess:
             exit_code=exit_code,
             signal=signal_name,
             timed_out=self.timed_out,
-            sandbox_denied=report.denied,
+            sandbox_denied=report.denied or limits.exceeded is not None,
             duration_ms=round(duration_ms, 3),
             usage=Usage(
                 user_cpu_ms=round(rusage.ru_utime * 1000.0, 3),
                 system_cpu_ms=round(rusage.ru_stime * 1000.0, 3),
                 max_rss_kb=rusage.ru_maxrss,
             ),
-            denials=report.denials,
+            denials=report.denials + limits.denials,
             sandbox_denied_source=report.source,
+            limit_exceeded=limits.exceeded,
         )
         await self._emit(self.exited)
 
@@ -387,6 +391,7 @@ class ManagedProcess:
             denials=exited.denials if exited else (),
             sandbox_denied_source=exited.sandbox_denied_source if exited else None,
             evicted_bytes=self.retention.evicted_bytes,
+            limit_exceeded=exited.limit_exceeded if exited else None,
         )
 
 

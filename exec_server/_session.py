@@ -395,7 +395,7 @@ class Session:
         env = _spawn.build_env(params.env, params.inherit_env, marker, _tree.TREE_MARKER_VAR)
         _spawn.check_spawnable(params.argv[0], cwd, env)
         try:
-            plan = server.sandbox.prepare(policy, list(params.argv), cwd, env)
+            plan = server.sandbox.prepare(policy, list(params.argv), cwd, env, limits=params.limits)
         except SandboxUnavailable as exc:
             raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
         try:

@@ -158,6 +158,8 @@ class TerminalRecord:
     failure: str | None
     denials: tuple[Denial, ...] = ()
     sandbox_denied_source: str | None = None
+    # The resource limit the server says was hit: "memory" | "pids" | "cpu" | "fileSize".
+    limit_exceeded: str | None = None
 
 
 @attrs.frozen
@@ -202,6 +204,7 @@ class _ExitInfo:
     usage: Usage | None
     denials: tuple[Denial, ...]
     sandbox_denied_source: str | None
+    limit_exceeded: str | None = None
 
 
 class _Capture:
@@ -395,6 +398,7 @@ class Assembler:
                     sandbox_denied=result.sandbox_denied,
                     denials=result.denials or self._exit.denials,
                     sandbox_denied_source=result.sandbox_denied_source,
+                    limit_exceeded=result.limit_exceeded,
                 )
             self._exit_from_read = True
 
@@ -633,6 +637,7 @@ class Assembler:
             failure=failure,
             denials=exit_info.denials if exit_info else (),
             sandbox_denied_source=exit_info.sandbox_denied_source if exit_info else None,
+            limit_exceeded=exit_info.limit_exceeded if exit_info else None,
         )
         self._held.clear()
         self._held_bytes = 0
@@ -649,6 +654,7 @@ def _exit_from_event(event: ExitedEvent) -> _ExitInfo:
         usage=event.usage,
         denials=event.denials,
         sandbox_denied_source=event.sandbox_denied_source,
+        limit_exceeded=event.limit_exceeded,
     )
 
 
@@ -663,4 +669,5 @@ def _exit_from_read(result: ReadResult) -> _ExitInfo:
         usage=result.usage,
         denials=result.denials,
         sandbox_denied_source=result.sandbox_denied_source,
+        limit_exceeded=result.limit_exceeded,
     )

@@ -19,6 +19,15 @@ MAX_PROCESS_ID_LENGTH: Final = 128
 _PROCESS_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_ARGV_ITEMS: Final = 65_536
 _MAX_MS: Final = 7 * 24 * 3600 * 1000  # a week: larger waits/timeouts are client bugs
+# Bounds of a request's resource limits (``ResourceLimits``). The floors leave room for the
+# sandbox launcher itself (its descriptors, its memory) before the command runs.
+MIN_MEMORY_BYTES: Final = 1024 * 1024
+MAX_MEMORY_BYTES: Final = 1 << 50
+MAX_PIDS: Final = 4_194_304  # the kernel's PID_MAX_LIMIT
+MAX_CPU_SECONDS: Final = 10_000_000
+MAX_FILE_SIZE_BYTES: Final = 1 << 62
+MIN_OPEN_FILES: Final = 64
+MAX_OPEN_FILES: Final = 1 << 20  # the kernel's default fs.nr_open
 
 
 class FieldError(ValueError):
@@ -50,6 +59,14 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: int | None)
 def _milliseconds(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
     if value is not None and not 0 <= value <= _MAX_MS:
         raise FieldError(attribute.name, f"must be between 0 and {_MAX_MS}")
+
+
+def _between(low: int, high: int) -> Any:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and not low <= value <= high:
+            raise FieldError(attribute.name, f"must be between {low} and {high}")
+
+    return check
 
 
 def _absolute_path(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -130,6 +147,17 @@ class SandboxPolicy:
     mode: SandboxMode
     writable_roots: tuple[str, ...] = attrs.field(default=(), validator=_absolute_paths)
     network: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ResourceLimits:
+    """Kernel-enforced limits of one command (``process/start`` ``limits``); None = the server's default."""
+
+    memory_bytes: int | None = attrs.field(default=None, validator=_between(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES))
+    pids: int | None = attrs.field(default=None, validator=_between(1, MAX_PIDS))
+    cpu_seconds: int | None = attrs.field(default=None, validator=_between(1, MAX_CPU_SECONDS))
+    file_size_bytes: int | None = attrs.field(default=None, validator=_between(1, MAX_FILE_SIZE_BYTES))
+    open_files: int | None = attrs.field(default=None, validator=_between(MIN_OPEN_FILES, MAX_OPEN_FILES))
 
 
 @attrs.frozen(kw_only=True)
@@ -229,6 +257,7 @@ class StartParams:
     sandbox: SandboxPolicy | None = None
     retain_bytes: int | None = attrs.field(default=None, validator=_positive)
     retain_after_close_ms: int | None = attrs.field(default=None, validator=_milliseconds)
+    limits: ResourceLimits | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -273,6 +302,8 @@ class ReadResult:
     denials: tuple[Denial, ...] = ()
     sandbox_denied_source: str | None = None
     evicted_bytes: StreamBytes | None = None
+    # "memory" | "pids" | "cpu" | "fileSize": the resource limit the kernel says was hit.
+    limit_exceeded: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -353,6 +384,7 @@ class ExitedEvent:
     usage: Usage | None = None
     denials: tuple[Denial, ...] = ()
     sandbox_denied_source: str | None = None
+    limit_exceeded: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -56,6 +56,7 @@ FULL_START: Final = p.StartParams(
     sandbox=p.SandboxPolicy(mode=p.SandboxMode.WORKSPACE_WRITE, writable_roots=("/tmp", "/var/tmp"), network=True),
     retain_bytes=1024,
     retain_after_close_ms=0,
+    limits=p.ResourceLimits(memory_bytes=1 << 28, pids=64, cpu_seconds=5, file_size_bytes=4096, open_files=256),
 )
 
 REQUESTS: Final[list[tuple[str, Any]]] = [
@@ -271,6 +272,7 @@ def test_start_params_wire_names_are_camel_case() -> None:
         "sandbox": {"mode": "workspaceWrite", "writableRoots": ["/tmp", "/var/tmp"], "network": True},
         "retainBytes": 1024,
         "retainAfterCloseMs": 0,
+        "limits": {"memoryBytes": 1 << 28, "pids": 64, "cpuSeconds": 5, "fileSizeBytes": 4096, "openFiles": 256},
     }
 
 
@@ -296,6 +298,7 @@ def test_read_result_wire_names_and_base64_chunks() -> None:
         "denials": [{"blocker": "fs.make_reg", "target": "/etc/x"}, {"blocker": "net.connect", "target": "1.2.3.4:80"}],
         "sandboxDeniedSource": "none",
         "evictedBytes": {"stdout": 10, "stderr": 0},
+        "limitExceeded": None,
     }
 
 
@@ -348,6 +351,7 @@ def test_exited_event_wire_names() -> None:
                 {"blocker": "net.connect", "target": "1.2.3.4:80"},
             ],
             "sandboxDeniedSource": "audit",
+            "limitExceeded": None,
         },
     }
 

@@ -329,7 +329,8 @@ async def serving(audit_denials: str) -> AsyncIterator[tuple[Client, dict[str, A
     One server at a time: each server reaps the stray zombie children of its process, so two
     in one process could reap each other's commands.
     """
-    settings = SandboxSettings(default_mode=SandboxMode.WORKSPACE_WRITE, audit_denials=audit_denials)
+    # allow_network: the corpus has cases that ask for network: true (--allow-network).
+    settings = SandboxSettings(default_mode=SandboxMode.WORKSPACE_WRITE, audit_denials=audit_denials, allow_network=True)
     config = ServerConfig(token=secrets.token_urlsafe(32), sandbox=settings)
     server = Server(config, Sandbox.create(settings))
     async with trio.open_nursery() as nursery:

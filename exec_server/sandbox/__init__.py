@@ -26,6 +26,12 @@ What a sandboxed command gets:
   uid drop and not just dropping capabilities). ``no_new_privs`` always; the controlling
   terminal is given up; signals and abstract unix sockets are scoped to the command's own
   process tree (ABI 6).
+- **Resource limits** (``_limits.py``, ``_cgroup.py``): memory and pids in a cgroup per
+  command, CPU time, file size and open files as rlimits, applied by the launcher before
+  anything else; the record's ``limitExceeded`` comes from the kernel's counters and signals.
+- **Operator ceilings** (``_ceilings.py``): ``--max-sandbox``, ``--writable-roots-within``,
+  ``--allow-network`` and the ``--limit-*`` values; a request beyond one is refused, never
+  narrowed.
 - **Fail closed**: what the kernel cannot enforce is refused with :class:`SandboxUnavailable`
   (-32006) before anything runs; if the launcher still cannot apply a policy it exits 125
   without executing the command.
@@ -37,6 +43,7 @@ from ._errors import SandboxUnavailable as SandboxUnavailable
 from ._identity import Identity as Identity, choose_identity as choose_identity
 from ._kernel import KernelSupport as KernelSupport, detect as detect
 from ._launcher import Launcher as Launcher, find_launcher as find_launcher
+from ._limits import CommandLimits as CommandLimits, LimitVerdict as LimitVerdict, ResourceLimiter as ResourceLimiter
 from ._plan import LaunchPlan as LaunchPlan
 from ._sandbox import Sandbox as Sandbox
 from ._settings import SandboxSettings as SandboxSettings

@@ -10,6 +10,7 @@ import attrs
 from protocol import SandboxMode, SandboxPolicy
 
 from ._identity import Identity
+from ._limits import NO_LIMITS, CommandLimits
 
 
 def _nothing_to_clean() -> None:
@@ -34,6 +35,7 @@ class LaunchPlan:
         policy: the resolved policy (None for a plan made outside a request).
         cwd: the command's working directory.
         writable_roots: every directory the command may write (workspace, roots, temp).
+        limits: its resource limits (``verdict`` after the reap; ``cleanup`` closes them).
     """
 
     argv: list[str]
@@ -44,6 +46,7 @@ class LaunchPlan:
     policy: SandboxPolicy | None = None
     cwd: str | None = None
     writable_roots: tuple[str, ...] = ()
+    limits: CommandLimits = NO_LIMITS
 
 
 def launcher_args(

@@ -12,13 +12,15 @@ from typing import Any
 import attrs
 import trio
 
-from protocol import SandboxMode, SandboxPolicy
+from protocol import ResourceLimits, SandboxMode, SandboxPolicy
 
+from . import _ceilings
 from ._denials import DenialMonitor, DenialReport
 from ._errors import SandboxUnavailable
 from ._identity import Identity, choose_identity
 from ._kernel import KernelSupport, detect
 from ._launcher import Launcher, find_launcher, self_test
+from ._limits import CommandLimits, ResourceLimiter
 from ._netns import SHARED_NETNS_MIN_ABI, open_empty_netns
 from ._plan import NO_CLEANUP, LaunchPlan, launcher_args
 from ._policy import LANDLOCK_LOG_ABI, check_enforceable, writable_paths
@@ -65,6 +67,16 @@ def _temp_dir_cleanup(path: str) -> Callable[[], None]:
     return cleanup
 
 
+def _both(cleanup: Callable[[], None], limits: CommandLimits) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            cleanup()
+        finally:
+            limits.close()
+
+    return both
+
+
 class Sandbox:
     """Turns a request's sandbox policy into a launch plan the kernel enforces.
 
@@ -99,6 +111,7 @@ class Sandbox:
         # Closed when the server's run() ends, or when this object goes away unrun.
         self._release_netns = weakref.finalize(self, os.close, netns_fd) if netns_fd is not None else None
         self._monitor = DenialMonitor(settings.audit_denials, landlock_abi=kernel.landlock_abi)
+        self._limits = ResourceLimiter.create(settings.limits)
 
     @classmethod
     def create(cls, settings: SandboxSettings) -> Sandbox:
@@ -156,6 +169,8 @@ class Sandbox:
         modes = [SandboxMode.READ_ONLY.value, SandboxMode.WORKSPACE_WRITE.value] if self.available else []
         if self.settings.allow_unsandboxed:
             modes.append(SandboxMode.NONE.value)
+        ceiling = _ceilings.MODE_RANK[self.settings.max_mode]
+        modes = [mode for mode in modes if _ceilings.MODE_RANK[SandboxMode(mode)] <= ceiling]
         network_isolation = self.available and self._enforceable(SandboxPolicy(mode=SandboxMode.READ_ONLY))
         caps: dict[str, Any] = {
             "available": self.available,
@@ -170,6 +185,9 @@ class Sandbox:
         }
         if self.unavailable_reason is not None:
             caps["reason"] = self.unavailable_reason
+        caps.update(self._limits.capabilities())
+        settings = self.settings
+        caps.update(_ceilings.capabilities(settings.max_mode, settings.allow_network, settings.writable_roots_within))
         return caps
 
     def _enforceable(self, policy: SandboxPolicy) -> bool:
@@ -181,37 +199,71 @@ class Sandbox:
 
     # -- per request ---------------------------------------------------------------------
 
-    def resolve(self, requested: SandboxPolicy | None) -> SandboxPolicy:
+    def resolve(self, requested: SandboxPolicy | None, *, max_mode: SandboxMode | None = None) -> SandboxPolicy:
         """The policy a request runs under: its own, or the operator's default.
 
+        Args:
+            requested: the request's policy, None for the default.
+            max_mode: a narrower ceiling of the caller's (a per-token one), on top of
+                ``--max-sandbox``.
+
         Raises:
-            SandboxUnavailable: mode ``none`` on a server without ``--allow-unsandboxed``.
+            SandboxUnavailable: mode ``none`` on a server without ``--allow-unsandboxed``,
+                or a request beyond a ceiling (``_ceilings.py``; the message names it).
         """
         policy = requested if requested is not None else SandboxPolicy(mode=self.settings.default_mode)
         if policy.mode is SandboxMode.NONE and not self.settings.allow_unsandboxed:
             raise SandboxUnavailable('mode "none" is not allowed on this server (see --allow-unsandboxed)')
+        _ceilings.check_mode(policy.mode, self.settings.max_mode, max_mode)
+        _ceilings.check_network(policy, self.settings.allow_network)
         return policy
 
-    def prepare(self, policy: SandboxPolicy, argv: list[str], cwd: str, env: dict[str, str]) -> LaunchPlan:
+    def prepare(
+        self,
+        policy: SandboxPolicy,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        *,
+        limits: ResourceLimits | None = None,
+    ) -> LaunchPlan:
         """Build the launch plan for ``argv`` under ``policy``.
 
         Under ``workspaceWrite`` this creates the command's private temp dir (owned by the
         uid it will run as) and points ``TMPDIR``/``TMP``/``TEMP`` at it; the plan's
-        ``cleanup`` removes it.
+        ``cleanup`` removes it. ``limits`` (the request's) are resolved against the
+        operator's ceilings (``_limits.py``); the plan's ``cleanup`` removes their cgroup.
 
         Raises:
-            SandboxUnavailable: the policy cannot be enforced here (nothing was started).
+            SandboxUnavailable: the policy or a limit cannot be enforced, or a request is
+                beyond a ceiling (nothing was started).
         """
+        resolved_limits = self._limits.resolve(limits)
         if policy.mode is SandboxMode.NONE:
             if not self.settings.allow_unsandboxed:
                 raise SandboxUnavailable('mode "none" is not allowed on this server (see --allow-unsandboxed)')
-            return LaunchPlan(list(argv), dict(env), (), SANDBOX_TYPE_NONE, policy=policy, cwd=cwd)
+            if resolved_limits == ResourceLimits():
+                return LaunchPlan(list(argv), dict(env), (), SANDBOX_TYPE_NONE, policy=policy, cwd=cwd)
+            if self._launcher is None:
+                raise SandboxUnavailable("limits of an unsandboxed command need the sandbox launcher; there is none")
+            none_limits = self._limits.prepare(resolved_limits)
+            return LaunchPlan(
+                [self._launcher.path, *none_limits.launcher_args, "--limits-only", "--", *argv],
+                dict(env),
+                (),
+                SANDBOX_TYPE_NONE,
+                cleanup=none_limits.close,
+                policy=policy,
+                cwd=cwd,
+                limits=none_limits,
+            )
         if self.unavailable_reason is not None:
             raise SandboxUnavailable(self.unavailable_reason)
         check_enforceable(policy, self.kernel)
         if not os.path.isabs(cwd) or not os.path.isdir(cwd):
             raise SandboxUnavailable(f"cwd is not an existing absolute directory: {cwd!r}")
         writable = writable_paths(policy, cwd)
+        _ceilings.check_within(writable, self.settings.writable_roots_within)
         identity = choose_identity(
             cwd, root=self.kernel.root, fallback=self._fallback, workspace_owner=self.settings.run_as_workspace_owner
         )
@@ -229,18 +281,25 @@ class Sandbox:
             writable = (*writable, temp)
             env.update(TMPDIR=temp, TMP=temp, TEMP=temp)
         assert self._launcher is not None  # available implies a launcher
+        try:
+            command_limits = self._limits.prepare(resolved_limits)
+        except SandboxUnavailable:
+            cleanup()
+            raise
         netns_fd = None if policy.network else self._netns_fd
         policy_args = _launcher_args(self.settings, self.kernel, policy, writable, identity, netns_fd)
-        full_argv = [self._launcher.path, *policy_args, "--", *argv]
+        # The limit flags come first: the launcher applies them before anything else.
+        full_argv = [self._launcher.path, *command_limits.launcher_args, *policy_args, "--", *argv]
         return LaunchPlan(
             full_argv,
             env,
             () if netns_fd is None else (netns_fd,),
             SANDBOX_TYPE_LANDLOCK,
-            cleanup=cleanup,
+            cleanup=_both(cleanup, command_limits),
             policy=policy,
             cwd=cwd,
             writable_roots=writable,
+            limits=command_limits,
         )
 
     # -- the server's long-lived task and the per-process report ---------------------------
@@ -252,11 +311,14 @@ class Sandbox:
         back to a namespace per command (still sandboxed).
         """
         try:
-            await self._monitor.run(task_status=task_status)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._limits.run)  # removes command cgroups that were busy
+                await self._monitor.run(task_status=task_status)
         finally:
             self._netns_fd = None
             if self._release_netns is not None:
                 self._release_netns()
+            self._limits.close()
 
     async def denial_report(
         self, plan: LaunchPlan, pid: int, exit_code: int, stdout_tail: bytes, stderr_tail: bytes

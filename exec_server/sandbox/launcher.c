@@ -291,6 +291,139 @@ static void isolate_network(const struct options *opt) {
     write_file("/proc/self/gid_map", map);
 }
 
+/* --- limits (begin) --- */
+/* Resource limits (exec_server/sandbox/_limits.py builds these flags; they come first, before
+ * every policy flag):
+ *
+ *   [--cgroup DIR]... [--rlimit cpu|fsize|nofile=SOFT:HARD]... [--limits-only]
+ *
+ *   --cgroup DIR    join this cgroup (write our pid to DIR/cgroup.procs): one per hierarchy
+ *                   (cgroup v2, or the v1 memory and pids hierarchies). The server created
+ *                   DIR and wrote its limits.
+ *   --rlimit        setrlimit(RLIMIT_CPU/RLIMIT_FSIZE/RLIMIT_NOFILE, SOFT, HARD).
+ *   --limits-only   apply the limits and exec what follows "--" (an unsandboxed command).
+ *
+ * apply_limits() runs first in main(): before any namespace is created and before any fork,
+ * so the command and everything it starts are inside the cgroups and inherit the rlimits.
+ * Joining a cgroup needs write access to cgroup.procs of the common ancestor, which the
+ * server has and a sandboxed process may no longer have after the identity drop. */
+#include <sys/resource.h>
+
+#define MAX_LIMIT_CGROUPS 4
+#define MAX_LIMIT_RLIMITS 3
+
+struct limit_rlimit {
+    int resource;
+    rlim_t soft, hard;
+};
+
+struct limits {
+    const char *cgroups[MAX_LIMIT_CGROUPS];
+    int cgroup_count;
+    struct limit_rlimit rlimits[MAX_LIMIT_RLIMITS];
+    int rlimit_count;
+    int only;
+};
+
+static rlim_t parse_rlim(const char *flag, const char *text, const char **end) {
+    char *stop;
+    errno = 0;
+    unsigned long long value = strtoull(text, &stop, 10);
+    if (errno || stop == text || text[0] == '-' || value == 0 || value >= (unsigned long long)RLIM_INFINITY)
+        FAIL("bad value for %s: '%s'", flag, text);
+    *end = stop;
+    return (rlim_t)value;
+}
+
+static void parse_rlimit(const char *value, struct limits *lim) {
+    static const struct {
+        const char *name;
+        int resource;
+    } names[] = {{"cpu", RLIMIT_CPU}, {"fsize", RLIMIT_FSIZE}, {"nofile", RLIMIT_NOFILE}};
+    if (lim->rlimit_count == MAX_LIMIT_RLIMITS)
+        FAIL("more than %d --rlimit options", MAX_LIMIT_RLIMITS);
+    const char *eq = strchr(value, '=');
+    if (eq == NULL)
+        FAIL("--rlimit wants NAME=SOFT:HARD, not '%s'", value);
+    struct limit_rlimit *rl = &lim->rlimits[lim->rlimit_count];
+    rl->resource = -1;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strlen(names[i].name) == (size_t)(eq - value) && strncmp(value, names[i].name, (size_t)(eq - value)) == 0)
+            rl->resource = names[i].resource;
+    }
+    if (rl->resource < 0)
+        FAIL("unknown --rlimit '%s'", value);
+    const char *end;
+    rl->soft = parse_rlim("--rlimit", eq + 1, &end);
+    if (*end != ':')
+        FAIL("--rlimit wants NAME=SOFT:HARD, not '%s'", value);
+    rl->hard = parse_rlim("--rlimit", end + 1, &end);
+    if (*end != '\0' || rl->soft > rl->hard)
+        FAIL("bad value for --rlimit: '%s'", value);
+    lim->rlimit_count++;
+}
+
+/* Take the leading limit flags out of argv (so parse_args sees only the policy); returns
+ * the new argc. */
+static int take_limit_args(int argc, char **argv, struct limits *lim) {
+    memset(lim, 0, sizeof *lim);
+    int i = 1;
+    while (i < argc) {
+        const char *a = argv[i];
+        if (strcmp(a, "--limits-only") == 0) {
+            lim->only = 1;
+            i++;
+            continue;
+        }
+        if (strcmp(a, "--cgroup") != 0 && strcmp(a, "--rlimit") != 0)
+            break;
+        if (i + 1 >= argc)
+            FAIL("missing value for '%s'", a);
+        const char *value = argv[i + 1];
+        if (strcmp(a, "--cgroup") == 0) {
+            if (lim->cgroup_count == MAX_LIMIT_CGROUPS)
+                FAIL("more than %d --cgroup options", MAX_LIMIT_CGROUPS);
+            if (value[0] != '/')
+                FAIL("cgroup path is not absolute: '%s'", value);
+            lim->cgroups[lim->cgroup_count++] = value;
+        } else {
+            parse_rlimit(value, lim);
+        }
+        i += 2;
+    }
+    int taken = i - 1;
+    for (int j = i; j <= argc; j++) /* argv[argc] is NULL and moves too */
+        argv[j - taken] = argv[j];
+    return argc - taken;
+}
+
+static void apply_limits(const struct limits *lim) {
+    for (int i = 0; i < lim->cgroup_count; i++) {
+        char path[4096];
+        if (snprintf(path, sizeof path, "%s/cgroup.procs", lim->cgroups[i]) >= (int)sizeof path)
+            FAIL("cgroup path too long");
+        char pid[32];
+        snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+        write_file(path, pid);
+    }
+    for (int i = 0; i < lim->rlimit_count; i++) {
+        struct rlimit value = {.rlim_cur = lim->rlimits[i].soft, .rlim_max = lim->rlimits[i].hard};
+        if (setrlimit(lim->rlimits[i].resource, &value) != 0)
+            die("setrlimit(%d)", lim->rlimits[i].resource);
+    }
+}
+
+/* --limits-only: what follows "--" runs with the limits and nothing else. */
+static int exec_limited(int argc, char **argv) {
+    if (argc < 3 || strcmp(argv[1], "--") != 0)
+        FAIL("--limits-only wants '-- argv...' and no policy options");
+    execvp(argv[2], argv + 2);
+    int saved = errno;
+    fprintf(stderr, PROG ": cannot execute '%s': %s\n", argv[2], strerror(saved));
+    return EXIT_EXEC_FAILED;
+}
+/* --- limits (end) --- */
+
 /* ---- Landlock ------------------------------------------------------------------ */
 
 static uint64_t fs_rights_for_abi(int abi) {
@@ -566,6 +699,13 @@ int main(int argc, char **argv) {
     }
     if (argc == 2 && strcmp(argv[1], "--hold-netns") == 0)
         return hold_netns();
+    /* --- limits (begin) --- */
+    struct limits lim;
+    argc = take_limit_args(argc, argv, &lim);
+    apply_limits(&lim);
+    if (lim.only)
+        return exec_limited(argc, argv);
+    /* --- limits (end) --- */
     struct options opt;
     parse_args(argc, argv, &opt);
     if (opt.uid >= 0 && geteuid() != 0) {
