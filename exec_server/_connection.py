@@ -17,6 +17,7 @@ import trio
 import protocol as p
 from protocol import ErrorCode, ProtocolError
 
+from . import _codex
 from ._outbound import OutboundItem, OutboundQueue
 from ._session import Session
 from ._transport import MessageTransport, TransportClosed
@@ -62,6 +63,8 @@ class Connection:
         self._request_limit = trio.Semaphore(self._config.max_concurrent_requests)
         # When the writer began the message it is still writing (None: idle).
         self._writing_since: float | None = None
+        # Codex dialect hook: set at an `initialize` without protocolVersion (exec_server/_codex.py).
+        self._codex: _codex.CodexDialect | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -138,7 +141,12 @@ class Connection:
                         item = await self._queue.get()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                    message = item if isinstance(item, str | bytes) else encode_event(item, self._binary_output)
+                    if isinstance(item, str | bytes):
+                        message = item
+                    elif self._codex is not None:  # Codex dialect hook
+                        message = _codex.encode_event(item)
+                    else:
+                        message = encode_event(item, self._binary_output)
                     # A message is never cancelled half-way (that would corrupt the stream for
                     # the close frame after it): the watchdog handles a stuck write.
                     self._writing_since = trio.current_time()
@@ -192,15 +200,17 @@ class Connection:
             if size * 4 > limit and isinstance(raw, str):
                 size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes
             if size > limit:
-                await self._enqueue(p.encode_error(_oversized(raw, size, limit)))
+                await self._enqueue(self._encode_error(_oversized(raw, size, limit)))
                 continue
+            if self._session is None and self._codex is None and _codex.is_codex_initialize(raw):
+                self._codex = _codex.CodexDialect(self._server)  # Codex dialect hook
             try:
-                message = p.decode(raw)
+                message = p.decode(raw) if self._codex is None else _codex.decode(raw)
             except ProtocolError as exc:
                 if exc.from_notification:
                     log.debug("ignored a bad notification: %s", exc.message)
                 else:
-                    await self._enqueue(p.encode_error(exc))
+                    await self._enqueue(self._encode_error(exc))
                 continue
             if isinstance(message, p.Request):
                 if message.method in _ANSWERED_IN_ORDER:
@@ -216,7 +226,7 @@ class Connection:
                             f"limit exceeded: more than {self._config.max_concurrent_requests} requests in flight",
                             request_id=message.id,
                         )
-                        await self._enqueue(p.encode_error(error))
+                        await self._enqueue(self._encode_error(error))
                         continue
                     requests.start_soon(self._answer_and_release, message)
             # Notifications (`initialized`) and stray responses need no answer.
@@ -231,23 +241,31 @@ class Connection:
         try:
             result = await self._dispatch(request)
         except ProtocolError as exc:
-            await self._enqueue(p.encode_error(exc.with_request_id(request.id)))
+            await self._enqueue(self._encode_error(exc.with_request_id(request.id)))
             return
         except Exception:
             log.exception("internal error answering %s", request.method)
             error = ProtocolError(ErrorCode.INTERNAL_ERROR, "internal error", request_id=request.id)
-            await self._enqueue(p.encode_error(error))
+            await self._enqueue(self._encode_error(error))
             return
         if result is not None:
-            await self._enqueue(p.encode_result(request.id, result))
+            encode = p.encode_result if self._codex is None else _codex.encode_result  # Codex dialect hook
+            await self._enqueue(encode(request.id, result))
+
+    def _encode_error(self, error: ProtocolError) -> str:
+        return p.encode_error(error) if self._codex is None else _codex.encode_error(error)  # Codex dialect hook
 
     async def _dispatch(self, request: p.Request) -> Any:
         params = request.params
         if request.method == "initialize":
+            if self._codex is not None:  # Codex dialect hook
+                return await self._initialize_codex(self._codex, params)
             return await self._initialize(params)
         session = self._session
         if session is None:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: call initialize first")
+        if self._codex is not None:  # Codex dialect hook
+            return await self._codex.dispatch(request, session, self._enqueue)
         match request.method:
             case "process/start":
                 result, process = session.start(params)
@@ -270,6 +288,26 @@ class Connection:
             case "process/list":
                 return session.list()
         raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {request.method}")
+
+    async def _initialize_codex(self, dialect: _codex.CodexDialect, params: Any) -> Any:
+        """Codex dialect hook: `initialize {clientName, resumeSessionId}`, always lossless
+        (its client cannot repair a gap in the event stream)."""
+        if self._session is not None:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: already initialized")
+        server = self._server
+        if params.resume_session_id is not None:
+            session = server.sessions.get(params.resume_session_id)
+            if session is None:
+                raise ProtocolError(ErrorCode.INVALID_PARAMS, "unknown or expired session")
+        elif server.shutting_down:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
+        else:
+            session = await server.new_session()
+        self._delivery = p.Delivery.LOSSLESS
+        self._queue.max_output_bytes = min(self._config.outbound_queue_bytes, self._config.retain_bytes // 4)
+        self._generation = session.attach(self._delivery, self._queue, self.close)
+        self._session = session
+        return dialect.initialize_result(session)
 
     async def _initialize(self, params: p.InitializeParams) -> p.InitializeResult:
         if self._session is not None:
