@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +38,8 @@ from .sandbox import SandboxUnavailable
 if TYPE_CHECKING:
     from ._server import Server
 
-WORKER: Final = str(Path(__file__).with_name("_fs_worker.py"))
+# Its source is passed with -c: the package may live where the sandbox's uid cannot read.
+WORKER_SOURCE: Final = Path(__file__).with_name("_fs_worker.py").read_text()
 # A worker that takes longer than this is killed and the request fails (-32603).
 WORKER_TIMEOUT_SECONDS: Final = 60.0
 # Bounds on what one request may make the server hold.
@@ -54,6 +58,41 @@ _WORKER_ENV: Final = {"PATH": os.defpath, "LC_ALL": "C.UTF-8"}
 class _Handle:
     path: str
     sandbox: Any
+
+
+def _usable_by_anyone(path: str) -> bool:
+    """Whether any uid may execute ``path``: every directory above it searchable by others,
+    the file readable and executable by others."""
+    try:
+        if os.stat(path).st_mode & (stat.S_IROTH | stat.S_IXOTH) != stat.S_IROTH | stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(os.path.abspath(path))
+        while True:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+            if parent == "/":
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+
+
+@functools.cache
+def worker_python(*, root: bool) -> str:
+    """The interpreter for the worker. A root server's sandboxed commands run as another uid
+    (the workspace owner or ``nobody``), which often cannot reach the server's own Python (a
+    pyenv or venv under ``/root``): then the system's ``python3`` is used.
+
+    Raises:
+        SandboxUnavailable: no interpreter that uid can run.
+    """
+    if not root:
+        return sys.executable
+    candidates = [sys.executable, os.path.realpath(sys.executable), shutil.which("python3", path=os.defpath)]
+    for candidate in candidates:
+        if candidate and _usable_by_anyone(candidate) and _usable_by_anyone(os.path.realpath(candidate)):
+            return candidate
+    raise SandboxUnavailable("no Python interpreter that the sandbox's unprivileged uid can execute (install python3 in /usr/bin)")
 
 
 def _error(kind: str, message: str) -> c.CodexError:
@@ -168,7 +207,8 @@ class FileOperations:
         cwd = (profile.cwd if profile is not None else None) or server.default_cwd
         try:
             policy = server.sandbox.resolve(policy_for(profile, cwd=cwd))
-            plan = server.sandbox.prepare(policy, [sys.executable, "-I", "-S", WORKER], cwd, dict(_WORKER_ENV))
+            python = worker_python(root=os.geteuid() == 0)
+            plan = server.sandbox.prepare(policy, [python, "-I", "-S", "-c", WORKER_SOURCE], cwd, dict(_WORKER_ENV))
         except SandboxUnavailable as exc:
             raise c.CodexError(c.CodexErrorCode.INTERNAL_ERROR, f"sandbox unavailable: {exc}") from None
         request = json.dumps({"op": op, "path": path, **arguments}).encode()
