@@ -32,6 +32,7 @@ from protocol import _codex as c
 from protocol import ErrorCode, ProtocolError
 from protocol._codex import (
     decode as decode,
+    decode_fs_request as decode_fs_request,
     encode_error as encode_error,
     encode_result as encode_result,
     is_codex_initialize as is_codex_initialize,

@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from protocol import SandboxMode, SandboxPolicy
+from protocol import ErrorCode, ProtocolError, SandboxMode, SandboxPolicy
 from protocol import _codex as c
 
 SLASH_TMP: Final = "/tmp"
 
 
-def _unavailable(message: str) -> c.CodexError:
-    return c.CodexError(c.CodexErrorCode.INTERNAL_ERROR, f"sandbox unavailable: {message}")
+def _unavailable(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {message}")
 
 
 def _inside(path: str, root: str) -> bool:
@@ -34,7 +34,7 @@ def policy_for(
     """Our policy for Codex's permissions profile; None means "the server's default".
 
     Raises:
-        CodexError: the profile asks for something our sandbox cannot enforce exactly.
+        ProtocolError: -32006, the profile asks for something our sandbox cannot enforce exactly.
     """
     if profile is None:
         if enforce_managed_network:

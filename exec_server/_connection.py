@@ -18,6 +18,7 @@ import protocol as p
 from protocol import ErrorCode, ProtocolError
 
 from . import _codex
+from ._fs import FileOperations
 from ._outbound import OutboundItem, OutboundQueue
 from ._session import Session
 from ._transport import MessageTransport, TransportClosed
@@ -65,6 +66,7 @@ class Connection:
         self._writing_since: float | None = None
         # Codex dialect hook: set at an `initialize` without protocolVersion (exec_server/_codex.py).
         self._codex: _codex.CodexDialect | None = None
+        self._files: FileOperations | None = None  # fs/* hook, made at the first fs/* request
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -205,7 +207,7 @@ class Connection:
             if self._session is None and self._codex is None and _codex.is_codex_initialize(raw):
                 self._codex = _codex.CodexDialect(self._server)  # Codex dialect hook
             try:
-                message = p.decode(raw) if self._codex is None else _codex.decode(raw)
+                message = self._decode(raw)
             except ProtocolError as exc:
                 if exc.from_notification:
                     log.debug("ignored a bad notification: %s", exc.message)
@@ -252,6 +254,19 @@ class Connection:
             encode = p.encode_result if self._codex is None else _codex.encode_result  # Codex dialect hook
             await self._enqueue(encode(request.id, result))
 
+    def _decode(self, raw: str | bytes) -> p.Message:
+        if self._codex is not None:  # Codex dialect hook
+            return _codex.decode(raw)
+        try:
+            return p.decode(raw)
+        except ProtocolError as exc:
+            # fs/* hook: our own clients' file operations, in Codex's shapes (exec_server/_fs.py).
+            if exc.code == ErrorCode.METHOD_NOT_FOUND:
+                fs_request = _codex.decode_fs_request(raw)
+                if fs_request is not None:
+                    return fs_request
+            raise
+
     def _encode_error(self, error: ProtocolError) -> str:
         return p.encode_error(error) if self._codex is None else _codex.encode_error(error)  # Codex dialect hook
 
@@ -266,6 +281,10 @@ class Connection:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: call initialize first")
         if self._codex is not None:  # Codex dialect hook
             return await self._codex.dispatch(request, session, self._enqueue)
+        if request.method.startswith("fs/"):  # fs/* hook: the same file operations for our clients
+            if self._files is None:
+                self._files = FileOperations(self._server)
+            return await self._files.dispatch(request.method, request.params)
         match request.method:
             case "process/start":
                 result, process = session.start(params)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import functools
 import json
 import os
@@ -95,11 +96,16 @@ def worker_python(*, root: bool) -> str:
     raise SandboxUnavailable("no Python interpreter that the sandbox's unprivileged uid can execute (install python3 in /usr/bin)")
 
 
-def _error(kind: str, message: str) -> c.CodexError:
-    code = {"notFound": c.CodexErrorCode.NOT_FOUND, "refused": c.CodexErrorCode.INVALID_REQUEST}.get(
-        kind, c.CodexErrorCode.INTERNAL_ERROR
-    )
-    return c.CodexError(code, message)
+def _error(answer: dict[str, Any]) -> ProtocolError:
+    """The worker's error as ours: missing path, a refused request, or the OS's refusal."""
+    kind, message = answer["kind"], answer["message"]
+    if kind == "notFound":
+        return ProtocolError(ErrorCode.FILE_NOT_FOUND, message)
+    if kind == "refused":
+        return ProtocolError(ErrorCode.INVALID_REQUEST, message)
+    number = answer.get("errno")
+    data = {"errno": errno.errorcode.get(number, str(number))} if isinstance(number, int) else None
+    return ProtocolError(ErrorCode.FILE_FAILED, message, data)
 
 
 def _path(uri: str, field: str = "path") -> str:
@@ -186,7 +192,7 @@ class FileOperations:
         if not handle_id or len(handle_id) > MAX_HANDLE_ID_LENGTH:
             raise ProtocolError(ErrorCode.INVALID_PARAMS, f"invalid params: handleId must be 1-{MAX_HANDLE_ID_LENGTH} characters @ $.params.handleId")
         if handle_id in self._handles:
-            raise c.CodexError(c.CodexErrorCode.INVALID_REQUEST, f"file handle `{handle_id}` is already open")
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, f"file handle `{handle_id}` is already open")
         if len(self._handles) >= MAX_OPEN_HANDLES:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"limit exceeded: at most {MAX_OPEN_HANDLES} open file handles")
         path = _path(params.path)
@@ -197,7 +203,7 @@ class FileOperations:
     def _handle(self, handle_id: str) -> _Handle:
         handle = self._handles.get(handle_id)
         if handle is None:
-            raise c.CodexError(c.CodexErrorCode.NOT_FOUND, f"unknown file handle `{handle_id[:MAX_HANDLE_ID_LENGTH]}`")
+            raise ProtocolError(ErrorCode.FILE_NOT_FOUND, f"unknown file handle `{handle_id[:MAX_HANDLE_ID_LENGTH]}`")
         return handle
 
     async def _run(self, sandbox: Any, op: str, path: str, **arguments: Any) -> Any:
@@ -210,13 +216,13 @@ class FileOperations:
             python = worker_python(root=os.geteuid() == 0)
             plan = server.sandbox.prepare(policy, [python, "-I", "-S", "-c", WORKER_SOURCE], cwd, dict(_WORKER_ENV))
         except SandboxUnavailable as exc:
-            raise c.CodexError(c.CodexErrorCode.INTERNAL_ERROR, f"sandbox unavailable: {exc}") from None
+            raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
         request = json.dumps({"op": op, "path": path, **arguments}).encode()
         try:
             with trio.fail_after(WORKER_TIMEOUT_SECONDS):
                 completed = await _run_worker(plan.argv, request, cwd, plan.env, plan.pass_fds)
         except trio.TooSlowError:
-            raise c.CodexError(c.CodexErrorCode.INTERNAL_ERROR, f"{op} took longer than {WORKER_TIMEOUT_SECONDS:.0f}s") from None
+            raise ProtocolError(ErrorCode.FILE_FAILED, f"{op} took longer than {WORKER_TIMEOUT_SECONDS:.0f}s") from None
         finally:
             plan.cleanup()
         returncode, stdout, stderr = completed
@@ -224,11 +230,11 @@ class FileOperations:
             answer = json.loads(stdout)
         except ValueError:
             detail = stderr.decode("utf-8", "replace").strip().splitlines()
-            raise c.CodexError(
-                c.CodexErrorCode.INTERNAL_ERROR, f"{op} failed in its sandbox (exit {returncode}): {detail[-1] if detail else 'no output'}"
+            raise ProtocolError(
+                ErrorCode.FILE_FAILED, f"{op} failed in its sandbox (exit {returncode}): {detail[-1] if detail else 'no output'}"
             ) from None
         if "error" in answer:
-            raise _error(answer["error"]["kind"], answer["error"]["message"])
+            raise _error(answer["error"])
         return answer["ok"]
 
 

@@ -51,6 +51,7 @@ _CODE_OF: Final[dict[int, CodexErrorCode]] = {
     ErrorCode.UNKNOWN_PROCESS: CodexErrorCode.INVALID_REQUEST,
     ErrorCode.DUPLICATE_PROCESS: CodexErrorCode.INVALID_REQUEST,
     ErrorCode.PROCESS_RELEASED: CodexErrorCode.INVALID_REQUEST,
+    ErrorCode.FILE_NOT_FOUND: CodexErrorCode.NOT_FOUND,
 }
 
 # --- shared pieces ------------------------------------------------------------------------
@@ -386,6 +387,22 @@ def is_codex_initialize(text: str | bytes) -> bool:
     return isinstance(params, dict) and "protocolVersion" not in params
 
 
+def decode_fs_request(text: str | bytes) -> Request | None:
+    """An ``fs/*`` request from one of our own clients (same shapes as Codex's), else None.
+
+    Raises:
+        ProtocolError: it is an ``fs/*`` request, and a malformed one.
+    """
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(payload, dict) or not str(payload.get("method", "")).startswith("fs/"):
+        return None
+    message = decode(text)
+    return message if isinstance(message, Request) else None
+
+
 def _structure(value: Any, type_: type, path: str) -> Any:
     try:
         return converter.structure(value, type_)
@@ -445,19 +462,9 @@ def encode_result(request_id: RequestId, result: Any) -> str:
     return _dumps({"id": request_id, "result": converter.unstructure(result)})
 
 
-class CodexError(ProtocolError):
-    """An error whose ``code`` is already one of Codex's (``CodexErrorCode``), not ours."""
-
-    def with_request_id(self, request_id: RequestId | None) -> ProtocolError:
-        return CodexError(self.code, self.message, self.data, request_id=request_id)
-
-
 def encode_error(error: ProtocolError) -> str:
-    """An error object, with our code mapped to Codex's (a ``CodexError`` keeps its own)."""
-    if isinstance(error, CodexError):
-        code = error.code
-    else:
-        code = int(_CODE_OF.get(error.code, CodexErrorCode.INTERNAL_ERROR))
+    """An error object, with our code mapped to Codex's."""
+    code = int(_CODE_OF.get(error.code, CodexErrorCode.INTERNAL_ERROR))
     return _dumps({"id": error.request_id, "error": {"code": code, "message": error.message}})
 
 

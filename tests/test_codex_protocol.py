@@ -129,10 +129,10 @@ def test_an_unknown_method_is_method_not_found_and_an_unknown_notification_is_ig
 def test_errors_use_codex_codes_and_no_jsonrpc_member() -> None:
     unknown = json.loads(c.encode_error(ProtocolError(ErrorCode.UNKNOWN_PROCESS, "unknown process 'p'", request_id=4)))
     assert unknown == {"id": 4, "error": {"code": -32600, "message": "unknown process 'p'"}}
-    # Ours -32004 is "shutting down"; Codex's -32004 is "not found": only a CodexError keeps it.
+    # Ours -32004 is "shutting down"; Codex's -32004 is "not found" (ours -32009).
     shutting = json.loads(c.encode_error(ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down", request_id=5)))
     assert shutting["error"]["code"] == -32603
-    missing = c.CodexError(c.CodexErrorCode.NOT_FOUND, "No such file or directory (os error 2)").with_request_id(6)
+    missing = ProtocolError(ErrorCode.FILE_NOT_FOUND, "No such file or directory (os error 2)", request_id=6)
     assert json.loads(c.encode_error(missing))["error"]["code"] == -32004
 
 
@@ -187,18 +187,18 @@ def test_an_existing_read_only_carve_out_is_refused_not_widened(tmp_path: Any) -
     workspace = str(tmp_path)
     os.mkdir(os.path.join(workspace, ".git"))
     raw = _profile(_entry("root", "read"), _entry("project_roots", "write"), _entry("project_roots", "read", ".git", skip=True), cwd=workspace)
-    with pytest.raises(c.CodexError, match="read-only carve-out .*\\.git"):
+    with pytest.raises(ProtocolError, match="read-only carve-out .*\\.git"):
         _policy(raw, cwd=workspace)
 
 
 def test_a_profile_that_restricts_reads_is_refused() -> None:
-    with pytest.raises(c.CodexError, match="does not read the whole file system"):
+    with pytest.raises(ProtocolError, match="does not read the whole file system"):
         _policy(_profile(_entry("project_roots", "read")))
 
 
 def test_a_cwd_outside_the_writable_roots_is_refused() -> None:
     raw = _profile(_entry("root", "read"), _entry("slash_tmp", "write"))
-    with pytest.raises(c.CodexError, match="cwd"):
+    with pytest.raises(ProtocolError, match="cwd"):
         _policy(raw)
 
 

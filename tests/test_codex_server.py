@@ -353,3 +353,30 @@ async def test_a_write_outside_the_writable_roots_fails_like_a_commands_would(
     for error in (write, default, mkdir):
         assert error["code"] == -32603 and ("Permission denied" in error["message"] or "Read-only file system" in error["message"]), error
     assert not (outside / "escaped.txt").exists() and not (workspace / "w").exists()
+
+
+# --- fs/* for our own clients ----------------------------------------------------------------
+
+
+async def test_our_own_clients_use_the_same_file_operations_with_our_codes(
+    start_server: StartServer, workspace: Path, outside: Path, no_leftover_processes: None
+) -> None:
+    server = await start_server(sandbox=SandboxSettings(default_mode=SandboxMode.READ_ONLY, audit_denials="off"))
+    uri = uri_from_path(str(workspace / "ours.txt"))
+    data = base64.b64encode(b"ours\n").decode()
+    async with open_raw_client(server.url, server.token) as raw:
+        await raw.initialize()  # our protocol (protocolVersion 1)
+        with trio.fail_after(TIMEOUT):
+            assert await raw.call("fs/writeFile", {"path": uri, "dataBase64": data, "sandbox": _profile(workspace, write=True)}) == {}
+            assert await raw.call("fs/readFile", {"path": uri, "sandbox": None}) == {"dataBase64": data}
+            missing = await raw.expect_error("fs/readFile", {"path": uri_from_path(str(workspace / "nope")), "sandbox": None}, -32009)
+            denied = await raw.expect_error(
+                "fs/writeFile", {"path": uri_from_path(str(outside / "x")), "dataBase64": data, "sandbox": _profile(workspace, write=True)}, -32010
+            )
+            bad = await raw.expect_error("fs/readFile", {"path": "relative", "sandbox": None}, -32602)
+            # Our protocol's own methods are untouched next to them.
+            events = await raw.run("p", ["sh", "-c", "cat ours.txt"], cwd=str(workspace), sandbox={"mode": "readOnly"})
+    assert "No such file" in missing.message
+    assert denied.data is not None and denied.data["errno"] in ("EACCES", "EROFS")
+    assert "file:// URI" in bad.message
+    assert output_of(events) == b"ours\n"
