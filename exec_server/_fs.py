@@ -50,6 +50,8 @@ MAX_WRITE_FILE_BYTES: Final = 64 * 1024 * 1024
 MAX_OPEN_HANDLES: Final = 256
 MAX_HANDLE_ID_LENGTH: Final = 128
 MAX_WALK_ENTRIES: Final = 100_000
+# Workers one connection may run at once; further fs/* requests wait for one to finish.
+MAX_CONCURRENT_WORKERS: Final = 4
 # The worker's stdout is JSON of at most a file's base64 plus a little framing.
 _MAX_WORKER_OUTPUT: Final = MAX_READ_FILE_BYTES * 4 // 3 + 1024 * 1024
 _WORKER_ENV: Final = {"PATH": os.defpath, "LC_ALL": "C.UTF-8"}
@@ -121,6 +123,7 @@ class FileOperations:
     def __init__(self, server: Server) -> None:
         self._server = server
         self._handles: dict[str, _Handle] = {}
+        self._workers = trio.Semaphore(MAX_CONCURRENT_WORKERS)
 
     def close(self) -> None:
         self._handles.clear()
@@ -211,21 +214,21 @@ class FileOperations:
         server = self._server
         profile = c.parse_sandbox(sandbox)
         cwd = (profile.cwd if profile is not None else None) or server.default_cwd
-        try:
-            policy = server.sandbox.resolve(policy_for(profile, cwd=cwd))
-            python = worker_python(root=os.geteuid() == 0)
-            plan = server.sandbox.prepare(policy, [python, "-I", "-S", "-c", WORKER_SOURCE], cwd, dict(_WORKER_ENV))
-        except SandboxUnavailable as exc:
-            raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
         request = json.dumps({"op": op, "path": path, **arguments}).encode()
-        try:
-            with trio.fail_after(WORKER_TIMEOUT_SECONDS):
-                completed = await _run_worker(plan.argv, request, cwd, plan.env, plan.pass_fds)
-        except trio.TooSlowError:
-            raise ProtocolError(ErrorCode.FILE_FAILED, f"{op} took longer than {WORKER_TIMEOUT_SECONDS:.0f}s") from None
-        finally:
-            plan.cleanup()
-        returncode, stdout, stderr = completed
+        async with self._workers:
+            try:
+                policy = server.sandbox.resolve(policy_for(profile, cwd=cwd))
+                python = worker_python(root=os.geteuid() == 0)
+                plan = server.sandbox.prepare(policy, [python, "-I", "-S", "-c", WORKER_SOURCE], cwd, dict(_WORKER_ENV))
+            except SandboxUnavailable as exc:
+                raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
+            try:
+                with trio.fail_after(WORKER_TIMEOUT_SECONDS):
+                    returncode, stdout, stderr = await _run_worker(plan.argv, request, cwd, plan.env, plan.pass_fds)
+            except trio.TooSlowError:
+                raise ProtocolError(ErrorCode.FILE_FAILED, f"{op} took longer than {WORKER_TIMEOUT_SECONDS:.0f}s") from None
+            finally:
+                plan.cleanup()
         try:
             answer = json.loads(stdout)
         except ValueError:

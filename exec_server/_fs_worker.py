@@ -42,7 +42,7 @@ def _metadata(path: str) -> dict[str, Any]:
 
 
 def _read(path: str, offset: int, length: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)  # a FIFO must not block
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise Refused(f"path `{path}` is not a file")
@@ -52,7 +52,7 @@ def _read(path: str, offset: int, length: int) -> bytes:
 
 
 def _read_file(path: str, limit: int) -> dict[str, Any]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)  # a FIFO must not block
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -70,7 +70,7 @@ def _read_file(path: str, limit: int) -> dict[str, Any]:
 
 
 def _write_file(path: str, data: bytes) -> dict[str, Any]:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOCTTY, 0o666)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, 0o666)
     try:
         view = memoryview(data)
         while view:

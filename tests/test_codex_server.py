@@ -380,3 +380,11 @@ async def test_our_own_clients_use_the_same_file_operations_with_our_codes(
     assert denied.data is not None and denied.data["errno"] in ("EACCES", "EROFS")
     assert "file:// URI" in bad.message
     assert output_of(events) == b"ours\n"
+
+
+async def test_a_fifo_is_refused_at_once_not_waited_on(sandboxed_codex: RawClient, workspace: Path) -> None:
+    fifo = workspace / "pipe"
+    os.mkfifo(fifo)
+    with trio.fail_after(TIMEOUT):
+        error = await _error(sandboxed_codex, "fs/readFile", {"path": uri_from_path(str(fifo)), "sandbox": None})
+    assert error["code"] == -32600 and "not a file" in error["message"]
