@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -46,8 +47,10 @@ READ_ONLY_PROFILE: Final = {
 
 def find_codex() -> str | None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    binary = Path(base) / "exec-server-tests" / "codex" / "node_modules" / ".bin" / "codex"
-    return str(binary) if binary.exists() else None
+    modules = Path(base) / "exec-server-tests" / "codex" / "node_modules"
+    # The platform binary itself, not the node launcher (killing that would orphan it).
+    found = sorted(modules.glob("@openai/codex-*/vendor/*/bin/codex"))
+    return str(found[0]) if found else None
 
 
 class CodexDialectClient:
@@ -116,7 +119,12 @@ async def codex_exec_server(binary: str, home: Path) -> AsyncIterator[str]:
     (home / "user").mkdir(parents=True, exist_ok=True)
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home / "user"), "CODEX_HOME": str(home)}
     process = await trio.lowlevel.open_process(
-        [binary, "exec-server", "--listen", "ws://127.0.0.1:0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+        [binary, "exec-server", "--listen", "ws://127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
     )
     try:
         assert process.stdout is not None
@@ -131,7 +139,8 @@ async def codex_exec_server(binary: str, home: Path) -> AsyncIterator[str]:
     finally:
         with trio.CancelScope(shield=True):
             if process.returncode is None:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)  # its sandbox helpers too
             await process.wait()
             await process.stdout.aclose()  # type: ignore[union-attr]
 

@@ -14,6 +14,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -45,7 +46,7 @@ def codex_binary() -> str:
     target = _cache_dir()
     binary = target / "node_modules" / ".bin" / "codex"
     if binary.exists():
-        return str(binary)
+        return _native(binary)
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip("npm is not installed: the real-Codex tests need it")
@@ -57,7 +58,14 @@ def codex_binary() -> str:
         timeout=600,
     )
     assert binary.exists(), f"npm installed no {binary}"
-    return str(binary)
+    return _native(binary)
+
+
+def _native(launcher: Path) -> str:
+    """The platform binary the npm launcher (a node script) would start: killing the node
+    wrapper would orphan it, so the tests run it directly."""
+    found = sorted(launcher.parents[1].glob("@openai/codex-*/vendor/*/bin/codex"))
+    return str(found[0]) if found else str(launcher)
 
 
 # --- the scripted model ----------------------------------------------------------------------
@@ -230,6 +238,7 @@ async def codex_exec_server(home: Path) -> AsyncIterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
+        start_new_session=True,
     )
     try:
         assert process.stdout is not None
@@ -243,7 +252,8 @@ async def codex_exec_server(home: Path) -> AsyncIterator[str]:
     finally:
         with trio.CancelScope(shield=True):
             if process.returncode is None:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)  # its sandbox helpers too
             await process.wait()
             if process.stdout is not None:
                 await process.stdout.aclose()

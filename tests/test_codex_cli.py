@@ -24,6 +24,7 @@ from protocol import SandboxMode
 
 from codex_peer import ExecRun, call, codex_binary, codex_exec, codex_exec_server, patch, say, scratch_workspace
 from conftest import RunningServer, StartServer
+from rawclient import no_leftover_processes  # noqa: F401  (fixture used by name)
 
 NOBODY: Final = 65534
 TEST_TIMEOUT: Final = 240.0
@@ -36,7 +37,7 @@ def _codex_installed() -> None:
 
 
 @pytest.fixture
-def workspace() -> Iterator[Path]:
+def workspace(no_leftover_processes: None) -> Iterator[Path]:
     with scratch_workspace(NOBODY) as path:
         yield path
 
