@@ -38,6 +38,8 @@ from protocol._codex import (
     is_codex_initialize as is_codex_initialize,
 )
 
+from . import _spawn, _tree
+from ._auth import TOKEN_ENV
 from ._codex_sandbox import policy_for
 from ._fs import FileOperations
 from ._config import SERVER_VERSION
@@ -73,6 +75,15 @@ def path_of(uri: str, field: str = "path") -> str:
 
 
 # --- the environment ---------------------------------------------------------------------
+
+
+def inherited_environment() -> dict[str, str]:
+    """What a command may inherit from the server: exactly what our ``inheritEnv`` gives
+    (``_spawn.build_env`` decides what is withheld), never the server's token."""
+    env = _spawn.build_env(None, True, "", _tree.TREE_MARKER_VAR)
+    env.pop(_tree.TREE_MARKER_VAR, None)
+    env.pop(TOKEN_ENV, None)
+    return env
 
 
 def environment_for(policy: c.EnvPolicy | None, env: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
@@ -136,9 +147,6 @@ class CodexDialect:
     def initialize_result(self, session: Session) -> c.InitializeResult:
         return c.InitializeResult(session_id=session.id, environment_info=environment_info(self._server))
 
-    def close(self) -> None:
-        self._files.close()
-
     async def dispatch(self, request: p.Request, session: Session, enqueue: Enqueue) -> Any:
         """Answer one request; returns the result, or None when it was already queued."""
         params = request.params
@@ -177,7 +185,7 @@ class CodexDialect:
         if params.managed_network is not None or params.enforce_managed_network:
             log.info("process %s: managed network requested; running it without network", params.process_id)
         policy = policy_for(c.parse_sandbox(params.sandbox), cwd=cwd, enforce_managed_network=params.enforce_managed_network)
-        env = environment_for(params.env_policy, params.env, os.environ)
+        env = environment_for(params.env_policy, params.env, inherited_environment())
         try:
             return p.StartParams(
                 process_id=params.process_id,

@@ -125,9 +125,6 @@ class FileOperations:
         self._handles: dict[str, _Handle] = {}
         self._workers = trio.Semaphore(MAX_CONCURRENT_WORKERS)
 
-    def close(self) -> None:
-        self._handles.clear()
-
     async def dispatch(self, method: str, params: Any) -> Any:
         match method:
             case "fs/readFile":

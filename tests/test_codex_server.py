@@ -388,3 +388,16 @@ async def test_a_fifo_is_refused_at_once_not_waited_on(sandboxed_codex: RawClien
     with trio.fail_after(TIMEOUT):
         error = await _error(sandboxed_codex, "fs/readFile", {"path": uri_from_path(str(fifo)), "sandbox": None})
     assert error["code"] == -32600 and "not a file" in error["message"]
+
+
+async def test_inheriting_the_servers_environment_never_hands_over_its_token(
+    codex: RawClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXEC_SERVER_TOKEN", "the-servers-secret")
+    monkeypatch.setenv("PLAIN_SETTING", "visible")
+    policy = {"inherit": "all", "ignoreDefaultExcludes": True, "exclude": [], "set": {}, "includeOnly": []}
+    argv = ["sh", "-c", 'echo "${EXEC_SERVER_TOKEN:-absent}|$PLAIN_SETTING"']
+    with trio.fail_after(TIMEOUT):
+        await _result(codex, "process/start", _start("tok", argv, tmp_path, envPolicy=policy, env={}))
+        events = await codex.events_for("tok")
+    assert output_of(events) == b"absent|visible\n"
