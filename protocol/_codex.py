@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import enum
 import json
-import urllib.parse
 from typing import Any, Final
 
 import attrs
@@ -27,7 +26,15 @@ import attrs
 from . import _codec
 from ._codec import Notification, Request
 from ._errors import ErrorCode, ProtocolError, RequestId
-from ._messages import FieldError, _argv, _env, _process_id
+from ._codex_profile import (
+    Access as Access,
+    PermissionEntry as PermissionEntry,
+    ProfileKind as ProfileKind,
+    SandboxProfile as SandboxProfile,
+    parse_sandbox as parse_sandbox,
+)
+from ._file_uri import path_from_uri as path_from_uri, uri_from_path as uri_from_path
+from ._messages import _argv, _env, _process_id
 
 # --- codes ------------------------------------------------------------------------------
 
@@ -490,169 +497,3 @@ def encode_exited(process_id: str, seq: int, exit_code: int, sandbox_denied: boo
 
 def encode_closed(process_id: str, seq: int) -> str:
     return _dumps({"method": "process/closed", "params": {"processId": process_id, "seq": seq}})
-
-
-# --- file:// URIs -------------------------------------------------------------------------
-
-
-def path_from_uri(uri: str, field: str = "path") -> str:
-    """``file:///a%20b`` → ``/a b``; anything but an absolute local ``file:`` URI is refused.
-
-    Raises:
-        FieldError: not a ``file:`` URI, a remote host, a relative or NUL-bearing path.
-    """
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme != "file":
-        raise FieldError(field, f"expected a file:// URI, got {uri[:80]!r}")
-    if parts.netloc not in ("", "localhost"):
-        raise FieldError(field, f"file URI names a remote host {parts.netloc[:80]!r}")
-    if parts.query or parts.fragment:
-        raise FieldError(field, "file URI must not have a query or fragment")
-    path = urllib.parse.unquote(parts.path, errors="surrogateescape")
-    if not path.startswith("/") or "\0" in path:
-        raise FieldError(field, "file URI must name an absolute path")
-    return path
-
-
-def uri_from_path(path: str) -> str:
-    return "file://" + urllib.parse.quote(path, safe="/", errors="surrogateescape")
-
-
-# --- the permissions profile --------------------------------------------------------------
-
-
-class Access(str, enum.Enum):
-    READ = "read"
-    WRITE = "write"
-    NONE = "none"
-
-
-class ProfileKind(str, enum.Enum):
-    MANAGED = "managed"
-    DISABLED = "disabled"
-    EXTERNAL = "external"
-
-
-@attrs.frozen(kw_only=True)
-class PermissionEntry:
-    """One ``file_system.entries`` item: ``special`` names a Codex special path (``root``,
-    ``project_roots``, ``slash_tmp``, ``tmpdir``, …) with an optional ``subpath``; otherwise
-    ``path`` is absolute."""
-
-    access: Access
-    special: str | None = None
-    subpath: str | None = None
-    path: str | None = None
-    skip_if_missing: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class SandboxProfile:
-    kind: ProfileKind
-    file_system_unrestricted: bool = False
-    entries: tuple[PermissionEntry, ...] = ()
-    network_enabled: bool = False
-    cwd: str | None = None
-    workspace_roots: tuple[str, ...] = ()
-
-
-_SPECIAL_KINDS: Final = frozenset({"root", "project_roots", "slash_tmp", "tmpdir", "current_working_directory"})
-_MAX_ENTRIES: Final = 4096
-
-
-class _ProfileError(Exception):
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{message} @ {path}")
-
-
-def _object(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _ProfileError(path, "expected an object")
-    return value
-
-
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise _ProfileError(path, "expected a string")
-    return value
-
-
-def _uri_path(value: Any, path: str) -> str:
-    try:
-        return path_from_uri(_string(value, path))
-    except FieldError as exc:
-        raise _ProfileError(path, str(exc)) from None
-
-
-def _entry(raw: Any, path: str) -> PermissionEntry:
-    item = _object(raw, path)
-    access_raw = _string(item.get("access"), f"{path}.access")
-    try:
-        access = Access(access_raw)
-    except ValueError:
-        raise _ProfileError(f"{path}.access", f"unknown access {access_raw!r}") from None
-    skip = item.get("missing_path_behavior") == "skip"
-    target = _object(item.get("path"), f"{path}.path")
-    kind = _string(target.get("type"), f"{path}.path.type")
-    if kind == "special":
-        value = _object(target.get("value"), f"{path}.path.value")
-        special = _string(value.get("kind"), f"{path}.path.value.kind")
-        if special not in _SPECIAL_KINDS:
-            raise _ProfileError(f"{path}.path.value.kind", f"unknown special path {special!r}")
-        subpath = value.get("subpath")
-        if subpath is not None:
-            subpath = _string(subpath, f"{path}.path.value.subpath")
-            if subpath.startswith("/") or "\0" in subpath or ".." in subpath.split("/"):
-                raise _ProfileError(f"{path}.path.value.subpath", "subpath must be relative and stay inside")
-        return PermissionEntry(access=access, special=special, subpath=subpath, skip_if_missing=skip)
-    if kind == "path":
-        return PermissionEntry(access=access, path=_uri_path(target.get("path"), f"{path}.path.path"), skip_if_missing=skip)
-    raise _ProfileError(f"{path}.path.type", f"unsupported path type {kind!r}")
-
-
-def parse_sandbox(raw: Any, path: str = "$.params.sandbox") -> SandboxProfile | None:
-    """The ``sandbox`` field of a Codex request, or None when it is null.
-
-    Raises:
-        ProtocolError: -32602 naming the offending member.
-    """
-    if raw is None:
-        return None
-    try:
-        context = _object(raw, path)
-        permissions = _object(context.get("permissions"), f"{path}.permissions")
-        kind_raw = _string(permissions.get("type"), f"{path}.permissions.type")
-        try:
-            kind = ProfileKind(kind_raw)
-        except ValueError:
-            raise _ProfileError(f"{path}.permissions.type", f"unknown permissions type {kind_raw!r}") from None
-        cwd = context.get("cwd")
-        cwd_path = _uri_path(cwd, f"{path}.cwd") if cwd is not None else None
-        roots_raw = context.get("workspaceRoots") or []
-        if not isinstance(roots_raw, list) or len(roots_raw) > _MAX_ENTRIES:
-            raise _ProfileError(f"{path}.workspaceRoots", "expected a list of file URIs")
-        roots = tuple(_uri_path(root, f"{path}.workspaceRoots[{i}]") for i, root in enumerate(roots_raw))
-        if kind is not ProfileKind.MANAGED:
-            return SandboxProfile(kind=kind, cwd=cwd_path, workspace_roots=roots)
-        network = permissions.get("network", "restricted")
-        if network not in ("restricted", "enabled"):
-            raise _ProfileError(f"{path}.permissions.network", f"unknown network policy {network!r}")
-        file_system = _object(permissions.get("file_system"), f"{path}.permissions.file_system")
-        fs_kind = _string(file_system.get("type"), f"{path}.permissions.file_system.type")
-        if fs_kind == "unrestricted":
-            return SandboxProfile(
-                kind=kind, file_system_unrestricted=True, network_enabled=network == "enabled", cwd=cwd_path, workspace_roots=roots
-            )
-        if fs_kind != "restricted":
-            raise _ProfileError(f"{path}.permissions.file_system.type", f"unknown file system policy {fs_kind!r}")
-        entries_raw = file_system.get("entries")
-        if not isinstance(entries_raw, list) or len(entries_raw) > _MAX_ENTRIES:
-            raise _ProfileError(f"{path}.permissions.file_system.entries", "expected a list")
-        entries = tuple(
-            _entry(item, f"{path}.permissions.file_system.entries[{i}]") for i, item in enumerate(entries_raw)
-        )
-    except _ProfileError as exc:
-        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"invalid params: {exc}", {"errors": [str(exc)]}) from None
-    return SandboxProfile(
-        kind=kind, entries=entries, network_enabled=network == "enabled", cwd=cwd_path, workspace_roots=roots
-    )
