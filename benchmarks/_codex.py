@@ -12,7 +12,6 @@ the section is one line saying so.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
 import json
@@ -43,6 +42,14 @@ READ_ONLY_PROFILE: Final = {
     "windowsSandboxLevel": "disabled",
     "useLegacyLandlock": False,
 }
+
+
+OUTPUT_PREFIX: Final = '{"method":"process/output"'
+
+
+def _base64_length(text: str) -> int:
+    """Decoded size of padded base64 ``text`` (what the stream arm counts, without decoding)."""
+    return len(text) // 4 * 3 - (2 if text.endswith("==") else 1 if text.endswith("=") else 0)
 
 
 def find_codex() -> str | None:
@@ -99,16 +106,21 @@ class CodexDialectClient:
         exit_code = -1
         stdout = 0
         while True:
-            message = json.loads(await self._ws.get_message())
+            frame = await self._ws.get_message()
+            if isinstance(frame, str) and frame.startswith(OUTPUT_PREFIX):
+                # The hot path, kept cheap so the client does not cap the stream arm: both
+                # servers write processId, seq, stream, chunk in that order.
+                head = frame[: frame.find('"chunk":"')]
+                if f'"processId":{json.dumps(process_id)},' in head and '"stream":"stdout"' in head:
+                    stdout += _base64_length(frame[len(head) + 9 : frame.rindex('"')])
+                continue
+            message = json.loads(frame)
             if "error" in message:
                 raise RuntimeError(f"process/start: {message['error']}")
             method = message.get("method")
             if method is None or message["params"].get("processId") != process_id:
                 continue
-            if method == "process/output":
-                if message["params"]["stream"] == "stdout":
-                    stdout += len(base64.b64decode(message["params"]["chunk"]))
-            elif method == "process/exited":
+            if method == "process/exited":
                 exit_code = message["params"]["exitCode"]
             elif method == "process/closed":
                 return exit_code, stdout
