@@ -266,7 +266,7 @@ def scratch_workspace(uid: int) -> Iterator[Path]:
     runs a workspace's commands as."""
     path = Path(tempfile.mkdtemp(prefix="codex-peer-", dir="/tmp"))
     try:
-        path.chmod(0o755)
+        path.chmod(0o777)  # writable to whatever uid the sandbox runs as: only the sandbox decides
         if os.geteuid() == 0:
             os.chown(path, uid, uid)
         yield path

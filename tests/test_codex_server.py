@@ -88,8 +88,10 @@ async def _error(raw: RawClient, method: str, params: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def workspace() -> Iterator[Path]:
+    """Writable to whatever uid the sandbox runs a command as (here: ``nobody`` for a root
+    server and a nobody-owned workspace), so that only the sandbox decides."""
     path = Path(tempfile.mkdtemp(prefix="codex-dialect-", dir="/tmp"))
-    path.chmod(0o755)
+    path.chmod(0o777)
     if os.geteuid() == 0:
         os.chown(path, NOBODY, NOBODY)
     yield path
@@ -321,9 +323,11 @@ async def test_file_operations_round_trip_inside_the_workspace(sandboxed_codex: 
         not_empty = await _error(raw, "fs/remove", {"path": uri_from_path(str(workspace / "d1")), "recursive": False, "force": False, "sandbox": sandbox})
         assert "not empty" in not_empty["message"]
         assert await _result(raw, "fs/remove", {"path": uri_from_path(str(workspace / "d1")), "recursive": True, "force": True, "sandbox": sandbox}) == {}
+        # Written inside the sandbox: as the uid a sandboxed command writes as.
+        await _result(raw, "process/start", _start("touch", ["touch", "by-command"], workspace, sandbox=sandbox))
+        await raw.events_for("touch")
     assert not (workspace / "d1").exists()
-    if os.geteuid() == 0:
-        assert (workspace / "a.txt").stat().st_uid == NOBODY  # written by the sandbox's uid
+    assert (workspace / "a.txt").stat().st_uid == (workspace / "by-command").stat().st_uid
 
 
 async def test_missing_paths_are_codex_not_found(sandboxed_codex: RawClient, workspace: Path) -> None:
