@@ -34,7 +34,7 @@ from ._codex_profile import (
     parse_sandbox as parse_sandbox,
 )
 from ._file_uri import path_from_uri as path_from_uri, uri_from_path as uri_from_path
-from ._messages import _argv, _env, _process_id
+from ._messages import FieldError, _argv, _env, _process_id
 
 # --- codes ------------------------------------------------------------------------------
 
@@ -76,13 +76,23 @@ class CodexStream(str, enum.Enum):
     PTY = "pty"
 
 
+# Name patterns per envPolicy list, and their length: each is matched against every variable.
+MAX_ENV_PATTERNS: Final = 256
+MAX_ENV_PATTERN_LENGTH: Final = 256
+
+
+def _patterns(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if len(value) > MAX_ENV_PATTERNS or any(len(pattern) > MAX_ENV_PATTERN_LENGTH for pattern in value):
+        raise FieldError(attribute.name, f"at most {MAX_ENV_PATTERNS} patterns of at most {MAX_ENV_PATTERN_LENGTH} characters")
+
+
 @attrs.frozen(kw_only=True)
 class EnvPolicy:
     inherit: EnvInherit
     ignore_default_excludes: bool = False
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = attrs.field(default=(), validator=_patterns)
     set: dict[str, str] = attrs.field(factory=dict, validator=_env)
-    include_only: tuple[str, ...] = ()
+    include_only: tuple[str, ...] = attrs.field(default=(), validator=_patterns)
 
 
 @attrs.frozen(kw_only=True)

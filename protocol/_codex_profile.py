@@ -54,7 +54,9 @@ class SandboxProfile:
 
 
 _SPECIAL_KINDS: Final = frozenset({"root", "project_roots", "slash_tmp", "tmpdir", "current_working_directory"})
-_MAX_ENTRIES: Final = 4096
+# Far above what Codex sends (a handful of each); bounded because the mapping is entries × roots.
+MAX_PROFILE_ENTRIES: Final = 256
+MAX_WORKSPACE_ROOTS: Final = 64
 
 
 class _ProfileError(Exception):
@@ -126,8 +128,8 @@ def parse_sandbox(raw: Any, path: str = "$.params.sandbox") -> SandboxProfile | 
         cwd = context.get("cwd")
         cwd_path = _uri_path(cwd, f"{path}.cwd") if cwd is not None else None
         roots_raw = context.get("workspaceRoots") or []
-        if not isinstance(roots_raw, list) or len(roots_raw) > _MAX_ENTRIES:
-            raise _ProfileError(f"{path}.workspaceRoots", "expected a list of file URIs")
+        if not isinstance(roots_raw, list) or len(roots_raw) > MAX_WORKSPACE_ROOTS:
+            raise _ProfileError(f"{path}.workspaceRoots", f"expected a list of at most {MAX_WORKSPACE_ROOTS} file URIs")
         roots = tuple(_uri_path(root, f"{path}.workspaceRoots[{i}]") for i, root in enumerate(roots_raw))
         if kind is not ProfileKind.MANAGED:
             return SandboxProfile(kind=kind, cwd=cwd_path, workspace_roots=roots)
@@ -143,8 +145,8 @@ def parse_sandbox(raw: Any, path: str = "$.params.sandbox") -> SandboxProfile | 
         if fs_kind != "restricted":
             raise _ProfileError(f"{path}.permissions.file_system.type", f"unknown file system policy {fs_kind!r}")
         entries_raw = file_system.get("entries")
-        if not isinstance(entries_raw, list) or len(entries_raw) > _MAX_ENTRIES:
-            raise _ProfileError(f"{path}.permissions.file_system.entries", "expected a list")
+        if not isinstance(entries_raw, list) or len(entries_raw) > MAX_PROFILE_ENTRIES:
+            raise _ProfileError(f"{path}.permissions.file_system.entries", f"expected a list of at most {MAX_PROFILE_ENTRIES}")
         entries = tuple(
             _entry(item, f"{path}.permissions.file_system.entries[{i}]") for i, item in enumerate(entries_raw)
         )

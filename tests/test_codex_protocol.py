@@ -261,3 +261,18 @@ def test_env_policy_exclude_set_include_only_and_core() -> None:
     assert environment_for(_env_policy(inherit="core"), {}, BASE) == {"PATH": "/usr/bin", "HOME": "/root"}
     assert environment_for(_env_policy(inherit="none"), {"X": "y"}, BASE) == {"X": "y"}
     assert environment_for(None, {"X": "y"}, BASE) == {"X": "y"}
+
+
+def test_profiles_and_env_patterns_are_bounded() -> None:
+    huge = _profile(*[_entry("root", "read")] * 257)
+    with pytest.raises(ProtocolError, match="at most 256"):
+        _policy(huge)
+    roots = _profile(_entry("root", "read"))
+    roots["workspaceRoots"] = [c.uri_from_path(f"/r{i}") for i in range(65)]
+    with pytest.raises(ProtocolError, match="at most 64"):
+        _policy(roots)
+    params = {"processId": "p", "argv": ["true"], "cwd": "file:///", "env": {}, "tty": False}
+    for field in ("exclude", "includeOnly"):
+        policy = {"inherit": "all", field: ["X*"] * 257}
+        with pytest.raises(ProtocolError, match=f"envPolicy.{field}"):
+            c.decode(json.dumps({"id": 1, "method": "process/start", "params": {**params, "envPolicy": policy}}))
