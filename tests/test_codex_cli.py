@@ -109,6 +109,14 @@ async def test_workspace_write_blocks_a_write_to_etc_and_reports_it(sandboxed: R
     output = run.tool_outputs[0]
     assert "Process exited with code 1" in output
     assert re.search(rf"{re.escape(str(probe))}: (Permission denied|Read-only file system)", output), output
+    # And Codex's client was told it was the sandbox (process/exited sandboxDenied: true).
+    [process] = [
+        process
+        for session in sandboxed.server.sessions.values()
+        for process in session.processes.values()
+        if str(probe) in " ".join(process.argv)
+    ]
+    assert process.exited is not None and process.exited.sandbox_denied is True
 
 
 async def test_apply_patch_creates_and_edits_a_file_in_the_remote_workspace(
