@@ -13,6 +13,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,11 @@ def _native(launcher: Path) -> str:
 
 
 # --- the scripted model ----------------------------------------------------------------------
+
+
+# In a step's arguments: the unified-exec session id of the last "Process running" output.
+SESSION_ID: Final = "__session_id__"
+_SESSION_RE: Final = re.compile(r"Process running with session ID (\d+)")
 
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:
@@ -129,6 +135,9 @@ class ScriptedModel:
         seen = [item for item in body.get("input", []) if str(item.get("type", "")).endswith("_call_output")]
         turn = len(seen)
         step = dict(self.steps[min(turn, len(self.steps) - 1)])
+        if step["type"] == "function_call" and SESSION_ID in step["arguments"]:
+            running = [m.group(1) for item in seen if (m := _SESSION_RE.search(str(item.get("output"))))]
+            step["arguments"] = step["arguments"].replace(f'"{SESSION_ID}"', running[-1] if running else "0")
         step["id"] = f"item_{turn}"
         if step["type"] != "message":
             step["call_id"] = f"call_{turn}"

@@ -21,7 +21,7 @@ import trio
 from exec_server.sandbox import SandboxSettings
 from protocol import SandboxMode
 
-from codex_peer import ExecRun, call, codex_binary, codex_exec, codex_exec_server, patch, say, scratch_workspace
+from codex_peer import SESSION_ID, ExecRun, call, codex_binary, codex_exec, codex_exec_server, patch, say, scratch_workspace
 from conftest import RunningServer, StartServer
 from rawclient import no_leftover_processes  # noqa: F401  (fixture used by name)
 
@@ -156,3 +156,19 @@ async def test_fifty_megabytes_of_output_without_failure(sandboxed: RunningServe
     # Codex truncates what it shows the model; the count it reports is of the whole stream.
     tokens = re.search(r"Original token count: (\d+)", output)
     assert tokens is not None and int(tokens.group(1)) > FIFTY_MB // 8
+
+
+async def test_a_long_running_command_the_model_polls_to_its_end(sandboxed: RunningServer, workspace: Path, tmp_path: Path) -> None:
+    # The agent yields after 250 ms with the command still running, then polls it: the rest
+    # of its output and its exit reach the model through the same (lossless) event stream.
+    steps = [
+        call("exec_command", cmd="echo early; sleep 3; echo late", login=False, yield_time_ms=500),
+        call("write_stdin", session_id=SESSION_ID, chars="", yield_time_ms=10000),
+        say("done"),
+    ]
+    with trio.fail_after(TEST_TIMEOUT):
+        run = await _ours(sandboxed, steps, workspace, tmp_path)
+    first, second = run.tool_outputs
+    assert "Process running with session ID" in first, first
+    assert "Process exited with code 0" in second and second.endswith("late\n"), second
+    assert "early" in first + second
