@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from typing import Any, Final, TypeVar
 import attrs
 import trio
 
-from . import _concurrency, _latency, _memory, _peers, _sandbox_overhead, _throughput
+from . import _codex, _concurrency, _latency, _memory, _peers, _sandbox_overhead, _throughput
 from ._profile import profiling
 from ._report import Section, Target, plot_cdf, render
 from ._servers import server_process
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report path (the CDF PNG goes next to it)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="record py-spy profiles of server and client into DIR")
     parser.add_argument("--audit-denials", choices=["auto", "on", "off"], default="off", help="the server's --audit-denials")
-    parser.add_argument("--skip", action="append", default=[], choices=["latency", "throughput", "concurrency", "memory", "sandbox", "peers"])
+    parser.add_argument("--skip", action="append", default=[], choices=["latency", "throughput", "concurrency", "memory", "sandbox", "peers", "codex"])
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     report = Report()
@@ -197,6 +198,23 @@ def main(argv: list[str] | None = None) -> int:
                             rest <= 2.5 and heavy <= 2.5,
                         )
                     )
+        if "codex" not in args.skip:  # the Codex peer arm: its own servers, side by side
+            with server_process(audit_denials=args.audit_denials) as codex_arm_server:
+                codex_section = report.attempt(
+                    "codex",
+                    lambda: trio.run(
+                        functools.partial(
+                            _codex.run_section,
+                            codex_arm_server.url,
+                            codex_arm_server.token,
+                            calls=5 if args.quick else 50,
+                            runs=plan.reps,
+                            stream_bytes=plan.stream_bytes,
+                        )
+                    ),
+                )
+            if codex_section is not None:
+                report.sections.append(codex_section)
         if "peers" not in args.skip:
             peer_protocols = [(p.label, p.runs, p.calls) for p in plan.protocols]
             peers = report.attempt("peers", lambda: _peers.run_section(peer_protocols, sources, plan.at_once, plan.reps))

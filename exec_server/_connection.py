@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
 import protocol as p
 from protocol import CloseCode, ErrorCode, ProtocolError
 
+from . import _codex
+from ._fs import FileOperations
 from ._config import ServerConfig
 from ._lifecycle import Lifecycle
 from ._outbound import OutboundItem, OutboundQueue
 from ._session import Session
 from ._transport import MessageTransport, TransportClosed
 from ._wire import encode_event
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,12 @@ class ConnectionHost(Protocol):
 
     @property
     def shutting_down(self) -> bool: ...
+
+    @property
+    def sandbox(self) -> Sandbox: ...
+
+    @property
+    def default_cwd(self) -> str: ...
 
     def find_session(self, session_id: str) -> Session | None:
         """The live session with this id, if any."""
@@ -115,6 +126,9 @@ class Connection:
         self._request_limit = trio.Semaphore(self._config.max_concurrent_requests)
         # When the writer began the message it is still writing (None: idle).
         self._writing_since: float | None = None
+        # Codex dialect hook: set at an `initialize` without protocolVersion (exec_server/_codex.py).
+        self._codex: _codex.CodexDialect | None = None
+        self._files: FileOperations | None = None  # fs/* hook, made at the first fs/* request
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -241,7 +255,12 @@ class Connection:
                         item = await self._queue.get()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                    message = item if isinstance(item, str | bytes) else encode_event(item, self._binary_output)
+                    if isinstance(item, str | bytes):
+                        message = item
+                    elif self._codex is not None:  # Codex dialect hook
+                        message = _codex.encode_event(item)
+                    else:
+                        message = encode_event(item, self._binary_output)
                     # A message is never cancelled half-way (that would corrupt the stream for
                     # the close frame after it): the watchdog handles a stuck write.
                     self._writing_since = trio.current_time()
@@ -300,15 +319,17 @@ class Connection:
             if size * 4 > limit and isinstance(raw, str):
                 size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes
             if size > limit:
-                await self._enqueue(p.encode_error(_oversized(raw, size, limit)))
+                await self._enqueue(self._encode_error(_oversized(raw, size, limit)))
                 continue
+            if self._session is None and self._codex is None and _codex.is_codex_initialize(raw):
+                self._codex = _codex.CodexDialect(self._server)  # Codex dialect hook
             try:
-                message = p.decode(raw)
+                message = self._decode(raw)
             except ProtocolError as exc:
                 if exc.from_notification:
                     log.debug("ignored a bad notification: %s", exc.message)
                 else:
-                    await self._enqueue(p.encode_error(exc))
+                    await self._enqueue(self._encode_error(exc))
                 continue
             if isinstance(message, p.Request):
                 if message.method in _ANSWERED_IN_ORDER:
@@ -324,7 +345,7 @@ class Connection:
                             f"limit exceeded: more than {self._config.max_concurrent_requests} requests in flight",
                             request_id=message.id,
                         )
-                        await self._enqueue(p.encode_error(error))
+                        await self._enqueue(self._encode_error(error))
                         continue
                     requests.start_soon(self._answer_and_release, message)
             # Notifications (`initialized`) and stray responses need no answer.
@@ -339,23 +360,48 @@ class Connection:
         try:
             result = await self._dispatch(request)
         except ProtocolError as exc:
-            await self._enqueue(p.encode_error(exc.with_request_id(request.id)))
+            await self._enqueue(self._encode_error(exc.with_request_id(request.id)))
             return
         except Exception:
             log.exception("internal error answering %s", request.method)
             error = ProtocolError(ErrorCode.INTERNAL_ERROR, "internal error", request_id=request.id)
-            await self._enqueue(p.encode_error(error))
+            await self._enqueue(self._encode_error(error))
             return
         if result is not None:
-            await self._enqueue(p.encode_result(request.id, result))
+            encode = p.encode_result if self._codex is None else _codex.encode_result  # Codex dialect hook
+            await self._enqueue(encode(request.id, result))
+
+    def _decode(self, raw: str | bytes) -> p.Message:
+        if self._codex is not None:  # Codex dialect hook
+            return _codex.decode(raw)
+        try:
+            return p.decode(raw)
+        except ProtocolError as exc:
+            # fs/* hook: our own clients' file operations, in Codex's shapes (exec_server/_fs.py).
+            if exc.code == ErrorCode.METHOD_NOT_FOUND:
+                fs_request = _codex.decode_fs_request(raw)
+                if fs_request is not None:
+                    return fs_request
+            raise
+
+    def _encode_error(self, error: ProtocolError) -> str:
+        return p.encode_error(error) if self._codex is None else _codex.encode_error(error)  # Codex dialect hook
 
     async def _dispatch(self, request: p.Request) -> Any:
         params = request.params
         if request.method == "initialize":
+            if self._codex is not None:  # Codex dialect hook
+                return await self._initialize_codex(self._codex, params)
             return await self._initialize(params)
         session = self._session
         if session is None:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: call initialize first")
+        if self._codex is not None:  # Codex dialect hook
+            return await self._codex.dispatch(request, session, self._enqueue)
+        if request.method.startswith("fs/"):  # fs/* hook: the same file operations for our clients
+            if self._files is None:
+                self._files = FileOperations(self._server)
+            return await self._files.dispatch(request.method, request.params)
         match request.method:
             case "process/start":
                 result, process = session.start(params)
@@ -379,6 +425,18 @@ class Connection:
                 return session.list()
         raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {request.method}")
 
+    async def _initialize_codex(self, dialect: _codex.CodexDialect, params: Any) -> Any:
+        """Codex dialect hook: `initialize {clientName, resumeSessionId}`, always lossless
+        (its client cannot repair a gap in the event stream)."""
+        if self._session is not None:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: already initialized")
+        session = await self._find_or_create_session(params.resume_session_id)
+        self._delivery = p.Delivery.LOSSLESS
+        self._queue.max_output_bytes = min(self._config.outbound_queue_bytes, self._config.retain_bytes // 4)
+        self._generation = session.attach(self._delivery, self._queue, self.close)
+        self._session = session
+        return dialect.initialize_result(session)
+
     async def _initialize(self, params: p.InitializeParams) -> p.InitializeResult:
         if self._session is not None:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: already initialized")
@@ -387,17 +445,8 @@ class Connection:
                 ErrorCode.INVALID_PARAMS,
                 f"unsupported protocolVersion {params.protocol_version} (this server speaks {p.PROTOCOL_VERSION})",
             )
-        server = self._server
         resumed = params.resume_session_id is not None
-        if params.resume_session_id is not None:
-            found = server.find_session(params.resume_session_id)
-            if found is None:
-                raise ProtocolError(ErrorCode.INVALID_PARAMS, "unknown or expired session")
-            session = found
-        else:
-            if server.shutting_down:
-                raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
-            session = await server.new_session(self._transport.peer)
+        session = await self._find_or_create_session(params.resume_session_id)
         self._delivery = params.delivery
         if params.delivery is p.Delivery.LOSSLESS:
             # What a lossless connection holds in flight must stay inside retention, so that
@@ -406,7 +455,19 @@ class Connection:
         self._binary_output = params.binary_output and self._transport.supports_binary
         self._generation = session.attach(params.delivery, self._queue, self.close)
         self._session = session
-        return server.initialize_result(session, resumed=resumed, binary_output=self._binary_output)
+        return self._server.initialize_result(session, resumed=resumed, binary_output=self._binary_output)
+
+    async def _find_or_create_session(self, resume_session_id: str | None) -> Session:
+        """The session to resume, or a new one (both dialects' ``initialize``)."""
+        server = self._server
+        if resume_session_id is not None:
+            found = server.find_session(resume_session_id)
+            if found is None:
+                raise ProtocolError(ErrorCode.INVALID_PARAMS, "unknown or expired session")
+            return found
+        if server.shutting_down:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
+        return await server.new_session(self._transport.peer)
 
 
 def _oversized(raw: str | bytes, size: int, limit: int) -> ProtocolError:

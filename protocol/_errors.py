@@ -22,6 +22,9 @@ class ErrorCode(enum.IntEnum):
     SANDBOX_UNAVAILABLE = -32006
     SPAWN_FAILED = -32007
     NOT_TERMINAL = -32008
+    # fs/* (docs/protocol.md §13): the path does not exist / the OS refused the operation.
+    FILE_NOT_FOUND = -32009
+    FILE_FAILED = -32010
 
 
 RequestId = int | str

@@ -533,6 +533,9 @@ def test_error_codes_match_the_contract() -> None:
         "SANDBOX_UNAVAILABLE": -32006,
         "SPAWN_FAILED": -32007,
         "NOT_TERMINAL": -32008,
+        # fs/* (docs/protocol.md §13), beyond the contract.
+        "FILE_NOT_FOUND": -32009,
+        "FILE_FAILED": -32010,
     }
 
 
