@@ -10,6 +10,7 @@ past ``slow_consumer_timeout`` is closed with 1008.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -17,8 +18,10 @@ import trio
 import protocol as p
 from protocol import ErrorCode, ProtocolError
 
+from . import _observe
 from ._outbound import OutboundItem, OutboundQueue
 from ._session import Session
+from ._tokens import enforce_ceiling
 from ._transport import MessageTransport, TransportClosed
 from ._wire import encode_event
 
@@ -168,6 +171,7 @@ class Connection:
                 await trio.sleep(timeout - stuck_for)
                 continue
             log.info("slow consumer: writer stuck for %.1fs; closing with 1008", stuck_for)
+            _observe.slow_consumer_closed()
             self._set_reason(CLOSE_POLICY, "slow consumer")
             self._detach()
             self._queue.abandon()  # producers stop waiting on us; their events stay retained
@@ -188,6 +192,11 @@ class Connection:
                 raw = await self._transport.receive()
             except TransportClosed:
                 return
+            if isinstance(raw, bytes) and self._transport.supports_binary:
+                # A WebSocket binary frame: only the server sends those (§11), so it is never a call.
+                error = ProtocolError(ErrorCode.PARSE_ERROR, "parse error: a binary frame is not a call")
+                await self._enqueue(p.encode_error(error))
+                continue
             size = len(raw)
             if size * 4 > limit and isinstance(raw, str):
                 size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes
@@ -250,7 +259,22 @@ class Connection:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: call initialize first")
         match request.method:
             case "process/start":
-                result, process = session.start(params)
+                begun = time.perf_counter()
+                try:
+                    enforce_ceiling(self._transport.principal, params.sandbox, self._server.sandbox.settings.default_mode)
+                    result, process = session.start(params)
+                except ProtocolError as exc:
+                    _observe.start_refused(exc)
+                    raise
+                _observe.started(
+                    self._transport,
+                    session.id,
+                    params,
+                    result,
+                    params.cwd or self._server.default_cwd,
+                    self._server.sandbox.settings.default_mode.value,
+                    time.perf_counter() - begun,
+                )
                 try:
                     # The response is queued before the process's first event can be.
                     await self._enqueue(p.encode_result(request.id, result))
@@ -297,6 +321,8 @@ class Connection:
         self._binary_output = params.binary_output and self._transport.supports_binary
         self._generation = session.attach(params.delivery, self._queue, self.close)
         self._session = session
+        if resumed:
+            _observe.resumed()
         return server.initialize_result(session, resumed=resumed, binary_output=self._binary_output)
 
 

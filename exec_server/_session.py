@@ -42,7 +42,7 @@ from protocol import (
     WriteStatus,
 )
 
-from . import _spawn, _tree
+from . import _observe, _spawn, _tree
 from ._outbound import OutboundQueue
 from ._process import ManagedProcess, wait_closed
 from ._retention import RetainedOutput
@@ -237,7 +237,8 @@ class Session:
                 else:
                     # Refused when full: dropped from the push stream, still retained; the
                     # client sees the seq gap and repairs it with one read.
-                    attachment.queue.offer_output(event)
+                    if not attachment.queue.offer_output(event):
+                        _observe.dropped(len(event.chunk))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # The connection went away (it detached before abandoning its queue). A
                 # lossless chunk goes to the next connection, waiting above while detached;
@@ -321,6 +322,7 @@ class Session:
             await process.run()
         finally:
             _tree.unregister_waited(process.pid)
+        _observe.closed(self.id, process, attached=self.attachment is not None)
         await trio.sleep(process.retain_after_close)
         self._forget(process, ErrorCode.UNKNOWN_PROCESS)
 
