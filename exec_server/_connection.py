@@ -116,7 +116,8 @@ class Connection:
     def _set_reason(self, code: int, reason: str) -> None:
         if self._close_reason is None:
             self._close_reason = (code, reason)
-            log.info("closing connection: %d %s", code, reason)
+            # A clean close (1000) is routine; anything else is worth a line.
+            log.log(logging.DEBUG if code == CLOSE_NORMAL else logging.INFO, "closing connection: %d %s", code, reason)
 
     def _detach(self) -> None:
         if self._session is not None:

@@ -158,7 +158,15 @@ class Session:
     async def _expire_after_ttl(self, scope: trio.CancelScope) -> None:
         with scope:
             await trio.sleep(self._config.detached_session_ttl)
-            log.info("session %s expired after %.1fs detached", self.id, self._config.detached_session_ttl)
+            # News only when it kills something: an empty session expiring is routine.
+            running = sum(1 for process in self.processes.values() if not process.is_closed)
+            log.log(
+                logging.INFO if running else logging.DEBUG,
+                "session %s expired after %.1fs detached; killing %d running command(s)",
+                self.id,
+                self._config.detached_session_ttl,
+                running,
+            )
             await self.expire()
 
     async def expire(self) -> None:
