@@ -32,7 +32,17 @@ from ._config import (
     render_toml,
     server_config,
 )
-from ._listen import ListenAddress, ListenError, TlsFiles, bound_urls, open_tcp, open_unix, parse_listen, tls_context
+from ._listen import (
+    ListenAddress,
+    ListenError,
+    TlsFiles,
+    bound_urls,
+    open_tcp,
+    open_unix,
+    parse_listen,
+    remove_unix_socket,
+    tls_context,
+)
 from ._server import CLOSE_HANDSHAKE_SECONDS, Server
 from ._stdio import serve_stdio
 from ._tokens import TOKEN_ENV, TokenFileError, TokenSource, TokenStore
@@ -234,29 +244,35 @@ async def _listen_all(running: _Running, scope: trio.CancelScope, *, task_status
     tls = tls_context(plan.tls) if plan.tls is not None else None
     urls: list[str] = []
     warned = False
+    unix_paths: list[str] = []
     with scope:
-        async with trio.open_nursery() as nursery:
-            service = WebSocketService(running.server, running.tokens, options)
-            running.services.append(service)
-            for address in plan.addresses:
-                if address.scheme == "stdio":
-                    continue
-                if address.scheme == "unix":
-                    listeners: list[trio.abc.Listener[trio.abc.Stream]] = [open_unix(address.path, plan.values["unix-mode"])]
-                else:
-                    listeners = await open_tcp(address, tls if address.scheme == "wss" else None)
-                if address.scheme == "ws" and not address.is_loopback and not warned:
-                    warned = True
-                    log.warning("%s is not a loopback address: the token travels in clear text (use wss://)", address)
-                urls.extend(bound_urls(address, listeners))
-                await nursery.start(service.serve, listeners)
-            if plan.metrics is not None:
-                metrics_service = WebSocketService(running.server, running.tokens, options, upgrades=False)
-                running.services.append(metrics_service)
-                metrics_listeners = await open_tcp(attrs.evolve(plan.metrics, scheme="ws"))
-                log.info("metrics on %s", ", ".join(f"http://{u.split('://', 1)[1]}/metrics" for u in bound_urls(attrs.evolve(plan.metrics, scheme="ws"), metrics_listeners)))
-                await nursery.start(metrics_service.serve, metrics_listeners)
-            task_status.started(urls)
+        try:
+            async with trio.open_nursery() as nursery:
+                service = WebSocketService(running.server, running.tokens, options)
+                running.services.append(service)
+                for address in plan.addresses:
+                    if address.scheme == "stdio":
+                        continue
+                    if address.scheme == "unix":
+                        listeners: list[trio.abc.Listener[trio.abc.Stream]] = [open_unix(address.path, plan.values["unix-mode"])]
+                        unix_paths.append(address.path)
+                    else:
+                        listeners = await open_tcp(address, tls if address.scheme == "wss" else None)
+                    if address.scheme == "ws" and not address.is_loopback and not warned:
+                        warned = True
+                        log.warning("%s is not a loopback address: the token travels in clear text (use wss://)", address)
+                    urls.extend(bound_urls(address, listeners))
+                    await nursery.start(service.serve, listeners)
+                if plan.metrics is not None:
+                    metrics_service = WebSocketService(running.server, running.tokens, options, upgrades=False)
+                    running.services.append(metrics_service)
+                    metrics_listeners = await open_tcp(plan.metrics)
+                    log.info("metrics on %s", ", ".join(f"{url}/metrics" for url in bound_urls(plan.metrics, metrics_listeners)))
+                    await nursery.start(metrics_service.serve, metrics_listeners)
+                task_status.started(urls)
+        finally:
+            for path in unix_paths:
+                remove_unix_socket(path)
 
 
 async def _serve_stdio_then_stop(server: Server) -> None:

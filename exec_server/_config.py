@@ -108,6 +108,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise ValueError(f"{text!r} must be a number > 0")
+    return value
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes", "on"):
         return True
@@ -153,7 +160,8 @@ _RELOADABLE_LIMITS: Final = frozenset(
 def _limit_settings() -> tuple[Setting, ...]:
     settings = []
     for field in attrs.fields(ServerConfig):
-        if field.name in ("token", "sandbox"):
+        # Numeric limits only: a field of another kind gets a hand-written setting.
+        if isinstance(field.default, bool) or not isinstance(field.default, (int, float)):
             continue
         kind = _positive_int if isinstance(field.default, int) else _non_negative_float
         settings.append(
@@ -190,7 +198,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(key="tokens-file", parse=Path, default=None, metavar="PATH", help="named tokens: 'name token [maxSandbox]' per line (mode 0600)"),
     Setting(key="allow-origin", parse=str, default=(), repeatable=True, metavar="ORIGIN", reloadable=True, help="a browser Origin allowed to connect (repeatable; * for any)"),
     Setting(key="max-pending-handshakes", parse=_positive_int, default=256, metavar="N", reloadable=True, help="connections between accept and an authenticated upgrade"),
-    Setting(key="handshake-timeout", parse=_non_negative_float, default=10.0, metavar="S", reloadable=True, help="seconds a connection has to complete its upgrade"),
+    Setting(key="handshake-timeout", parse=_positive_float, default=10.0, metavar="S", reloadable=True, help="seconds a connection has to complete its upgrade"),
     Setting(
         key="sandbox",
         parse=str,
@@ -269,7 +277,11 @@ def effective(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) ->
 def server_config(values: Mapping[str, Any], token: str) -> ServerConfig:
     """The ``ServerConfig`` of a set of effective values."""
     sandbox = values["sandbox"]
-    limits = {field.name: values[field.name.replace("_", "-")] for field in attrs.fields(ServerConfig) if field.name not in ("token", "sandbox")}
+    limits = {
+        field.name: values[field.name.replace("_", "-")]
+        for field in attrs.fields(ServerConfig)
+        if field.name not in ("token", "sandbox") and field.name.replace("_", "-") in SETTINGS_BY_KEY
+    }
     return ServerConfig(
         token=token,
         sandbox=SandboxSettings(

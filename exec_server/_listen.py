@@ -153,6 +153,13 @@ def open_unix(path: str, mode: int = DEFAULT_UNIX_MODE) -> trio.SocketListener:
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
+def remove_unix_socket(path: str) -> None:
+    """Remove the socket file a listener made (at exit); anything else at ``path`` stays."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
 def bound_urls(address: ListenAddress, listeners: list[trio.abc.Listener[trio.abc.Stream]]) -> list[str]:
     """The addresses actually bound (port 0 resolved), as the first lines of stdout show them."""
     if address.scheme == "unix":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Final
 
@@ -60,6 +61,7 @@ _OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUF
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 _CLOSE_SECONDS: Final = 1.0
 _NO_REQUEST: Final = "closed before a request"
+_CLOSE_NORMAL: Final = 1000
 
 HTTP_OK: Final = 200
 HTTP_UNAUTHORIZED: Final = 401
@@ -259,8 +261,15 @@ class WebSocketService:
                     )  # fmt: skip
                     nursery.cancel_scope.cancel()
                     return
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
-                    _metrics.record_connection("refused", "broken")
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed) as exc:
+                    # A failed TLS handshake (no or a bad client certificate) is worth a line.
+                    tls_failed = isinstance(exc.__cause__, ssl.SSLError) or isinstance(exc, ssl.SSLError)
+                    reason = "tls handshake failed" if tls_failed else "connection broken"
+                    _metrics.record_connection("refused", reason.replace(" ", "_"))
+                    log_event(
+                        connections_log, logging.INFO if tls_failed else logging.DEBUG, f"connection refused: {reason}",
+                        event="connection.refused", peer=peer, reason=reason,
+                    )  # fmt: skip
                     nursery.cancel_scope.cancel()
                     return
                 release()
@@ -273,7 +282,7 @@ class WebSocketService:
                     await self._server.serve(transport)
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_SECONDS):
-                        await transport.close(1000, "")
+                        await transport.close(_CLOSE_NORMAL, "")
                     nursery.cancel_scope.cancel()
         finally:
             release()
@@ -284,6 +293,8 @@ class WebSocketService:
         if not head:
             raise _Refused(_NO_REQUEST)
         if b"\r\n\r\n" not in head:
+            if len(head) <= MAX_REQUEST_HEAD_BYTES:
+                raise _Refused("closed mid-request")
             await _respond(stream, HTTP_HEADERS_TOO_LARGE, b"request head too large\n")
             raise _Refused("request head too large")
         request = _parse_head(head)
