@@ -191,7 +191,7 @@ class _Running:
             values = self.plan.values
             if values["config"] is not None:
                 values = effective(read_config_file(values["config"]), self.flags)
-            new_config = server_config(values, next(iter(entries)))
+            new_config = server_config(values, next(iter(entries)), self.server.config.secret_paths)
         except (TokenFileError, ConfigError, OSError, ValueError) as exc:
             _metrics.record_reload(False)
             log.error("reload failed, keeping the running configuration: %s", exc)
@@ -304,6 +304,13 @@ async def _wait_stopped(server: Server, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+def _secret_paths(plan: _Plan) -> tuple[str, ...]:
+    """The token files and the TLS key, resolved (a sandbox hides them from every command)."""
+    paths = [*plan.source.files(), *([plan.tls.key] if plan.tls is not None else [])]
+    # Both the named path and where it leads: a Kubernetes Secret's ..data link moves on rotation.
+    return tuple(sorted({os.path.abspath(path) for path in paths} | {os.path.realpath(path) for path in paths}))
+
+
 def _fail(message: str) -> int:
     print(f"exec-server: {message}", file=sys.stderr, flush=True)
     return EXIT_USAGE
@@ -343,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = {setting.key: getattr(args, setting.dest, None) for setting in SETTINGS}
     flags = {key: tuple(value) if isinstance(value, list) else value for key, value in flags.items()}
     try:
-        trio.run(_serve, plan, server_config(values, next(iter(entries))), TokenStore(entries), flags)
+        config = server_config(values, next(iter(entries)), _secret_paths(plan))
+        trio.run(_serve, plan, config, TokenStore(entries), flags)
     except KeyboardInterrupt:
         return 130
     except BaseExceptionGroup as group:

@@ -58,6 +58,9 @@ class ServerConfig:
     outbound_queue_messages: int = 4096
     outbound_queue_bytes: int = 16 * MIB
     max_concurrent_requests: int = 256
+    # Files holding the server's secrets (token files, the TLS key): what a sandboxed command
+    # must never be able to read, whatever their mode. Filled in by the CLI.
+    secret_paths: tuple[str, ...] = ()
 
 
 class ConfigError(ValueError):
@@ -274,8 +277,8 @@ def effective(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) ->
     return values
 
 
-def server_config(values: Mapping[str, Any], token: str) -> ServerConfig:
-    """The ``ServerConfig`` of a set of effective values."""
+def server_config(values: Mapping[str, Any], token: str, secret_paths: tuple[str, ...] = ()) -> ServerConfig:
+    """The ``ServerConfig`` of a set of effective values (``secret_paths``: see the field)."""
     sandbox = values["sandbox"]
     limits = {
         field.name: values[field.name.replace("_", "-")]
@@ -289,6 +292,7 @@ def server_config(values: Mapping[str, Any], token: str) -> ServerConfig:
             allow_unsandboxed=bool(values["allow-unsandboxed"]) or sandbox == SandboxMode.NONE.value,
             audit_denials=values["audit-denials"],
         ),
+        secret_paths=secret_paths,
         **limits,
     )
 

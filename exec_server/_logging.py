@@ -21,7 +21,7 @@ LOG_FORMATS: Final = ("text", "json")
 _TEXT_FORMAT: Final = "%(asctime)s %(name)s %(levelname)s %(message)s"
 # Commands whose start was logged and whose close is not yet: bounded by the running
 # processes (each entry goes at close), but capped anyway so a bug cannot grow it.
-_MAX_OPEN_COMMANDS: Final = 1 << 20
+_MAX_OPEN_COMMANDS: Final = 1 << 16
 
 commands_log = logging.getLogger("exec_server.commands")
 connections_log = logging.getLogger("exec_server.connections")

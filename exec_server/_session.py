@@ -330,7 +330,7 @@ class Session:
             await process.run()
         finally:
             _tree.unregister_waited(process.pid)
-        _observe.closed(self.id, process, attached=self.attachment is not None)
+            _observe.closed(self.id, process, attached=self.attachment is not None)
         await trio.sleep(process.retain_after_close)
         self._forget(process, ErrorCode.UNKNOWN_PROCESS)
 

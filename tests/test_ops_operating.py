@@ -481,3 +481,41 @@ async def test_version(argv: list[str]) -> None:
 
 async def test_initialize_reports_the_version(client: Any) -> None:
     assert client.initialize_result["serverVersion"] == SERVER_VERSION
+
+
+async def test_sighup_applies_a_changed_config_file_to_new_connections(tmp_path: Path, no_leftover_processes: None) -> None:
+    token = _token()
+    config = tmp_path / "c.toml"
+    config.write_text("max-processes-per-session = 1\nretain-total-bytes = 268435456\n")
+    args = _serve_args(tmp_path, "--config", str(config), token=token)
+    with trio.fail_after(30):
+        async with run_cli_server(args, cli_env()) as cli:
+            url = (await cli.stdout_line()).decode()
+            async with open_raw_client(url, token) as before:
+                await before.initialize()
+                config.write_text("max-processes-per-session = 3\nretain-total-bytes = 1048576\n")
+                cli.process.send_signal(signal.SIGHUP)
+                await cli.wait_stderr(b"reloaded")
+                async with open_raw_client(url, token) as after:
+                    result = await after.initialize()
+                    assert result["limits"]["maxProcessesPerSession"] == 3
+                    # Not reloadable: it stays, and the log says a restart is needed.
+                    assert result["limits"]["retainTotalBytes"] == 268435456
+                assert output_of(await before.run("b", ["echo", "kept"])) == b"kept\n"
+            assert b"retain-total-bytes changed; that takes a restart" in cli.stderr
+            cli.process.send_signal(signal.SIGTERM)
+            assert await cli.process.wait() == 0
+
+
+def test_the_secret_files_are_named_for_the_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from exec_server._cli import _plan, _secret_paths, resolve, _parser
+
+    monkeypatch.delenv("EXEC_SERVER_TOKEN", raising=False)
+    real = _private(tmp_path / "real-tokens", f"ci {_token()}\n")
+    (tmp_path / "tokens").symlink_to(real)
+    args = _parser().parse_args([
+        "serve", "--tokens-file", str(tmp_path / "tokens"), "--token-file", str(tmp_path / "token"),
+        "--listen", "wss://127.0.0.1:0", "--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem"),
+    ])  # fmt: skip
+    paths = _secret_paths(_plan(resolve(args)))
+    assert set(paths) == {str(tmp_path / name) for name in ("tokens", "real-tokens", "token", "k.pem")}
