@@ -323,7 +323,7 @@ class Connection:
         self._generation = session.attach(params.delivery, self._queue, self.close)
         self._session = session
         if resumed:
-            _observe.resumed()
+            _observe.resumed(session.id, self._transport)
         return server.initialize_result(session, resumed=resumed, binary_output=self._binary_output)
 
 

@@ -7,6 +7,7 @@ and the counters of ``_metrics``, so the core carries no formatting or metric na
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import TYPE_CHECKING
 
@@ -99,5 +100,9 @@ def slow_consumer_closed() -> None:
     _metrics.record_slow_consumer_close()
 
 
-def resumed() -> None:
+def resumed(session_id: str, transport: MessageTransport) -> None:
     _metrics.record_resume()
+    _logging.log_event(
+        _logging.connections_log, logging.INFO, "session resumed",
+        event="session.resume", session=session_id, token=transport.principal.name, peer=transport.peer,
+    )  # fmt: skip

@@ -272,7 +272,10 @@ async def test_metrics_need_the_token_and_move_when_a_command_runs(server: Any, 
             await raw.initialize()
             await raw.run("m", ["sh", "-c", "printf 12345; printf ab >&2"])
             await raw.expect_error("process/start", {"processId": "bad", "argv": ["/nonexistent/x"]}, -32007)
-            _, _, body = await http_get(port, "/metrics", auth)
+            # A takeover is a resume (robust whatever a clean close does to the session).
+            async with open_raw_client(server.url, server.token) as second:
+                await second.initialize(resumeSessionId=raw.initialize_result["sessionId"])  # type: ignore[index]
+                _, _, body = await http_get(port, "/metrics", auth)
             during = _samples(body.decode())
             assert during[("exec_server_open_connections", ())] >= 1
             assert during[("exec_server_sessions", (("state", "attached"),))] >= 1
@@ -288,7 +291,8 @@ async def test_metrics_need_the_token_and_move_when_a_command_runs(server: Any, 
         assert delta("exec_server_output_bytes_total", stream="stderr") == 2
         assert delta("exec_server_spawn_seconds_count") == 1
         assert delta("exec_server_completion_seconds_count") == 1
-        assert delta("exec_server_connections_total", result="accepted", reason="ok") == 1
+        assert delta("exec_server_connections_total", result="accepted", reason="ok") == 2
+        assert delta("exec_server_resumes_total") == 1
 
 
 async def test_metrics_listen_serves_metrics_without_a_token(tmp_path: Path, no_leftover_processes: None) -> None:
@@ -318,9 +322,13 @@ async def test_json_log_lines_for_a_command_start_and_close(tmp_path: Path, no_l
                 session = raw.initialize_result["sessionId"]  # type: ignore[index]
                 await raw.run("j", ["sh", "-c", "echo out; exit 3"], env={"API_SECRET": secret_value}, cwd=str(tmp_path))
             await cli.wait_stderr(b'"command closed"')
+            assert await _refused_status(url, "x" * 40) == 401
+            await cli.wait_stderr(b'"unauthorized"')
             cli.process.send_signal(signal.SIGTERM)
             assert await cli.process.wait() == 0
     lines = [json.loads(line) for line in cli.stderr.decode().splitlines()]  # every line is one object
+    (refusal,) = [line for line in lines if line.get("event") == "connection.refused"]
+    assert refusal["reason"] == "unauthorized" and refusal["peer"].startswith("127.0.0.1:")
     (start,) = [line for line in lines if line.get("event") == "command.start"]
     (close,) = [line for line in lines if line.get("event") == "command.close"]
     assert start["session"] == session and start["process"] == "j" and start["token"] == "default"
