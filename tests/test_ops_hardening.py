@@ -360,3 +360,32 @@ async def test_sigterm_right_after_the_url_always_drains(tmp_path: Path, no_left
                 cli.process.send_signal(signal.SIGTERM)
                 assert await cli.process.wait() == 0
             assert b"SIGTERM: draining" in cli.stderr
+
+
+@pytest.mark.parametrize("where", ["default", "--token-file"])
+async def test_a_sandboxed_command_cannot_read_the_token_file(tmp_path: Path, where: str, no_leftover_processes: None) -> None:
+    """With the server as root, a sandboxed command runs as another uid: the 0600 file is out of reach.
+
+    (Hiding the file from a command that runs as the server's own uid is the sandbox's part.)
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the uid drop needs a root server")
+    home = tmp_path / "home"
+    home.mkdir()
+    token_file = home / ".config" / "exec-server" / "token" if where == "default" else tmp_path / "token"
+    args = ["serve", "--listen", "ws://127.0.0.1:0", "--sandbox", "readOnly", "--audit-denials", "off"]
+    if where == "--token-file":
+        args += ["--token-file", str(token_file)]
+    with trio.fail_after(30):
+        async with run_cli_server(args, cli_env(HOME=str(home))) as cli:
+            url = (await cli.stdout_line()).decode()
+            token = token_file.read_text().strip()  # generated at start, mode 0600
+            async with open_raw_client(url, token) as raw:
+                await raw.initialize()
+                events = await raw.run("steal", ["sh", "-c", f"cat {token_file}; id -u"], cwd="/")
+                stdout = output_of(events)
+                exited = [event.params for event in events if event.kind == "exited"]
+            assert token.encode() not in stdout and token.encode() not in output_of(events, "stderr")
+            assert stdout.strip() != b"0" and exited[0]["exitCode"] == 0  # it ran, as another uid
+            cli.process.send_signal(signal.SIGTERM)
+            assert await cli.process.wait() == 0
