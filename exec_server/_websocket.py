@@ -459,15 +459,21 @@ async def serve_websocket(
     *,
     tokens: TokenStore | None = None,
     options: WebSocketOptions | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[BoundListeners] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``host:port`` (0 picks a port) until cancelled.
+    """Listen on ``host:port`` (0 picks a port) until cancelled; ``wss://`` with ``ssl_context``.
 
     The token is ``server.config.token`` unless ``tokens`` is given. trio's ``SocketStream``
     sets TCP_NODELAY on every accepted socket.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
+    served: list[trio.abc.Listener[trio.abc.Stream]] = (
+        list(listeners)
+        if ssl_context is None
+        else [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
+    )
     service = WebSocketService(server, tokens or TokenStore.single(server.config.token), options or WebSocketOptions())
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.serve, listeners)
+        await nursery.start(service.serve, served)
         task_status.started(BoundListeners(listeners))

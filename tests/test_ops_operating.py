@@ -527,3 +527,26 @@ def test_the_secret_files_are_named_for_the_sandbox(tmp_path: Path, monkeypatch:
     ])  # fmt: skip
     paths = _secret_paths(_plan(resolve(args)))
     assert set(paths) == {str(tmp_path / name) for name in ("tokens", "real-tokens", "token", "k.pem")}
+
+
+async def test_in_process_wss_server(nursery: trio.Nursery, tmp_path: Path, ca: Any, no_leftover_processes: None) -> None:
+    """``serve_websocket(..., ssl_context=...)``: the in-process form other tests can build on."""
+    from conftest import UNSANDBOXED
+
+    from exec_server import Server, ServerConfig
+    from exec_server._websocket import serve_websocket
+    from exec_server.sandbox import Sandbox
+
+    config = ServerConfig(token=_token(), sandbox=UNSANDBOXED)
+    server = Server(config, Sandbox.create(config.sandbox))
+    await nursery.start(server.run)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    bound = await nursery.start(lambda task_status: serve_websocket(server, "127.0.0.1", 0, ssl_context=context, task_status=task_status))
+    client_context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    headers = [(b"Authorization", f"Bearer {config.token}".encode())]
+    with trio.fail_after(10):
+        async with trio_websocket.open_websocket_url(f"wss://127.0.0.1:{bound.port}", ssl_context=client_context, extra_headers=headers) as ws:
+            async with raw_over(ws) as raw:
+                await raw.initialize()
+                assert output_of(await raw.run("w", ["echo", "in-process"])) == b"in-process\n"
