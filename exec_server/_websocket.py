@@ -22,6 +22,7 @@ import errno
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Sequence
 from typing import Final
 
@@ -34,6 +35,20 @@ from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection
 
 from . import _metrics
+from ._http import (
+    HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
+    HTTP_HEADERS_TOO_LARGE,
+    HTTP_METHOD_NOT_ALLOWED,
+    HTTP_NOT_FOUND,
+    HTTP_OK,
+    HTTP_UNAUTHORIZED,
+    HTTP_UNAVAILABLE,
+    MAX_REQUEST_HEAD_BYTES,
+    parse_head,
+    read_head,
+    respond,
+)
 from ._auth import normalize_origin, origin_allowed, presented_token
 from ._logging import connections_log, log_event
 from ._server import Server
@@ -51,8 +66,6 @@ _MESSAGE_QUEUE_SIZE: Final = 1
 DEFAULT_MAX_PENDING_HANDSHAKES: Final = 256
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 # An HTTP request head (request line + headers) larger than this is refused with 431.
-MAX_REQUEST_HEAD_BYTES: Final = 16 * 1024
-_HEAD_READ_BYTES: Final = 4096
 # Accept-loop back-off while the process has no free file descriptor.
 _ACCEPT_BACKOFF_MIN: Final = 0.05
 _ACCEPT_BACKOFF_MAX: Final = 1.0
@@ -61,16 +74,10 @@ _OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUF
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 _CLOSE_SECONDS: Final = 1.0
 _NO_REQUEST: Final = "closed before a request"
+# struct ucred of SO_PEERCRED: pid, uid, gid.
+_UCRED: Final = struct.Struct("=iII")
 _CLOSE_NORMAL: Final = 1000
 
-HTTP_OK: Final = 200
-HTTP_UNAUTHORIZED: Final = 401
-HTTP_FORBIDDEN: Final = 403
-HTTP_NOT_FOUND: Final = 404
-HTTP_METHOD_NOT_ALLOWED: Final = 405
-HTTP_HEADERS_TOO_LARGE: Final = 431
-HTTP_BAD_REQUEST: Final = 400
-HTTP_UNAVAILABLE: Final = 503
 
 
 def _normalized_origins(origins: frozenset[str]) -> frozenset[str]:
@@ -289,17 +296,17 @@ class WebSocketService:
             await _close_quietly(stream)
 
     async def _handshake(self, stream: trio.abc.Stream, peer: str, nursery: trio.Nursery) -> WebSocketTransport:
-        head = await _read_head(stream)
+        head = await read_head(stream)
         if not head:
             raise _Refused(_NO_REQUEST)
         if b"\r\n\r\n" not in head:
             if len(head) <= MAX_REQUEST_HEAD_BYTES:
                 raise _Refused("closed mid-request")
-            await _respond(stream, HTTP_HEADERS_TOO_LARGE, b"request head too large\n")
+            await respond(stream, HTTP_HEADERS_TOO_LARGE, b"request head too large\n")
             raise _Refused("request head too large")
-        request = _parse_head(head)
+        request = parse_head(head)
         if request is None:
-            await _respond(stream, HTTP_BAD_REQUEST, b"bad request\n")
+            await respond(stream, HTTP_BAD_REQUEST, b"bad request\n")
             raise _Refused("bad request")
         headers = {name.lower(): value for name, value in request.headers}
         is_upgrade = b"websocket" in headers.get(b"upgrade", b"").lower()
@@ -337,82 +344,33 @@ class WebSocketService:
     async def _answer_http(self, stream: trio.abc.Stream, request: h11.Request) -> None:
         target = request.target.split(b"?", 1)[0]
         if request.method not in (b"GET", b"HEAD"):
-            await _respond(stream, HTTP_METHOD_NOT_ALLOWED, b"method not allowed\n", head_only=False)
+            await respond(stream, HTTP_METHOD_NOT_ALLOWED, b"method not allowed\n", head_only=False)
             return
         head_only = request.method == b"HEAD"
         if target == b"/healthz":
             if self._server.shutting_down:
-                await _respond(stream, HTTP_UNAVAILABLE, b"shutting down\n", head_only=head_only)
+                await respond(stream, HTTP_UNAVAILABLE, b"shutting down\n", head_only=head_only)
             else:
-                await _respond(stream, HTTP_OK, b"ok\n", head_only=head_only)
+                await respond(stream, HTTP_OK, b"ok\n", head_only=head_only)
             return
         if target == b"/metrics":
             if self._upgrades:
                 token, _ = presented_token(list(request.headers), ())
                 if self._tokens.authenticate(token) is None:
-                    await _respond(
+                    await respond(
                         stream, HTTP_UNAUTHORIZED, b"unauthorized\n", head_only=head_only,
                         extra=[(b"WWW-Authenticate", b"Bearer")],
                     )  # fmt: skip
                     return
             body = _metrics.exposition()
-            await _respond(stream, HTTP_OK, body, head_only=head_only, content_type=_metrics.CONTENT_TYPE.encode())
+            await respond(stream, HTTP_OK, body, head_only=head_only, content_type=_metrics.CONTENT_TYPE.encode())
             return
-        await _respond(stream, HTTP_NOT_FOUND, b"not found\n", head_only=head_only)
+        await respond(stream, HTTP_NOT_FOUND, b"not found\n", head_only=head_only)
 
 
 def _http_reason(target: bytes) -> str:
     path = target.split(b"?", 1)[0]
     return {b"/healthz": "healthz", b"/metrics": "metrics"}.get(path, "not found")
-
-
-async def _read_head(stream: trio.abc.Stream) -> bytes:
-    """Bytes up to the end of the request head (and whatever came with it); stops past the
-    size limit or at EOF, so the result may lack the blank line that ends a head."""
-    buffer = bytearray()
-    while b"\r\n\r\n" not in buffer and len(buffer) <= MAX_REQUEST_HEAD_BYTES:
-        data = await stream.receive_some(_HEAD_READ_BYTES)
-        if not data:
-            break
-        buffer += data
-    return bytes(buffer)
-
-
-def _parse_head(head: bytes) -> h11.Request | None:
-    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES * 2)
-    try:
-        connection.receive_data(head)
-        event = connection.next_event()
-    except h11.RemoteProtocolError:
-        return None
-    return event if isinstance(event, h11.Request) else None
-
-
-async def _respond(
-    stream: trio.abc.Stream,
-    status: int,
-    body: bytes,
-    *,
-    head_only: bool = False,
-    content_type: bytes = b"text/plain; charset=utf-8",
-    extra: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    headers = [
-        (b"Content-Type", content_type),
-        (b"Content-Length", str(len(body)).encode()),
-        (b"Connection", b"close"),
-        (b"Cache-Control", b"no-store"),
-        *(extra or []),
-    ]
-    connection = h11.Connection(h11.SERVER)
-    # h11 answers only a request it has seen; a minimal one stands in for the peer's.
-    connection.receive_data(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" if head_only else b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    connection.next_event()
-    data = connection.send(h11.Response(status_code=status, headers=headers)) or b""
-    if not head_only:
-        data += connection.send(h11.Data(data=body)) or b""
-    data += connection.send(h11.EndOfMessage()) or b""
-    await stream.send_all(data)
 
 
 async def _close_quietly(stream: trio.abc.Stream) -> None:
@@ -431,8 +389,7 @@ def peer_name(stream: trio.abc.Stream) -> str:
     sock = inner.socket
     try:
         if sock.family == socket.AF_UNIX:
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            pid, uid, _gid = int.from_bytes(creds[0:4], "little"), int.from_bytes(creds[4:8], "little"), 0
+            pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
             return f"unix:uid={uid},pid={pid}"
         host, port = sock.getpeername()[:2]
     except OSError:
