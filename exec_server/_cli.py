@@ -73,10 +73,14 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"exec-server {SERVER_VERSION}")
     for setting in SETTINGS:
         flag = f"--{setting.key}"
+        help_text = setting.help
+        if setting.default not in (None, (), False) and "default" not in help_text:
+            shown = f"{setting.default:o}" if setting.key == "unix-mode" else setting.default
+            help_text += f" (default {', '.join(shown) if isinstance(shown, tuple) else shown})"
         if setting.is_switch:
-            parser.add_argument(flag, dest=setting.dest, action="store_const", const=True, default=None, help=setting.help)
+            parser.add_argument(flag, dest=setting.dest, action="store_const", const=True, default=None, help=help_text)
         elif setting.repeatable:
-            parser.add_argument(flag, dest=setting.dest, action="append", default=None, metavar=setting.metavar, help=setting.help)
+            parser.add_argument(flag, dest=setting.dest, action="append", default=None, metavar=setting.metavar, help=help_text)
         else:
             parser.add_argument(
                 flag,
@@ -85,7 +89,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                 choices=setting.choices,
                 default=None,
                 metavar=setting.metavar,
-                help=setting.help,
+                help=help_text,
             )
 
 

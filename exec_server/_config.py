@@ -181,6 +181,7 @@ def _limit_settings() -> tuple[Setting, ...]:
 
 
 DEFAULT_LISTEN: Final = "ws://127.0.0.1:8765"
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(key="config", parse=Path, default=None, help="TOML file with any of these settings", metavar="PATH", flag_only=True),
@@ -190,12 +191,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         default=(DEFAULT_LISTEN,),
         repeatable=True,
         metavar="ADDR",
-        help="ws://HOST:PORT, wss://HOST:PORT, unix:/PATH or stdio; repeatable (default ws://127.0.0.1:8765)",
+        help="ws://HOST:PORT, wss://HOST:PORT, unix:/PATH or stdio; repeatable",
     ),
     Setting(key="tls-cert", parse=Path, default=None, metavar="PEM", help="certificate chain for wss://"),
     Setting(key="tls-key", parse=Path, default=None, metavar="PEM", help="private key for wss://"),
     Setting(key="tls-client-ca", parse=Path, default=None, metavar="PEM", help="require client certificates signed by this CA (mutual TLS)"),
-    Setting(key="unix-mode", parse=_octal, default=0o600, metavar="MODE", help="mode of unix: sockets (octal, default 600)"),
+    Setting(key="unix-mode", parse=_octal, default=0o600, metavar="MODE", help="mode of unix: sockets (octal)"),
     Setting(key="metrics-listen", parse=str, default=None, metavar="HOST:PORT", help="serve /metrics and /healthz without a token on a separate port"),
     Setting(key="token-file", parse=Path, default=None, metavar="PATH", help="token file (created with mode 0600 if missing)"),
     Setting(key="tokens-file", parse=Path, default=None, metavar="PATH", help="named tokens: 'name token [maxSandbox]' per line (mode 0600)"),
@@ -212,7 +213,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(key="allow-unsandboxed", parse=_bool, default=False, is_switch=True, help='allow requests for sandbox mode "none"'),
     Setting(key="audit-denials", parse=str, default="auto", choices=("auto", "on", "off"), help="exact denial reports from kernel audit"),
     *_limit_settings(),
-    Setting(key="log-level", parse=str, default="INFO", reloadable=True, help="DEBUG, INFO, WARNING, ERROR"),
+    Setting(key="log-level", parse=str.upper, default="INFO", choices=_LOG_LEVELS, reloadable=True, help="what is logged"),
     Setting(key="log-format", parse=str, default="text", choices=("text", "json"), reloadable=True, help="text lines or one JSON object per line"),
 )
 SETTINGS_BY_KEY: Final = {setting.key: setting for setting in SETTINGS}
