@@ -191,7 +191,8 @@ class _Running:
     def reload(self) -> None:
         """Re-read the token files and the config file; a failure keeps what is in force."""
         try:
-            entries = self.plan.source.load()
+            # A token file that vanished is an error now, not a reason to make a new token.
+            entries = attrs.evolve(self.plan.source, create=False).load()
             values = self.plan.values
             if values["config"] is not None:
                 values = effective(read_config_file(values["config"]), self.flags)

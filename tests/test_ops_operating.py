@@ -472,6 +472,11 @@ async def test_sighup_rotates_the_token_without_dropping_connections(
             await cli.wait_stderr(b"reload failed")
             assert cli.process.returncode is None
             assert await _refused_status(url, new) is None
+            # So does a file that is gone (no new token is made up on a reload).
+            path.unlink()
+            cli.process.send_signal(signal.SIGHUP)
+            await cli.wait_stderr(b"does not exist")
+            assert not path.exists() and await _refused_status(url, new) is None
             cli.process.send_signal(signal.SIGTERM)
             assert await cli.process.wait() == 0
 
