@@ -330,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(render_toml(values))
         return 0
-    _logging.configure(values["log-level"], values["log-format"])
+    # `try` is a demo: its own summary says what happened, so only warnings unless asked.
+    quiet_try = args.command == "try" and args.log_level is None
+    _logging.configure("WARNING" if quiet_try else values["log-level"], values["log-format"])
     if args.command == "try":
         from ._try import try_command
 
