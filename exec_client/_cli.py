@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ class _UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_PROG, description="Run commands through an exec server.")
+    parser.add_argument("--version", action="version", version=f"{_PROG} {importlib.metadata.version('exec-server')}")
     commands = parser.add_subparsers(dest="subcommand", required=True)
     run = commands.add_parser(
         "run",

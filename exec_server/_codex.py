@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import protocol as p
 from protocol import _codex as c
-from protocol import ErrorCode, ProtocolError
+from protocol import ErrorCode, ProtocolError, SandboxMode
 from protocol._codex import (
     decode as decode,
     decode_fs_request as decode_fs_request,
@@ -140,9 +140,10 @@ def encode_event(event: p.ProcessEvent) -> str:
 class CodexDialect:
     """One Codex client's connection, as far as its dialect differs from ours."""
 
-    def __init__(self, server: FileHost) -> None:
+    def __init__(self, server: FileHost, *, max_mode: SandboxMode | None = None) -> None:
         self._server = server
-        self._files = FileOperations(server)
+        self._max_mode = max_mode  # the token's own sandbox ceiling
+        self._files = FileOperations(server, max_mode=max_mode)
 
     def initialize_result(self, session: Session) -> c.InitializeResult:
         return c.InitializeResult(session_id=session.id, environment_info=environment_info(self._server))
@@ -153,7 +154,7 @@ class CodexDialect:
         match request.method:
             case "process/start":
                 ours = self._start_params(params)
-                result, process = session.start(ours)
+                result, process = session.start(ours, max_mode=self._max_mode)
                 sandbox_type = SANDBOX_TYPE_OF.get(result.sandbox_type, "linuxSeccomp")
                 try:
                     await enqueue(c.encode_result(request.id, c.StartResult(process_id=result.process_id, sandbox_type=sandbox_type)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
@@ -18,9 +19,9 @@ import trio
 import protocol as p
 from protocol import CloseCode, ErrorCode, ProtocolError
 
-from . import _codex
-from ._fs import FileOperations
+from . import _codex, _observe
 from ._config import ServerConfig
+from ._fs import FileOperations
 from ._lifecycle import Lifecycle
 from ._outbound import OutboundItem, OutboundQueue
 from ._session import Session
@@ -202,7 +203,8 @@ class Connection:
     def _set_reason(self, code: int, reason: str) -> None:
         if self._close_reason is None:
             self._close_reason = (code, reason)
-            log.info("closing connection: %d %s", code, reason)
+            # A clean close (1000) is routine; anything else is worth a line.
+            log.log(logging.DEBUG if code == CloseCode.NORMAL else logging.INFO, "closing connection: %d %s", code, reason)
 
     def _detach(self) -> None:
         if self._session is not None:
@@ -293,6 +295,7 @@ class Connection:
                 await trio.sleep(timeout - stuck_for)
                 continue
             log.info("slow consumer: writer stuck for %.1fs; closing with 1008", stuck_for)
+            _observe.slow_consumer_closed()
             self._set_reason(CloseCode.POLICY, "slow consumer")
             self._detach()
             self._queue.abandon()  # producers stop waiting on us; their events stay retained
@@ -315,6 +318,11 @@ class Connection:
             except TransportClosed as closed:
                 self._peer_close_code = closed.code
                 return
+            if isinstance(raw, bytes) and self._transport.supports_binary:
+                # A WebSocket binary frame: only the server sends those (§11), so it is never a call.
+                error = ProtocolError(ErrorCode.PARSE_ERROR, "parse error: a binary frame is not a call")
+                await self._enqueue(p.encode_error(error))
+                continue
             size = len(raw)
             if size * 4 > limit and isinstance(raw, str):
                 size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes
@@ -322,7 +330,7 @@ class Connection:
                 await self._enqueue(self._encode_error(_oversized(raw, size, limit)))
                 continue
             if self._session is None and self._codex is None and _codex.is_codex_initialize(raw):
-                self._codex = _codex.CodexDialect(self._server)  # Codex dialect hook
+                self._codex = _codex.CodexDialect(self._server, max_mode=self._transport.principal.max_sandbox)  # Codex dialect hook
             try:
                 message = self._decode(raw)
             except ProtocolError as exc:
@@ -400,11 +408,25 @@ class Connection:
             return await self._codex.dispatch(request, session, self._enqueue)
         if request.method.startswith("fs/"):  # fs/* hook: the same file operations for our clients
             if self._files is None:
-                self._files = FileOperations(self._server)
+                self._files = FileOperations(self._server, max_mode=self._transport.principal.max_sandbox)
             return await self._files.dispatch(request.method, request.params)
         match request.method:
             case "process/start":
-                result, process = session.start(params)
+                begun = time.perf_counter()
+                try:
+                    result, process = session.start(params, max_mode=self._transport.principal.max_sandbox)
+                except ProtocolError as exc:
+                    _observe.start_refused(exc)
+                    raise
+                _observe.started(
+                    self._transport,
+                    session.id,
+                    params,
+                    result,
+                    params.cwd or self._server.default_cwd,
+                    self._server.sandbox.settings.default_mode.value,
+                    time.perf_counter() - begun,
+                )
                 try:
                     # The response is queued before the process's first event can be.
                     await self._enqueue(p.encode_result(request.id, result))
@@ -455,6 +477,8 @@ class Connection:
         self._binary_output = params.binary_output and self._transport.supports_binary
         self._generation = session.attach(params.delivery, self._queue, self.close)
         self._session = session
+        if resumed:
+            _observe.resumed(session.id, self._transport)
         return self._server.initialize_result(session, resumed=resumed, binary_output=self._binary_output)
 
     async def _find_or_create_session(self, resume_session_id: str | None) -> Session:
@@ -467,7 +491,18 @@ class Connection:
             return found
         if server.shutting_down:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
-        return await server.new_session(self._transport.peer)
+        return await server.new_session(_peer_host(self._transport.peer))
+
+
+def _peer_host(peer: str) -> str | None:
+    """The key of the per-peer cap on detached sessions: the remote host without its port
+    (``[::1]:5000`` -> ``::1``), the uid of a unix-socket peer; None for stdio."""
+    if peer.startswith("unix:"):
+        return peer.split(",", 1)[0]
+    host, sep, _port = peer.rpartition(":")
+    if not sep:
+        return None  # "stdio", "unknown": nothing to count by
+    return host.strip("[]")
 
 
 def _oversized(raw: str | bytes, size: int, limit: int) -> ProtocolError:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import attrs
 import trio
 
-from protocol import ErrorCode, ProtocolError
+from protocol import ErrorCode, ProtocolError, SandboxMode
 from protocol import _codex as c
 
 from ._codex_sandbox import policy_for
@@ -130,8 +130,9 @@ def _path(uri: str, field: str = "path") -> str:
 class FileOperations:
     """The ``fs/*`` methods of one connection (its open handles die with it)."""
 
-    def __init__(self, server: FileHost) -> None:
+    def __init__(self, server: FileHost, *, max_mode: SandboxMode | None = None) -> None:
         self._server = server
+        self._max_mode = max_mode  # the token's own sandbox ceiling
         self._handles: dict[str, _Handle] = {}
         self._workers = trio.Semaphore(MAX_CONCURRENT_WORKERS)
 
@@ -224,7 +225,7 @@ class FileOperations:
         request = json.dumps({"op": op, "path": path, **arguments}).encode()
         async with self._workers:
             try:
-                policy = server.sandbox.resolve(policy_for(profile, cwd=cwd))
+                policy = server.sandbox.resolve(policy_for(profile, cwd=cwd), max_mode=self._max_mode)
                 python = worker_python(root=os.geteuid() == 0)
                 plan = server.sandbox.prepare(policy, [python, "-I", "-S", "-c", WORKER_SOURCE], cwd, dict(_WORKER_ENV))
             except SandboxUnavailable as exc:

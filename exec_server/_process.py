@@ -29,7 +29,7 @@ from protocol import (
     Usage,
 )
 
-from . import _tree
+from . import _observe, _tree
 from ._lifecycle import Lifecycle
 from ._retention import RetainedOutput
 from ._spawn import SpawnedProcess
@@ -222,6 +222,7 @@ class ManagedProcess:
         del tail[:-TAIL_BYTES]
         seq = self._next_seq()
         self.retention.append(seq, stream, data)
+        _observe.output(self, stream.value, len(data))
         await self._emit(OutputEvent(process_id=self.process_id, seq=seq, stream=stream, chunk=data))
 
     async def _emit(self, event: ProcessEvent) -> None:

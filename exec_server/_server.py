@@ -198,7 +198,10 @@ class Server:
     async def _reap_orphans(self) -> None:
         while True:
             await trio.sleep(ORPHAN_REAP_INTERVAL)
-            _tree.reap_orphans()
+            try:
+                _tree.reap_orphans()
+            except OSError as exc:  # EMFILE under an fd flood: try again next round
+                log.warning("orphan reaper: %s", exc)
 
     # --- sessions ----------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from protocol import (
     ReadParams,
     ReadResult,
     ReleaseParams,
+    SandboxMode,
     SignalParams,
     SignalResult,
     StartParams,
@@ -60,7 +61,7 @@ from protocol import (
     WriteStatus,
 )
 
-from . import _spawn, _tree
+from . import _observe, _spawn, _tree
 from ._config import ServerConfig
 from ._lifecycle import Lifecycle
 from ._outbound import OutboundQueue
@@ -258,7 +259,9 @@ class Session:
     def end(self, why: str) -> None:
         """End the session now: kill every tree and forget it. Idempotent."""
         if self.state in _LIVE:
-            log.info("session %s ends: %s", self.id, why)
+            # News only when it kills something: an empty session ending is routine.
+            running = sum(1 for process in self.processes.values() if not process.is_closed)
+            log.log(logging.INFO if running else logging.DEBUG, "session %s ends: %s; killing %d running command(s)", self.id, why, running)
             self.attachment = None
             self._move(SessionState.ENDING)
 
@@ -349,7 +352,8 @@ class Session:
                 else:
                     # Refused when full: dropped from the push stream, still retained; the
                     # client sees the seq gap and repairs it with one read.
-                    attachment.queue.offer_output(event)
+                    if not attachment.queue.offer_output(event):
+                        _observe.dropped(len(event.chunk))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # The connection went away (it detached before abandoning its queue). A
                 # lossless chunk goes to the next connection, waiting above while detached;
@@ -371,7 +375,7 @@ class Session:
             raise ProtocolError(ErrorCode.UNKNOWN_PROCESS, f"process {process_id!r} expired")
         raise ProtocolError(ErrorCode.UNKNOWN_PROCESS, f"unknown process {process_id!r}")
 
-    def start(self, params: StartParams) -> tuple[StartResult, ManagedProcess]:
+    def start(self, params: StartParams, *, max_mode: SandboxMode | None = None) -> tuple[StartResult, ManagedProcess]:
         """Spawn a command; the caller sends the response, then calls ``begin``."""
         server = self._server
         if server.shutting_down:
@@ -387,7 +391,7 @@ class Session:
         if retain_bytes > self._config.retain_total_bytes:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, "limit exceeded: retainBytes is above the server's total cap")
         try:
-            policy = server.sandbox.resolve(params.sandbox)
+            policy = server.sandbox.resolve(params.sandbox, max_mode=max_mode)
         except SandboxUnavailable as exc:
             raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
         cwd = params.cwd or server.default_cwd
@@ -433,6 +437,7 @@ class Session:
             await process.run()
         finally:
             _tree.unregister_waited(process.pid)
+            _observe.closed(self.id, process, attached=self.attachment is not None)
         await trio.sleep(process.retain_after_close)
         self._forget(process, ErrorCode.UNKNOWN_PROCESS)
 

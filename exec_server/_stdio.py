@@ -8,6 +8,7 @@ from typing import Final
 import trio
 
 from ._server import Server
+from ._tokens import Principal
 from ._transport import TransportClosed
 
 _READ_BYTES: Final = 256 * 1024
@@ -18,7 +19,9 @@ class StdioTransport:
 
     drops_slow_consumers = False  # protocol §8: on stdio the writer waits
     supports_binary = False
-    peer: str | None = None
+    # Whoever holds the pipes is the client (no token on stdio).
+    principal = Principal("stdio")
+    peer = "stdio"
 
     def __init__(self, receive_stream: trio.abc.ReceiveStream, send_stream: trio.abc.SendStream, max_line: int) -> None:
         self._receive_stream = receive_stream

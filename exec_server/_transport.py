@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ._tokens import Principal
 
 
 class TransportClosed(Exception):
@@ -24,9 +27,10 @@ class MessageTransport(Protocol):
     drops_slow_consumers: bool
     #: Whether it can carry binary frames (the negotiated binary output framing).
     supports_binary: bool
-    #: Who is on the other end (the remote address for TCP; None for stdio): the per-peer
-    #: cap on detached sessions counts by it.
-    peer: str | None
+    #: Who authenticated it (the token's name and sandbox ceiling); for logs and metrics.
+    principal: Principal
+    #: The peer's address as a log line shows it.
+    peer: str
 
     async def receive(self) -> str | bytes:
         """The next whole message. Raises ``TransportClosed`` at the end."""

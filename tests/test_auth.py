@@ -123,6 +123,7 @@ def test_token_file_content_is_the_token(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("EXEC_SERVER_TOKEN", raising=False)
     path = tmp_path / "token"
     path.write_text("  my-configured-token-0123456789abcdef\n")
+    path.chmod(0o600)
     assert load_or_create_token(path) == ("my-configured-token-0123456789abcdef", path)
 
 
@@ -130,6 +131,7 @@ def test_empty_token_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("EXEC_SERVER_TOKEN", raising=False)
     path = tmp_path / "token"
     path.write_text("\n")
+    path.chmod(0o600)
     with pytest.raises(ValueError):
         load_or_create_token(path)
 
@@ -177,6 +179,7 @@ async def test_cli_prints_bound_url_and_exits_0_on_sigterm(tmp_path: Path, no_le
 async def test_cli_uses_existing_token_file_and_env_override(tmp_path: Path, no_leftover_processes: None) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("file-token-0123456789abcdef0123456789\n")
+    token_file.chmod(0o600)
     args = ["serve", "--listen", "ws://127.0.0.1:0", "--token-file", str(token_file), "--sandbox", "none"]
     with trio.fail_after(30):
         async with run_cli_server(args, cli_env()) as cli:

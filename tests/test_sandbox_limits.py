@@ -560,7 +560,7 @@ def test_the_serve_flags_become_sandbox_settings() -> None:
     from exec_server import _cli
 
     args = _serve_args(
-        "--max-sandbox", "workspaceWrite", "--writable-roots-within", "/tmp", "/var/tmp", "--allow-network",
+        "--max-sandbox", "workspaceWrite", "--writable-roots-within", "/tmp", "--writable-roots-within", "/var/tmp", "--allow-network",
         "--limit-memory", "256M", "--limit-pids", "64", "--limit-cpu-seconds", "30",
         "--limit-file-size", "1GiB", "--limit-open-files", "512",
     )  # fmt: skip

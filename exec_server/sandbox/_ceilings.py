@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from protocol import ResourceLimits, SandboxMode, SandboxPolicy
@@ -105,56 +105,34 @@ def parse_size(text: str) -> int:
     return int(value) * scale
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ceiling and ``--limit-*`` flags of ``exec-server serve``."""
-    modes = [mode.value for mode in MODE_RANK]
-    parser.add_argument(
-        "--max-sandbox",
-        choices=modes,
-        default=SandboxMode.NONE.value,
-        help="most permissive mode a request may ask for",
-    )
-    parser.add_argument(
-        "--writable-roots-within",
-        nargs="+",
-        default=[],
-        metavar="PATH",
-        help="every writable cwd/root of a request must be inside one of these",
-    )
-    parser.add_argument("--allow-network", action="store_true", help="allow requests for network: true")
-    parser.add_argument("--limit-memory", type=parse_size, metavar="BYTES", help="default and ceiling of memoryBytes")
-    parser.add_argument("--limit-pids", type=int, metavar="N", help="default and ceiling of pids")
-    parser.add_argument("--limit-cpu-seconds", type=int, metavar="S", help="default and ceiling of cpuSeconds")
-    parser.add_argument(
-        "--limit-file-size", type=parse_size, metavar="BYTES", help="default and ceiling of fileSizeBytes"
-    )
-    parser.add_argument("--limit-open-files", type=int, metavar="N", help="default and ceiling of openFiles")
-
-
-def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """``SandboxSettings`` keyword arguments for the flags of :func:`add_arguments`.
+def settings_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``SandboxSettings`` keyword arguments from the effective settings (``_config.SETTINGS``:
+    ``max-sandbox``, ``writable-roots-within``, ``allow-network``, ``limit-*``, ``sandbox``).
 
     Raises:
-        SystemExit: a ``--limit-*`` value out of range, or a default mode above the ceiling.
+        ValueError: a ``--limit-*`` value out of range, or a default mode above the ceiling
+            (the message names the flag).
     """
     try:
         limits = ResourceLimits(
-            memory_bytes=args.limit_memory,
-            pids=args.limit_pids,
-            cpu_seconds=args.limit_cpu_seconds,
-            file_size_bytes=args.limit_file_size,
-            open_files=args.limit_open_files,
+            memory_bytes=values["limit-memory"],
+            pids=values["limit-pids"],
+            cpu_seconds=values["limit-cpu-seconds"],
+            file_size_bytes=values["limit-file-size"],
+            open_files=values["limit-open-files"],
         )
     except ValueError as exc:
         flag = FLAGS.get(getattr(exc, "field", ""), "--limit-*")
-        raise SystemExit(f"exec-server: {flag}: {exc}") from None
-    max_mode = SandboxMode(args.max_sandbox)
-    default = SandboxMode(args.sandbox)
+        raise ValueError(f"{flag}: {exc}") from None
+    max_mode = SandboxMode(values["max-sandbox"])
+    default = SandboxMode(values["sandbox"])
     if MODE_RANK[default] > MODE_RANK[max_mode]:
-        raise SystemExit(f"exec-server: --sandbox {default.value} is above --max-sandbox {max_mode.value}")
+        raise ValueError(f"--sandbox {default.value} is above --max-sandbox {max_mode.value}")
+    writable_roots_within = values["writable-roots-within"]
+    allow_network = bool(values["allow-network"])
     return {
         "max_mode": max_mode,
-        "writable_roots_within": tuple(os.path.realpath(path) for path in args.writable_roots_within),
-        "allow_network": args.allow_network,
+        "writable_roots_within": tuple(os.path.realpath(path) for path in writable_roots_within),
+        "allow_network": allow_network,
         "limits": limits,
     }
