@@ -420,7 +420,7 @@ async def test_named_tokens_show_in_the_log_and_carry_their_ceiling(tmp_path: Pa
                 error = await raw.expect_error(
                     "process/start", {"processId": "a", "argv": ["true"], "sandbox": {"mode": "none"}}, -32006
                 )
-                assert "agent" in error.message and "readOnly" in error.message
+                assert "client's ceiling" in error.message and "readOnly" in error.message
             await cli.wait_stderr(b'"command closed"')
             cli.process.send_signal(signal.SIGTERM)
             assert await cli.process.wait() == 0
