@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,7 +15,7 @@ import trio
 
 from protocol import SandboxMode
 
-from ._auth import load_or_create_token
+from ._auth import DEFAULT_TOKEN_FILE, load_or_create_token
 from ._config import ServerConfig
 from ._server import CLOSE_HANDSHAKE_SECONDS, Server
 from ._stdio import serve_stdio
@@ -54,13 +56,29 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO")
 
 
-def _config(args: argparse.Namespace, token: str) -> ServerConfig:
+def _masked_paths(token_path: Path | None) -> tuple[str, ...]:
+    """What sandboxed commands must never read: the token file, and its directory and the
+    default config directory when they are private to this user (not a shared /tmp)."""
+    files = [DEFAULT_TOKEN_FILE.expanduser()] + ([token_path] if token_path is not None else [])
+    masked = [str(path.absolute()) for path in files]
+    for directory in {path.absolute().parent for path in files}:
+        try:
+            info = directory.stat()
+        except OSError:
+            continue
+        if info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            masked.append(str(directory))
+    return tuple(masked)
+
+
+def _config(args: argparse.Namespace, token: str, token_path: Path | None = None) -> ServerConfig:
     return ServerConfig(
         token=token,
         sandbox=SandboxSettings(
             default_mode=SandboxMode(args.sandbox),
             allow_unsandboxed=args.allow_unsandboxed or args.sandbox == SandboxMode.NONE.value,
             audit_denials=args.audit_denials,
+            masked_paths=_masked_paths(token_path),
         ),
         slow_consumer_timeout=args.slow_consumer_timeout,
         detached_session_ttl=args.detached_session_ttl,
@@ -144,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if token_path is not None:
         print(f"exec-server: token in {token_path}", file=sys.stderr, flush=True)
     try:
-        trio.run(_serve, args, _config(args, token))
+        trio.run(_serve, args, _config(args, token, token_path))
     except KeyboardInterrupt:
         return 130
     return 0

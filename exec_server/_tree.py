@@ -23,7 +23,7 @@ _PR_SET_CHILD_SUBREAPER: Final = 36
 def become_subreaper() -> bool:
     """Make orphaned descendants re-parent to this process (Linux); False if refused."""
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 def own_children() -> list[int]:
@@ -44,7 +44,8 @@ def own_children() -> list[int]:
 
 def _marker_of(proc: psutil.Process) -> str | None:
     try:
-        return proc.environ().get(TREE_MARKER_VAR)
+        marker: str | None = proc.environ().get(TREE_MARKER_VAR)
+        return marker
     except (psutil.Error, OSError):
         return None
 

@@ -65,6 +65,22 @@ def _absolute_paths(_inst: object, attribute: attrs.Attribute[Any], value: tuple
             raise FieldError(attribute.name, f"must be absolute paths, got {path!r}")
 
 
+# readOnlySubpaths: relative to each writable root; the launcher binds each existing one.
+MAX_READ_ONLY_SUBPATHS: Final = 16
+DEFAULT_READ_ONLY_SUBPATHS: Final = (".git", ".codex", ".agents")
+
+
+def _relative_subpaths(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
+    if value is None:
+        return
+    if len(value) > MAX_READ_ONLY_SUBPATHS:
+        raise FieldError(attribute.name, f"at most {MAX_READ_ONLY_SUBPATHS} entries")
+    for path in value:
+        parts = path.split("/")
+        if not path or os.path.isabs(path) or "\0" in path or ".." in parts or len(path) > 4096:
+            raise FieldError(attribute.name, f"must be relative paths without '..', got {path!r}")
+
+
 def _argv(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     if not value:
         raise FieldError(attribute.name, "argv must be a non-empty list")
@@ -130,6 +146,8 @@ class SandboxPolicy:
     mode: SandboxMode
     writable_roots: tuple[str, ...] = attrs.field(default=(), validator=_absolute_paths)
     network: bool = False
+    # None: DEFAULT_READ_ONLY_SUBPATHS; () lifts the carve-outs.
+    read_only_subpaths: tuple[str, ...] | None = attrs.field(default=None, validator=_relative_subpaths)
 
 
 @attrs.frozen(kw_only=True)

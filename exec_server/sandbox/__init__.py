@@ -34,7 +34,6 @@ What a sandboxed command gets:
 from ._audit import AuditUnavailable as AuditUnavailable
 from ._denials import DenialMonitor as DenialMonitor, DenialReport as DenialReport
 from ._errors import SandboxUnavailable as SandboxUnavailable
-from ._identity import Identity as Identity, choose_identity as choose_identity
 from ._kernel import KernelSupport as KernelSupport, detect as detect
 from ._launcher import Launcher as Launcher, find_launcher as find_launcher
 from ._plan import LaunchPlan as LaunchPlan
