@@ -58,15 +58,18 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 
 def _masked_paths(token_path: Path | None) -> tuple[str, ...]:
     """What sandboxed commands must never read: the token file, and its directory and the
-    default config directory when they are private to this user (not a shared /tmp)."""
+    default config directory when they are private to this user -- not a shared /tmp, and
+    not the home directory or one of its parents (that would hide the user's tools)."""
     files = [DEFAULT_TOKEN_FILE.expanduser()] + ([token_path] if token_path is not None else [])
     masked = [str(path.absolute()) for path in files]
+    home = Path("~").expanduser().absolute()
     for directory in {path.absolute().parent for path in files}:
         try:
             info = directory.stat()
         except OSError:
             continue
-        if info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        private = info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if private and directory != home and directory not in home.parents:
             masked.append(str(directory))
     return tuple(masked)
 

@@ -116,6 +116,8 @@ TREE_SYSCALLS: Final = {
     "rename": 82, "renameat": 264, "renameat2": 316, "link": 86, "linkat": 265,
     "symlink": 88, "symlinkat": 266, "mknod": 133, "mknodat": 259,
 }  # fmt: skip
+# An exec the view refuses (a masked or a mode-000 file, for a root without capabilities).
+EXEC_SYSCALLS: Final = {"execve": 59, "execveat": 322}
 ROOT_UID: Final = 0
 
 
@@ -392,7 +394,7 @@ def denial_rules() -> list[bytes]:
     every = [*METADATA_SYSCALLS.values(), *(n for n, _ in OPEN_SYSCALLS.values()), *TREE_SYSCALLS.values()]
     return [
         build_rule(every, errno.EROFS),
-        build_rule(every, errno.EACCES, uid=ROOT_UID),
+        build_rule([*every, *EXEC_SYSCALLS.values()], errno.EACCES, uid=ROOT_UID),
         build_rule(every, errno.EPERM, uid=ROOT_UID),
     ]
 

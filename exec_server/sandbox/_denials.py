@@ -61,6 +61,7 @@ from ._audit import (
     AUDIT_SECCOMP,
     AUDIT_SYSCALL,
     DEFAULT_LOCK_PATH,
+    EXEC_SYSCALLS,
     METADATA_SYSCALLS,
     OPEN_SYSCALLS,
     RULE_KEY,
@@ -174,6 +175,8 @@ _TREE_BLOCKERS: Final = {
 
 def _syscall_blocker(syscall: int, args: tuple[int, ...]) -> str:
     """The denial's name for a refused call: Landlock's vocabulary where it has one."""
+    if syscall in EXEC_SYSCALLS.values():
+        return "fs.execute"
     for name, (number, flags_arg) in OPEN_SYSCALLS.items():
         if number == syscall:
             if flags_arg is None:
