@@ -532,15 +532,18 @@ static int prepare_landlock(const struct options *opt) {
             rights |= LL_FS_IOCTL_DEV & handled_fs;
         add_path_rule(ruleset, *dev, rights, 0);
     }
-    /* `echo x > /dev/stderr` opens /proc/self/fd/2 with O_CREAT, and the kernel asks the
-     * create hook about a /proc/PID/fd entry that is not yet cached before it finds the
-     * entry exists: Landlock would log a denial for an open that then succeeds. procfs
-     * cannot create files at all, so allowing the attempt changes nothing but the log. */
-    add_path_rule(ruleset, "/proc", LL_FS_MAKE_REG, 0);
     for (int i = 0; i < opt->rw.count; i++)
         add_path_rule(ruleset, opt->rw.paths[i], handled_fs, 1);
     return ruleset;
 }
+
+/* Rules are inode-based, so the ruleset above can be built before the command joins the
+ * view (the binds share the host's inodes); /proc is the view's own, so its rule is added
+ * after. `echo x > /dev/stderr` opens /proc/self/fd/2 with O_CREAT, and the kernel asks the
+ * create hook about a /proc/PID/fd entry that is not yet cached before it finds the entry
+ * exists: Landlock would log a denial for an open that then succeeds. procfs cannot create
+ * files at all, so allowing the attempt changes nothing but the log. */
+static void add_proc_rule(int ruleset) { add_path_rule(ruleset, "/proc", LL_FS_MAKE_REG, 0); }
 
 static void restrict_self(const struct options *opt, int ruleset) {
     unsigned flags = 0;
@@ -631,8 +634,12 @@ static void apply_seccomp(int tcp_to_landlock) {
 
 /* ---- capabilities --------------------------------------------------------------- */
 
-static void clear_bounding_set(void) {
+/* Each drop is a credential commit (~2 us): the command drops all but `keep` while the init
+ * builds the view, and the rest once it joined it. */
+static void clear_bounding_set(uint64_t keep) {
     for (int cap = 0; cap < 64; cap++) {
+        if ((keep >> cap) & 1)
+            continue;
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
             if (errno == EINVAL) /* past CAP_LAST_CAP */
                 return;
@@ -647,7 +654,7 @@ static void clear_bounding_set(void) {
  * every set cleared and the result verified. With the read-only view and Landlock that is
  * what makes root in a container safe to sandbox without a uid drop. */
 static void drop_capabilities(void) {
-    clear_bounding_set();
+    clear_bounding_set(0);
     if (prctl(PR_SET_SECUREBITS,
               SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
                   SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
@@ -681,12 +688,26 @@ static void reset_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* Join the view the init built (mount, IPC and, network off, network namespace) through a
- * pidfd of the init, then confine itself and exec. It is the launcher's own child, so the
- * launcher's wait reports its exit and its resource usage, exactly as if unlaunched. */
-static void exec_command(const struct options *opt, int init_pidfd, char **command_env, const char *cwd) {
+/* What the command needs until it joined the view: setns, and dropping the rest. */
+#define KEEP_UNTIL_JOINED ((1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_SETPCAP))
+
+/* Prepare what does not need the view (the Landlock ruleset, most of the capability drop)
+ * while the init builds it; then join it (mount, IPC and, network off, network namespace)
+ * through a pidfd of the init, confine itself and exec. It is the launcher's own child, so
+ * the launcher's wait reports its exit and its resource usage, exactly as if unlaunched. */
+static void exec_command(const struct options *opt, int ready_fd, int init_pidfd, char **command_env,
+                         const char *cwd) {
     reset_signals();
     if (opt->mode != MODE_NONE) {
+        int ruleset = prepare_landlock(opt);
+        clear_bounding_set(KEEP_UNTIL_JOINED);
+        char byte;
+        ssize_t n;
+        while ((n = read(ready_fd, &byte, 1)) < 0 && errno == EINTR) {
+        }
+        if (n != 1)
+            _exit(EXIT_SETUP_FAILED); /* the init said why on stderr */
+        close(ready_fd);
         int flags = CLONE_NEWNS | CLONE_NEWIPC | (opt->network ? 0 : CLONE_NEWNET);
         if (setns(init_pidfd, flags) != 0)
             die("setns(init, 0x%x)", flags);
@@ -694,7 +715,7 @@ static void exec_command(const struct options *opt, int init_pidfd, char **comma
         /* setns put us at the namespace's root: re-resolve the cwd in the view. */
         if (cwd == NULL || chdir(cwd) != 0)
             die("chdir %s", cwd ? cwd : "(unknown cwd)");
-        int ruleset = prepare_landlock(opt);
+        add_proc_rule(ruleset);
         drop_capabilities();
         restrict_self(opt, ruleset);
         if (!opt->network)
@@ -782,8 +803,8 @@ static void supervise(int launcher_fd, int server_pidfd) {
     }
 }
 
-/* Build the namespaces and the view, tell the launcher (one byte on ready_fd; end of file
- * without it means setup failed), then supervise. */
+/* Build the namespaces and the view, tell the command (one byte on ready_fd; end of file
+ * without it means setup failed), drop every capability, then supervise. */
 static void run_init(const struct options *opt, int ready_fd, int launcher_fd, int server_pidfd) {
     sigset_t set;
     init_signal_set(&set);
@@ -792,14 +813,16 @@ static void run_init(const struct options *opt, int ready_fd, int launcher_fd, i
     if (opt->mode != MODE_NONE) {
         enter_view_namespaces(opt);
         build_view(opt);
-        drop_capabilities();
     }
     /* Neither the init nor the launcher holds the command's stdio: EOF on stdout means the
      * command's tree let go of it, and a command that closes stdin sees writes fail. */
     quiet_std_fds();
-    char ready = 1;
-    if (write(ready_fd, &ready, 1) != 1)
-        die("write ready");
+    if (opt->mode != MODE_NONE) {
+        char ready = 1;
+        if (write(ready_fd, &ready, 1) != 1)
+            _exit(EXIT_SETUP_FAILED); /* the command is gone already */
+        drop_capabilities(); /* off the command's path: it is already on its way */
+    }
     close(ready_fd);
     supervise(launcher_fd, server_pidfd);
 }
@@ -862,18 +885,6 @@ static int launch(const struct options *opt, char **command_env) {
         close(server_pidfd);
     if (opt->netns_fd >= 0)
         close(opt->netns_fd);
-    char byte;
-    ssize_t n;
-    while ((n = read(ready[0], &byte, 1)) < 0 && errno == EINTR) {
-    }
-    close(ready[0]);
-    int status;
-    if (n != 1) {
-        /* The init could not build the view (it said why on stderr): its status. */
-        if (wait_for(init, &status) < 0)
-            FAIL("the init vanished");
-        mirror_status(status);
-    }
     int init_pidfd = (int)syscall(__NR_pidfd_open, init, 0);
     if (init_pidfd < 0)
         die("pidfd_open(init)");
@@ -881,7 +892,8 @@ static int launch(const struct options *opt, char **command_env) {
     if (command < 0)
         die("fork (command)");
     if (command == 0)
-        exec_command(opt, init_pidfd, command_env, command_cwd);
+        exec_command(opt, ready[0], init_pidfd, command_env, command_cwd);
+    close(ready[0]);
     close(init_pidfd);
     quiet_std_fds();
     /* Catchable signals reach the command through the process group; this process must
@@ -891,6 +903,7 @@ static int launch(const struct options *opt, char **command_env) {
     const int caught[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM};
     for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++)
         sigaction(caught[i], &sa, NULL);
+    int status;
     if (wait_for(command, &status) < 0)
         die("waitpid(command)");
     mirror_status(status);
