@@ -18,14 +18,14 @@ Mapping design (why each record lands on the right process):
   ``/proc`` alone). Without the connector (no CAP_NET_ADMIN) we walk ``/proc/<pid>/stat``
   parents up to the child of this server, which needs the task to still exist (running or a
   zombie); a gone task's record is kept under its own pid and usually lost.
-- **uid drop** (``SYSCALL`` 1300 with ``key="exec-server-denial"``, plus its ``CWD``/``PATH``
-  records and ``EOE``). A root server runs commands as an unprivileged uid, and that — not
-  Landlock — refuses chmod/chown/utimes/xattr changes outside the workspace (Landlock has no
-  right for them) and writes to existing files the uid does not own (the permission check runs
-  before Landlock's). Our exit rules (see ``_audit.denial_rules``) log such EACCES/EPERM
-  failures; the record carries ``pid`` and ``ppid`` and is placed like a seccomp record, with
-  the parent as a second chance when the task is already gone. If Landlock also reported the
-  same event (same serial), the SYSCALL record is not counted twice.
+- **the view** (``SYSCALL`` 1300 with ``key="exec-server-denial"``, plus its ``CWD``/``PATH``
+  records and ``EOE``). The read-only view refuses writes, chmod/chown/utimes/xattr changes,
+  renames and links outside the writable roots with EROFS before Landlock's hooks run, and a
+  root command without capabilities meets EACCES/EPERM (masked files, others' files). Our exit
+  rules (see ``_audit.denial_rules``) log such failures; the record carries ``pid`` and
+  ``ppid`` and is placed like a seccomp record, with the parent as a second chance when the
+  task is already gone. If Landlock also reported the same event (same serial), the SYSCALL
+  record is not counted twice.
 - A pid that is not ours (another Landlock or seccomp user on the host) is dropped. A pid that
   is already gone is kept *unverified* for :data:`UNVERIFIED_TTL_S`: that is the window
   between the server reaping its child and asking for the report.
@@ -478,7 +478,7 @@ class DenialMonitor:
             ``"off"`` (heuristic only, the host's audit state is never touched).
         landlock_abi: the running kernel's Landlock ABI (audit records need 7 or later).
         lock_path: the file that coordinates audit enable/restore between servers on a host.
-        uid_drop_rules: also add the syscall audit rules that see what the uid drop refuses
+        uid_drop_rules: also add the syscall audit rules that see what the view refuses
             (chmod/chown/utimes anywhere outside, writes to existing files the uid does not
             own). Default: when this process is root on x86_64. Cost: while the rules exist,
             every process started on the host runs its syscalls through audit (measured here:
