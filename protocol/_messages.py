@@ -65,6 +65,8 @@ def _absolute_paths(_inst: object, attribute: attrs.Attribute[Any], value: tuple
             raise FieldError(attribute.name, f"must be absolute paths, got {path!r}")
 
 
+# Field metadata: the codec leaves the field out of what it encodes while it has its default.
+OMIT_IF_DEFAULT: Final = "omit_if_default"
 # readOnlySubpaths: relative to each writable root; the launcher binds each existing one.
 MAX_READ_ONLY_SUBPATHS: Final = 16
 DEFAULT_READ_ONLY_SUBPATHS: Final = (".git", ".codex", ".agents")
@@ -147,7 +149,9 @@ class SandboxPolicy:
     writable_roots: tuple[str, ...] = attrs.field(default=(), validator=_absolute_paths)
     network: bool = False
     # None: DEFAULT_READ_ONLY_SUBPATHS; () lifts the carve-outs.
-    read_only_subpaths: tuple[str, ...] | None = attrs.field(default=None, validator=_relative_subpaths)
+    read_only_subpaths: tuple[str, ...] | None = attrs.field(
+        default=None, validator=_relative_subpaths, metadata={OMIT_IF_DEFAULT: True}
+    )
 
 
 @attrs.frozen(kw_only=True)
