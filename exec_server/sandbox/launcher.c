@@ -867,6 +867,15 @@ static int launch(const struct options *opt, char **command_env) {
         fcntl(server_pidfd, F_SETFD, FD_CLOEXEC);
     char cwd[4096];
     const char *command_cwd = getcwd(cwd, sizeof cwd) != NULL ? cwd : NULL;
+    /* Catchable signals reach the command through the process group; this process must
+     * live on to report how the command ended. Caught (not ignored: the command's exec
+     * resets a handler, never an SIG_IGN), and before the forks: the command may print
+     * "ready" and be signalled before this process is scheduled again. */
+    struct sigaction sa = {.sa_handler = ignore_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    const int caught[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM};
+    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++)
+        sigaction(caught[i], &sa, NULL);
     enter_pid_namespace();
     int ready[2], alive[2];
     if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(alive, O_CLOEXEC) != 0)
@@ -896,14 +905,7 @@ static int launch(const struct options *opt, char **command_env) {
     close(ready[0]);
     close(init_pidfd);
     quiet_std_fds();
-    /* Catchable signals reach the command through the process group; this process must
-     * live on to report how the command ended. alive[1] stays open until we exit. */
-    struct sigaction sa = {.sa_handler = ignore_signal};
-    sigemptyset(&sa.sa_mask);
-    const int caught[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM};
-    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++)
-        sigaction(caught[i], &sa, NULL);
-    int status;
+    int status; /* alive[1] stays open until we exit: the init learns we are gone */
     if (wait_for(command, &status) < 0)
         die("waitpid(command)");
     mirror_status(status);
