@@ -319,3 +319,62 @@ async def test_a_non_root_server_gets_the_same_view(outside: Path) -> None:
     assert cat_token.exit_code != 0 and b"Permission denied" in cat_token.stderr
     assert ls_config.exit_code != 0 and b"Permission denied" in ls_config.stderr
     assert ps.stdout.split() == [b"1", b"2"], ps.stdout
+
+
+# -- the Python side ----------------------------------------------------------------------------
+
+
+def test_masked_paths_are_the_token_and_its_private_directory_never_home_or_tmp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exec_server._cli import _masked_paths
+
+    with scratch("exec-view-home-", 0o700) as home:
+        monkeypatch.setenv("HOME", str(home))
+        config = home / ".config" / "exec-server"
+        config.mkdir(parents=True, mode=0o700)
+        private = home / "keys"
+        private.mkdir(mode=0o700)
+        assert _masked_paths(None) == (str(config / "token"), str(config))
+        assert set(_masked_paths(private / "t")) == {str(config / "token"), str(private / "t"), str(config), str(private)}
+        # A token in the home itself or in /tmp: the file only, never the directory.
+        assert str(home) not in _masked_paths(home / "t")
+        assert "/tmp" not in _masked_paths(Path("/tmp/t"))
+
+
+@pytest.mark.parametrize("subpaths", [["../x"], ["/abs"], [""], ["a/../../b"], [".git"] * 17])
+def test_read_only_subpaths_are_relative_and_bounded(subpaths: list[str]) -> None:
+    from protocol import ErrorCode, ProtocolError, decode
+
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "process/start",
+        "params": {"processId": "p", "argv": ["true"], "sandbox": {"mode": "workspaceWrite", "readOnlySubpaths": subpaths}},
+    }
+    import json
+
+    with pytest.raises(ProtocolError) as caught:
+        decode(json.dumps(request))
+    assert caught.value.code == ErrorCode.INVALID_PARAMS
+    assert "readOnlySubpaths" in caught.value.message or "read_only_subpaths" in caught.value.message
+
+
+def test_the_launcher_gets_none_of_the_commands_environment(workspace: Path) -> None:
+    sandbox = Sandbox.create(SandboxSettings(audit_denials="off", allow_unsandboxed=True))
+    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": "/x.so", "EXEC_SERVER_TREE": "s:m"}
+    for mode in (SandboxMode.READ_ONLY, SandboxMode.NONE):
+        from protocol import SandboxPolicy
+
+        plan = sandbox.prepare(SandboxPolicy(mode=mode), ["true"], str(workspace), dict(env))
+        try:
+            if mode is SandboxMode.NONE and plan.sandbox_type == "none" and "--env-fd" not in plan.argv:
+                continue  # no PID namespace for unsandboxed commands here (a non-root server)
+            assert plan.env == {"EXEC_SERVER_TREE": "s:m"}
+            assert plan.command_env["LD_PRELOAD"] == "/x.so"
+            fd = int(plan.argv[plan.argv.index("--env-fd") + 1])
+            assert fd in plan.pass_fds
+            assert os.pread(fd, 1 << 16, 0).split(b"\0")[:-1] == [f"{k}={v}".encode() for k, v in env.items()]
+        finally:
+            plan.cleanup()
+            plan.cleanup()
