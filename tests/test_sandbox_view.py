@@ -378,3 +378,19 @@ def test_the_launcher_gets_none_of_the_commands_environment(workspace: Path) -> 
         finally:
             plan.cleanup()
             plan.cleanup()
+
+
+def test_a_killed_servers_mask_placeholders_are_removed_by_the_next() -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names no process now (and is not reused within this test)
+    stale = Path(tempfile.gettempdir(), f"exec-server-masks-{dead.pid}-abcdef")
+    (stale / "dir").mkdir(parents=True)
+    (stale / "dir").chmod(0)
+    live = Path(tempfile.gettempdir(), f"exec-server-masks-{os.getpid()}-abcdef")
+    live.mkdir()
+    try:
+        Sandbox.create(SandboxSettings(audit_denials="off"))
+        assert not stale.exists() and live.exists()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)

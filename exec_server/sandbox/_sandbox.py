@@ -80,9 +80,11 @@ def _make_placeholders() -> tuple[str, Masks]:
 
     Bound over a masked path, they read as "Permission denied" to a command with no
     capabilities, root included (no CAP_DAC_OVERRIDE), and cannot be chmodded back (the
-    view is read-only).
+    view is read-only). The directory's name carries our pid, so that the leftovers of a
+    server that was killed are removed by the next one.
     """
-    base = tempfile.mkdtemp(prefix=_MASK_PREFIX)
+    _remove_stale_placeholders()
+    base = tempfile.mkdtemp(prefix=f"{_MASK_PREFIX}{os.getpid()}-")
     file = os.path.join(base, "file")
     directory = os.path.join(base, "dir")
     os.close(os.open(file, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0))
@@ -90,6 +92,25 @@ def _make_placeholders() -> tuple[str, Masks]:
     os.chmod(file, 0)
     os.chmod(directory, 0)
     return base, Masks(paths=(), file=file, directory=directory)
+
+
+def _remove_stale_placeholders() -> None:
+    temp = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(temp) if n.startswith(_MASK_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_MASK_PREFIX) :].split("-", 1)[0]
+        path = os.path.join(temp, name)
+        try:
+            if not pid.isdigit() or os.lstat(path).st_uid != os.geteuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_placeholders(path)  # its server is gone
+        except OSError:
+            continue
 
 
 def _remove_placeholders(base: str) -> None:
