@@ -394,3 +394,12 @@ def test_a_killed_servers_mask_placeholders_are_removed_by_the_next() -> None:
     finally:
         shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(live, ignore_errors=True)
+
+
+async def test_posix_semaphores_work_in_a_private_dev_shm(workspace: Path) -> None:
+    script = "import multiprocessing, os\nlock = multiprocessing.Lock()\nwith lock: print(os.listdir('/dev/shm'))"
+    with trio.fail_after(60):
+        async with serving() as (client, _):
+            record = await run(client, [sys.executable, "-c", script], workspace, READ_ONLY)
+    assert (record.exit_code, record.sandbox_denied) == (0, False), record.stderr
+    assert record.stdout.startswith(b"["), record.stdout  # its own: nothing of the host's /dev/shm

@@ -9,7 +9,8 @@ the command does, so the pid the server waits for reports the command's exit.
 What a sandboxed command gets:
 
 - **Its own namespaces**: mount (the view below), PID (``ps`` shows only its tree; the init
-  is PID 1 and killing it kills the tree), IPC (SysV and POSIX IPC private to it), and network
+  is PID 1 and killing it kills the tree), IPC (SysV IPC private to it, and a private writable
+  ``/dev/shm`` for POSIX shared memory and semaphores), and network
   (empty) unless the policy allows the network. Unsandboxed commands of a root server get the
   PID namespace too, for the tree.
 - **Filesystem**: the host's tree read-only (bubblewrap's model, built in place with one

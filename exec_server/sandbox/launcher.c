@@ -166,6 +166,10 @@ struct mnt_attr {
 
 enum mode { MODE_NONE, MODE_READ_ONLY, MODE_WORKSPACE_WRITE };
 
+/* A private /dev/shm per command; its pages are charged to the command's memory. */
+#define SHM_DIR "/dev/shm"
+#define SHM_OPTIONS "mode=1777,size=256m"
+
 /* Devices every process may write (and read) even in readOnly mode. */
 static const char *const writable_devices[] = {
     "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", NULL,
@@ -460,6 +464,11 @@ static void build_view(const struct options *opt) {
         set_mount_attr(opt->rw.paths[i], 0, 0, MNT_ATTR_RDONLY);
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) != 0)
         die("mount /proc");
+    /* POSIX shared memory and semaphores (multiprocessing's locks) live in /dev/shm: the
+     * command gets an empty one of its own, as its SysV IPC namespace is its own. */
+    if (exists(SHM_DIR, &st) && S_ISDIR(st.st_mode) &&
+        mount("tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, SHM_OPTIONS) != 0)
+        die("mount %s", SHM_DIR);
 }
 /* ---- Landlock ------------------------------------------------------------------ */
 
@@ -538,12 +547,16 @@ static int prepare_landlock(const struct options *opt) {
 }
 
 /* Rules are inode-based, so the ruleset above can be built before the command joins the
- * view (the binds share the host's inodes); /proc is the view's own, so its rule is added
- * after. `echo x > /dev/stderr` opens /proc/self/fd/2 with O_CREAT, and the kernel asks the
+ * view (the binds share the host's inodes); /proc and /dev/shm are the view's own, so their
+ * rules are added after. `echo x > /dev/stderr` opens /proc/self/fd/2 with O_CREAT, and the kernel asks the
  * create hook about a /proc/PID/fd entry that is not yet cached before it finds the entry
  * exists: Landlock would log a denial for an open that then succeeds. procfs cannot create
  * files at all, so allowing the attempt changes nothing but the log. */
-static void add_proc_rule(int ruleset) { add_path_rule(ruleset, "/proc", LL_FS_MAKE_REG, 0); }
+static void add_view_rules(const struct options *opt, int ruleset) {
+    add_path_rule(ruleset, "/proc", LL_FS_MAKE_REG, 0);
+    /* The private /dev/shm (the view's own tmpfs) is writable in both modes. */
+    add_path_rule(ruleset, SHM_DIR, fs_rights_for_abi(opt->abi), 0);
+}
 
 static void restrict_self(const struct options *opt, int ruleset) {
     unsigned flags = 0;
@@ -715,7 +728,7 @@ static void exec_command(const struct options *opt, int ready_fd, int init_pidfd
         /* setns put us at the namespace's root: re-resolve the cwd in the view. */
         if (cwd == NULL || chdir(cwd) != 0)
             die("chdir %s", cwd ? cwd : "(unknown cwd)");
-        add_proc_rule(ruleset);
+        add_view_rules(opt, ruleset);
         drop_capabilities();
         restrict_self(opt, ruleset);
         if (!opt->network)
