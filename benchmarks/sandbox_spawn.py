@@ -79,9 +79,9 @@ def _variants(sandbox: Sandbox, cwd: str) -> dict[str, Callable[[], None]]:
 
     return {
         "plain": lambda: _spawn([TRUE], cwd, dict(ENV)),
-        "launcher readOnly net=1": lambda: _spawn(fixed_net1.argv, cwd, fixed_net1.env),
+        "launcher readOnly net=1": lambda: _spawn(fixed_net1.argv, cwd, fixed_net1.env, fixed_net1.pass_fds),
         "launcher readOnly net=0": lambda: _spawn(fixed_net0.argv, cwd, fixed_net0.env, fixed_net0.pass_fds),
-        "  same, netns per command": lambda: _spawn(fixed_unshare.argv, cwd, fixed_unshare.env),
+        "  same, netns per command": lambda: _spawn(fixed_unshare.argv, cwd, fixed_unshare.env, fixed_unshare.pass_fds),
         "prepare+launcher net=0": prepared(read_only),
         "workspaceWrite net=0": prepared(workspace),
     }

@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import signal
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +46,7 @@ from ._listen import (
 )
 from ._server import CLOSE_HANDSHAKE_SECONDS, Server
 from ._stdio import serve_stdio
-from ._tokens import TOKEN_ENV, TokenFileError, TokenSource, TokenStore
+from ._tokens import DEFAULT_TOKEN_FILE, TOKEN_ENV, TokenFileError, TokenSource, TokenStore
 from ._websocket import WebSocketOptions, WebSocketService
 from .sandbox import Sandbox
 
@@ -196,7 +197,7 @@ class _Running:
             values = self.plan.values
             if values["config"] is not None:
                 values = effective(read_config_file(values["config"]), self.flags)
-            new_config = server_config(values, next(iter(entries)), self.server.config.secret_paths)
+            new_config = server_config(values, next(iter(entries)), self.server.config.secret_paths, self.server.config.sandbox.masked_paths)
         except (TokenFileError, ConfigError, OSError, ValueError) as exc:
             _metrics.record_reload(False)
             log.error("reload failed, keeping the running configuration: %s", exc)
@@ -309,6 +310,24 @@ async def _wait_stopped(server: Server, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+def _masked_paths(secret_paths: tuple[str, ...]) -> tuple[str, ...]:
+    """What sandboxed commands must never read: the token file, and its directory and the
+    default config directory when they are private to this user -- not a shared /tmp, and
+    not the home directory or one of its parents (that would hide the user's tools)."""
+    files = [DEFAULT_TOKEN_FILE.expanduser(), *(Path(path) for path in secret_paths)]
+    masked = sorted({str(path.absolute()) for path in files})
+    home = Path("~").expanduser().absolute()
+    for directory in {path.absolute().parent for path in files}:
+        try:
+            info = directory.stat()
+        except OSError:
+            continue
+        private = info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if private and directory != home and directory not in home.parents:
+            masked.append(str(directory))
+    return tuple(masked)
+
+
 def _secret_paths(plan: _Plan) -> tuple[str, ...]:
     """The token files and the TLS key, resolved (a sandbox hides them from every command)."""
     paths = [*plan.source.files(), *([plan.tls.key] if plan.tls is not None else [])]
@@ -357,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = {setting.key: getattr(args, setting.dest, None) for setting in SETTINGS}
     flags = {key: tuple(value) if isinstance(value, list) else value for key, value in flags.items()}
     try:
-        config = server_config(values, next(iter(entries)), _secret_paths(plan))
+        secrets = _secret_paths(plan)
+        config = server_config(values, next(iter(entries)), secrets, _masked_paths(secrets))
     except ValueError as exc:  # a value out of range (ServerConfig's and the ceilings' checks)
         return _fail(str(exc))
     try:

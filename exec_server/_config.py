@@ -310,8 +310,11 @@ def effective(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) ->
     return values
 
 
-def server_config(values: Mapping[str, Any], token: str, secret_paths: tuple[str, ...] = ()) -> ServerConfig:
-    """The ``ServerConfig`` of a set of effective values (``secret_paths``: see the field)."""
+def server_config(
+    values: Mapping[str, Any], token: str, secret_paths: tuple[str, ...] = (), masked_paths: tuple[str, ...] = ()
+) -> ServerConfig:
+    """The ``ServerConfig`` of a set of effective values (``secret_paths``: see the field;
+    ``masked_paths``: what the sandbox hides, ``SandboxSettings.masked_paths``)."""
     sandbox = values["sandbox"]
     limits = {
         field.name: values[field.name.replace("_", "-")]
@@ -324,6 +327,7 @@ def server_config(values: Mapping[str, Any], token: str, secret_paths: tuple[str
             default_mode=SandboxMode(sandbox),
             allow_unsandboxed=bool(values["allow-unsandboxed"]) or sandbox == SandboxMode.NONE.value,
             audit_denials=values["audit-denials"],
+            masked_paths=masked_paths,
             **_ceilings.settings_from_values(values),
         ),
         secret_paths=secret_paths,

@@ -172,6 +172,10 @@ class ManagedProcess:
                 nursery.cancel_scope.cancel()
         finally:
             await self._kill_and_reap()
+            # Closed (or cancelled): nothing of the tree outlives it. A descendant that left
+            # the group and scrubbed its environment still lives in the command's PID
+            # namespace, whose init (marked, re-parented to us) takes it down when killed.
+            self.signal_tree(signal_module.SIGKILL)
             self._close_stdin()
             for fd in (self._spawned.stdout_fd, self._spawned.stderr_fd):
                 _close_quietly(fd)

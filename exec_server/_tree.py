@@ -2,8 +2,12 @@
 
 Each command runs in its own process group, so ``killpg`` reaches most of the tree. A
 descendant that called ``setsid``/``setpgid`` has left the group; while its ancestors live
-we find it through the parent links, and once they are gone it has been re-parented to us
-(the server is a child subreaper) and carries the tree's marker in its environment.
+we find it through the parent links. Through the sandbox launcher (every sandboxed command,
+and unsandboxed ones on a root server) the tree lives in its own PID namespace: its orphans
+are adopted by the namespace's init, which itself is re-parented to us (the server is a child
+subreaper) once the command was reaped, and carries the tree's marker in its own environment,
+which the command cannot scrub. Killing the init kills the whole namespace. Without the
+launcher the marker in each descendant's environment is the only trace.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def own_children() -> list[int]:
 
 def _marker_of(proc: psutil.Process) -> str | None:
     try:
-        return proc.environ().get(TREE_MARKER_VAR)
+        marker: str | None = proc.environ().get(TREE_MARKER_VAR)
+        return marker
     except (psutil.Error, OSError):
         return None
 

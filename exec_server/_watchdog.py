@@ -4,7 +4,9 @@ A server that exits normally kills every tree itself. One that is killed outrigh
 crashes) runs no code at all, so a tiny shell watchdog, started with the server, waits on a
 pipe whose write end only the server holds. A clean exit writes a line first; end-of-file
 without that line means the server died, and the watchdog SIGKILLs every process whose
-environment carries this server's tree marker (``_tree.TREE_MARKER_VAR``).
+environment carries this server's tree marker (``_tree.TREE_MARKER_VAR``) -- among them each
+command's PID-namespace init, whose death takes every process of its namespace with it. (Each
+init also watches the server's pidfd and exits on its own when the server dies.)
 """
 
 from __future__ import annotations

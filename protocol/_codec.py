@@ -221,7 +221,12 @@ def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
         return structure_object
 
     def attrs_unstructure_factory(type_: type) -> Any:
-        renames: dict[str, Any] = {a.name: override(rename=wire_name(a.name)) for a in attrs.fields(type_)}
+        # A field marked OMIT_IF_DEFAULT stays off the wire at its default (an extension
+        # field that servers without it would refuse as an unknown key).
+        renames: dict[str, Any] = {
+            a.name: override(rename=wire_name(a.name), omit_if_default=bool(a.metadata.get(m.OMIT_IF_DEFAULT)))
+            for a in attrs.fields(type_)
+        }
         return make_dict_unstructure_fn(type_, converter, **renames)
 
     converter.register_structure_hook_factory(attrs.has, attrs_structure_factory)

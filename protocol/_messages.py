@@ -82,6 +82,24 @@ def _absolute_paths(_inst: object, attribute: attrs.Attribute[Any], value: tuple
             raise FieldError(attribute.name, f"must be absolute paths, got {path!r}")
 
 
+# Field metadata: the codec leaves the field out of what it encodes while it has its default.
+OMIT_IF_DEFAULT: Final = "omit_if_default"
+# readOnlySubpaths: relative to each writable root; the launcher binds each existing one.
+MAX_READ_ONLY_SUBPATHS: Final = 16
+DEFAULT_READ_ONLY_SUBPATHS: Final = (".git", ".codex", ".agents")
+
+
+def _relative_subpaths(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
+    if value is None:
+        return
+    if len(value) > MAX_READ_ONLY_SUBPATHS:
+        raise FieldError(attribute.name, f"at most {MAX_READ_ONLY_SUBPATHS} entries")
+    for path in value:
+        parts = path.split("/")
+        if not path or os.path.isabs(path) or "\0" in path or ".." in parts or len(path) > 4096:
+            raise FieldError(attribute.name, f"must be relative paths without '..', got {path!r}")
+
+
 def _argv(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     if not value:
         raise FieldError(attribute.name, "argv must be a non-empty list")
@@ -147,6 +165,10 @@ class SandboxPolicy:
     mode: SandboxMode
     writable_roots: tuple[str, ...] = attrs.field(default=(), validator=_absolute_paths)
     network: bool = False
+    # None: DEFAULT_READ_ONLY_SUBPATHS; () lifts the carve-outs.
+    read_only_subpaths: tuple[str, ...] | None = attrs.field(
+        default=None, validator=_relative_subpaths, metadata={OMIT_IF_DEFAULT: True}
+    )
 
 
 @attrs.frozen(kw_only=True)

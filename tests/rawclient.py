@@ -228,9 +228,10 @@ class RawClient:
 
 
 def is_gone(pid: int) -> bool:
-    """True if ``pid`` no longer runs (gone, or a zombie waiting for its reaper)."""
+    """True if ``pid`` no longer runs (gone, a zombie waiting for its reaper, or being reaped:
+    the init of a PID namespace reaps its orphans as it dies, through the "dead" state)."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.NoSuchProcess:
         return True
 
@@ -284,6 +285,9 @@ def reap_leftover_descendants(ignore: set[int] = frozenset(), timeout: float = 5
     (what ran before the test began, not the test's doing) are left alone.
     """
     me = psutil.Process()
+    # A command's PID-namespace init finishes exiting only once every process of its
+    # namespace was reaped, and a command whose launcher was killed is our zombie by then.
+    _reap_zombie_children(me)
     alive = [child for child in me.children(recursive=True) if child.pid not in ignore and not is_gone(child.pid)]
     if alive:
         # Give SIGKILLs sent by a server's teardown a moment to land before blaming the test.
@@ -295,13 +299,17 @@ def reap_leftover_descendants(ignore: set[int] = frozenset(), timeout: float = 5
             child.kill()
         except psutil.Error:
             pass
+    _reap_zombie_children(me)
+    return leftovers
+
+
+def _reap_zombie_children(me: psutil.Process) -> None:
     for child in me.children():
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
                 os.waitpid(child.pid, os.WNOHANG)
         except (psutil.Error, ChildProcessError):
             pass
-    return leftovers
 
 
 def _parse(raw: str | bytes) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import trio
 import websockets.exceptions
 from websockets.sync.client import ClientConnection, connect
 
+from nspid import host_pid
 from rawclient import (  # noqa: F401  (test plumbing only: no protocol code)
     PidWatch,
     cli_env,
@@ -440,9 +441,10 @@ def invariants_scenario(url: str, token: str) -> None:
         assert record.output() == b"x" * size and record.output("stderr") == b"y" * size
 
     # A grandchild that left the group holds the pipe; terminate ends the whole tree.
-    client.start("tree", ["sh", "-c", "setsid sh -c 'echo $$; exec sleep 60' & exec sleep 60"])
+    tree = client.start("tree", ["sh", "-c", "setsid sh -c 'echo $$; exec sleep 60' & exec sleep 60"])
     events = client.wait_for("tree", lambda evs: any(b"\n" in b64d(e) for e in evs if e["method"] == "process/output"))
-    grandchild = PidWatch(int(b"".join(b64d(e) for e in events if e["method"] == "process/output")))
+    printed = int(b"".join(b64d(e) for e in events if e["method"] == "process/output"))
+    grandchild = PidWatch(host_pid(printed, tree["pid"]))  # it printed its PID-namespace pid
     assert client.call("process/terminate", {"processId": "tree", "graceMs": 2000})["running"] is True
     record = client.finish("tree")
     assert record.exited["signal"] == "SIGTERM"

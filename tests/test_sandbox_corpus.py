@@ -41,7 +41,7 @@ WITH_NETWORK = {"mode": "workspaceWrite", "network": True}
 class Places:
     """What the cases write to and connect to, outside and inside the sandbox."""
 
-    workspace: Path  # owned by the uid the commands run as
+    workspace: Path  # owned by the server's uid (root's own, when the tests run as root)
     outside: Path  # mode 0777: only the sandbox (not file permissions) can refuse a write there
     tcp: socket.socket  # a loopback listener the commands must not reach (network off)
     udp: socket.socket  # a loopback UDP socket no datagram must reach (network off)
@@ -276,16 +276,14 @@ CASES: tuple[Case, ...] = (
 
 @pytest.fixture
 def places() -> Iterator[Places]:
-    # Under /tmp, not pytest's tmp_path: its parents are 0700 and the commands run as nobody.
+    # Under /tmp, not pytest's tmp_path: commands have no CAP_DAC_OVERRIDE, even as root, and
+    # a 0700 parent owned by another user would keep them out.
     workspace = Path(tempfile.mkdtemp(prefix="exec-corpus-ws-"))
     outside = Path(tempfile.mkdtemp(prefix="exec-corpus-outside-"))
     tcp = socket.socket()
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         (workspace / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hello from the sandbox"); }\n')
-        if os.geteuid() == 0:
-            for path in (workspace, workspace / "hello.c"):
-                os.chown(path, NOBODY, NOBODY)
         os.chmod(outside, 0o777)
         tcp.bind(("127.0.0.1", 0))
         tcp.listen(16)

@@ -1,10 +1,10 @@
 """The sandbox launcher and the Python side that plans it, against the real kernel.
 
-Every sandboxed command here really runs under the launcher (Landlock, seccomp, an empty
-network namespace, and — when the tests run as root — the drop to an unprivileged uid),
+Every sandboxed command here really runs under the launcher (its own mount, PID, IPC and
+network namespaces with a read-only view of the host, Landlock, seccomp, no capability),
 and every "denied" test checks the effect too: the file does not exist, the listener saw
-no connection. Directories live directly under /tmp because pytest's tmp_path is private
-to root (0700) and the sandboxed uid could not even reach it.
+no connection. Directories live directly under /tmp: commands keep the server's uid but
+no CAP_DAC_OVERRIDE, so another user's 0700 parent (pytest's tmp_path) would keep them out.
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ import trio
 
 import exec_server.sandbox._sandbox as sandbox_module
 from exec_server.sandbox import (
-    Identity,
     KernelSupport,
     LaunchPlan,
     Sandbox,
     SandboxSettings,
     SandboxUnavailable,
-    choose_identity,
     detect,
     find_launcher,
 )
@@ -44,14 +42,14 @@ from protocol import SandboxMode, SandboxPolicy
 TIMEOUT_S: Final = 20.0
 IS_ROOT: Final = os.geteuid() == 0
 NOBODY: Final = 65534
-# The sandboxed uid must be able to run the interpreter: pyenv's lives under /root (0700).
-PY: Final = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+# The venv's interpreter (under /root when the tests run as root): the view keeps it readable.
+PY: Final = sys.executable
 BASE_ENV: Final = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 SETTINGS: Final = SandboxSettings(audit_denials="off")
 KERNEL: Final = detect()
 
 needs_sandbox = pytest.mark.skipif(KERNEL.landlock_abi < 3, reason="kernel without Landlock ABI 3")
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="the uid drop only happens when the server is root")
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs a root server")
 
 pytestmark = needs_sandbox
 
@@ -71,10 +69,8 @@ def _scratch_dir(mode: int) -> Path:
 
 @pytest.fixture
 def workspace() -> Iterator[Path]:
-    """A workspace the sandboxed uid owns (nobody when the tests run as root)."""
+    """A workspace the server's uid owns (root's own when the tests run as root)."""
     path = _scratch_dir(0o755)
-    if IS_ROOT:
-        os.chown(path, NOBODY, NOBODY)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -127,7 +123,7 @@ async def test_write_outside_the_workspace_is_refused(sandbox: Sandbox, workspac
     target = outside / "touched"
     result = await _sandboxed(sandbox, workspace, ["touch", str(target)])
     assert result.returncode == 1
-    assert b"Permission denied" in result.stderr
+    assert b"Read-only file system" in result.stderr
     assert not target.exists()
 
 
@@ -137,7 +133,7 @@ async def test_dash_redirect_and_python_open_outside_are_refused(
     redirect = await _sandboxed(sandbox, workspace, ["dash", "-c", f"echo x > {outside}/redirected"])
     opened = await _sandboxed(sandbox, workspace, _python(f"open({str(outside / 'opened')!r}, 'w')"))
     assert redirect.returncode != 0 and opened.returncode != 0
-    assert b"PermissionError" in opened.stderr
+    assert b"Read-only file system" in opened.stderr
     assert list(outside.iterdir()) == []
 
 
@@ -210,11 +206,11 @@ async def test_running_a_compiler_in_the_workspace_works(sandbox: Sandbox, works
 # -- root's power --------------------------------------------------------------------------
 
 
-@needs_root
-async def test_the_command_does_not_run_as_root(sandbox: Sandbox, workspace: Path) -> None:
-    script = "import os; print(os.getresuid(), os.getresgid(), os.getgroups())"
+async def test_the_command_keeps_the_servers_uid(sandbox: Sandbox, workspace: Path) -> None:
+    script = "import os; print(os.getresuid(), os.getresgid())"
     result = await _sandboxed(sandbox, workspace, _python(script))
-    assert result.stdout.decode().strip() == f"({NOBODY}, {NOBODY}, {NOBODY}) ({NOBODY}, {NOBODY}, {NOBODY}) []"
+    uid, gid = os.getuid(), os.getgid()
+    assert result.stdout.decode().strip() == f"({uid}, {uid}, {uid}) ({gid}, {gid}, {gid})", result.stderr
 
 
 async def test_no_capabilities_and_no_new_privs(sandbox: Sandbox, workspace: Path) -> None:
@@ -235,12 +231,18 @@ async def test_chmod_and_chown_outside_the_workspace_are_refused(
     victim.chmod(0o644)
     script = (
         f"import os\n"
-        f"for f in (lambda: os.chmod({str(victim)!r}, 0o777), lambda: os.chown({str(victim)!r}, {NOBODY}, {NOBODY})):\n"
+        f"for f in (lambda: os.chmod({str(victim)!r}, 0o777), lambda: os.chown({str(victim)!r}, {NOBODY}, {NOBODY}),\n"
+        f"          lambda: os.utime({str(victim)!r}, (0, 0)), lambda: os.setxattr({str(victim)!r}, 'user.x', b'1'),\n"
+        f"          lambda: os.rename({str(victim)!r}, {str(victim)!r} + '.moved'),\n"
+        f"          lambda: os.link({str(victim)!r}, {str(workspace / 'linked')!r})):\n"
         f"    try: f(); print('done')\n"
-        f"    except PermissionError: print('refused')\n"
+        f"    except OSError as exc: print(exc.errno)\n"
     )
+    mtime = victim.stat().st_mtime
     result = await _sandboxed(sandbox, workspace, _python(script))
-    assert result.stdout == b"refused\nrefused\n"
+    # EROFS from the read-only view; a link into the workspace crosses mounts (EXDEV).
+    assert result.stdout == (f"{errno.EROFS}\n" * 5 + f"{errno.EXDEV}\n").encode(), result.stderr
+    assert victim.stat().st_mtime == mtime and not (workspace / "linked").exists()
     info = victim.stat()
     assert stat.S_IMODE(info.st_mode) == 0o644 and info.st_uid == 0
 
@@ -259,9 +261,8 @@ async def test_the_command_loses_the_servers_controlling_terminal(sandbox: Sandb
     # server started from a shell would have. The command must not reach it (TIOCSTI).
     probe = "import os\ntry: os.open('/dev/tty', os.O_WRONLY); print('tty')\nexcept OSError as exc: print(exc.errno)"
     plan = sandbox.prepare(_policy(SandboxMode.READ_ONLY, network=True), _python(probe), str(workspace), dict(BASE_ENV))
-    assert plan.pass_fds == ()
     wrapped = ["script", "-qec", shlex.join(plan.argv), "/dev/null"]
-    result = await _run(LaunchPlan(wrapped, plan.env, (), "landlock"), workspace)
+    result = await _run(attrs.evolve(plan, argv=wrapped), workspace)
     assert result.stdout.strip() == str(errno.ENXIO).encode(), (result.stdout, result.stderr)
 
 
@@ -269,10 +270,8 @@ async def test_the_command_loses_the_servers_controlling_terminal(sandbox: Sandb
 async def test_commands_of_the_same_uid_cannot_signal_or_inspect_each_other(
     sandbox: Sandbox, workspace: Path
 ) -> None:
-    # Every command of a root server may run as `nobody`: what keeps them apart is that
-    # each has its own Landlock domain (ptrace/proc access always, signals from ABI 6).
-    if sandbox.kernel.landlock_abi < 6:
-        pytest.skip("signal scoping needs Landlock ABI 6")
+    # Every command runs as the server's uid: what keeps them apart is that each has its own
+    # PID namespace (the other's pid does not exist there) and its own Landlock domain.
     env = {**BASE_ENV, "SECRET": "s3"}
     plan = sandbox.prepare(_policy(SandboxMode.READ_ONLY), ["sleep", "30"], str(workspace), env)
     with trio.fail_after(TIMEOUT_S):
@@ -286,7 +285,7 @@ async def test_commands_of_the_same_uid_cannot_signal_or_inspect_each_other(
                 "except OSError as exc: print(exc.errno)\n"
             )
             result = await _sandboxed(sandbox, workspace, _python(probe), mode=SandboxMode.READ_ONLY)
-            assert result.stdout == b"13\n1\n", result.stderr
+            assert result.stdout == f"{errno.ENOENT}\n{errno.ESRCH}\n".encode(), result.stderr
             assert victim.poll() is None
         finally:
             victim.kill()
@@ -449,12 +448,10 @@ async def test_a_setup_failure_exits_125_and_runs_nothing(workspace: Path, outsi
     launcher = find_launcher()
     marker = outside / "ran"
     argv = [launcher.path, "--abi", "7", "--mode", "workspaceWrite", "--rw", "/no/such/dir", "--net", "0"]
-    if IS_ROOT:
-        argv += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
     plan = LaunchPlan([*argv, "--", "touch", str(marker)], dict(BASE_ENV), (), "landlock")
     result = await _run(plan, workspace)
     assert result.returncode == EXIT_SETUP_FAILED
-    assert b"sandbox setup failed: open /no/such/dir" in result.stderr
+    assert b"sandbox setup failed: bind /no/such/dir" in result.stderr
     assert not marker.exists()
 
 
@@ -468,26 +465,31 @@ async def test_a_kernel_older_than_the_plan_is_a_setup_failure(workspace: Path) 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to start the launcher as another user")
 async def test_a_non_root_server_gets_a_user_and_network_namespace(workspace: Path, outside: Path) -> None:
-    # What a server not running as root does: no --uid, and unshare needs a user namespace.
-    launcher = find_launcher()
-    argv = [launcher.path, "--abi", str(KERNEL.landlock_abi), "--mode", "workspaceWrite"]
-    argv += ["--rw", str(workspace), "--net", "0", "--"]
-    argv += _python(
+    # What a server not running as root does: unshare needs a user namespace. The binary and
+    # the interpreter must be reachable for that user (root's cache and pyenv are not).
+    if not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs a system python3 that another user can run")
+    launcher = shutil.copy(find_launcher().path, outside / "launcher")
+    os.chmod(workspace, 0o777)
+    argv = [str(launcher), "--abi", str(KERNEL.landlock_abi), "--mode", "workspaceWrite"]
+    argv += ["--rw", str(workspace), "--net", "0", "--", "/usr/bin/python3", "-c"]
+    argv += [
         "import os, socket\n"
         "print(os.getuid())\n"
         f"open({str(workspace / 'in')!r}, 'w')\n"
         f"try: open({str(outside / 'out')!r}, 'w')\n"
-        "except PermissionError: print('refused')\n"
+        "except OSError as exc: print(exc.errno)\n"
         "try: socket.create_connection(('127.0.0.1', 9), timeout=5)\n"
         "except OSError as exc: print(exc.errno)\n"
-    )
+    ]
     with trio.fail_after(TIMEOUT_S):
         result = await trio.run_process(
             argv, cwd=str(workspace), env=BASE_ENV, user=NOBODY, group=NOBODY, extra_groups=[],
             capture_stdout=True, capture_stderr=True, check=False,
         )  # fmt: skip
-    assert result.stdout == f"{NOBODY}\nrefused\n13\n".encode(), result.stderr
+    assert result.stdout == f"{NOBODY}\n{errno.EROFS}\n13\n".encode(), result.stderr
     assert (workspace / "in").exists() and not (outside / "out").exists()
+    os.unlink(launcher)
 
 
 async def test_an_older_abi_plan_still_confines(workspace: Path, outside: Path) -> None:
@@ -497,11 +499,11 @@ async def test_an_older_abi_plan_still_confines(workspace: Path, outside: Path) 
     script += f"open({str(outside / 'x')!r}, 'w')"
     result = await _sandboxed(old, workspace, _python(script))
     assert result.stdout == b"13\n"
-    assert b"PermissionError" in result.stderr
+    assert b"Read-only file system" in result.stderr
     assert not (outside / "x").exists()
 
 
-# -- the Python side: policy, detection seam, identity ---------------------------------------
+# -- the Python side: policy, detection seam ----------------------------------------------
 
 
 @pytest.mark.parametrize("abi", [0, 1, 2])
@@ -530,12 +532,12 @@ def test_without_network_isolation_only_network_true_policies_run(
     assert plan.sandbox_type == "landlock" and "--net" in plan.argv
 
 
-def test_root_without_the_capabilities_to_drop_root_is_refused(
+def test_root_without_the_capabilities_to_build_the_view_is_refused(
     monkeypatch: pytest.MonkeyPatch, workspace: Path
 ) -> None:
-    monkeypatch.setattr(sandbox_module, "detect", lambda: attrs.evolve(KERNEL, root=True, identity_drop=False))
+    monkeypatch.setattr(sandbox_module, "detect", lambda: attrs.evolve(KERNEL, root=True, namespaces=False))
     stuck = Sandbox.create(SETTINGS)
-    with pytest.raises(SandboxUnavailable, match="drop root"):
+    with pytest.raises(SandboxUnavailable, match="CAP_SYS_ADMIN"):
         stuck.prepare(_policy(SandboxMode.READ_ONLY), ["true"], str(workspace), dict(BASE_ENV))
 
 
@@ -575,54 +577,22 @@ def test_read_only_grants_no_writable_roots_and_no_temp_dir(sandbox: Sandbox, wo
     plan = sandbox.prepare(
         _policy(SandboxMode.READ_ONLY, roots=(str(workspace),)), ["true"], str(workspace), dict(BASE_ENV)
     )
-    assert "--rw" not in plan.argv and "TMPDIR" not in plan.env
+    assert "--rw" not in plan.argv and "TMPDIR" not in plan.command_env
     assert plan.argv[plan.argv.index("--") + 1 :] == ["true"]
 
 
-def test_the_temp_dir_belongs_to_the_sandboxed_uid(sandbox: Sandbox, workspace: Path) -> None:
+def test_the_temp_dir_belongs_to_the_servers_uid(sandbox: Sandbox, workspace: Path) -> None:
     plan = sandbox.prepare(_policy(SandboxMode.WORKSPACE_WRITE), ["true"], str(workspace), dict(BASE_ENV))
     try:
-        temp = Path(plan.env["TMPDIR"])
-        assert plan.env["TMP"] == plan.env["TEMP"] == str(temp)
-        assert temp.stat().st_uid == (NOBODY if IS_ROOT else os.geteuid())
+        temp = Path(plan.command_env["TMPDIR"])
+        assert plan.command_env["TMP"] == plan.command_env["TEMP"] == str(temp)
+        assert temp.stat().st_uid == os.geteuid()
         assert stat.S_IMODE(temp.stat().st_mode) == 0o700
         assert str(temp) in plan.writable_roots
     finally:
         plan.cleanup()
         plan.cleanup()  # idempotent
     assert not temp.exists()
-
-
-def test_identity_is_the_workspace_owner_else_the_fallback(workspace: Path) -> None:
-    fallback = Identity(NOBODY, NOBODY)
-    assert choose_identity(str(workspace), root=False, fallback=fallback) is None
-    assert choose_identity("/", root=True, fallback=fallback) == fallback
-    if IS_ROOT:
-        os.chown(workspace, 4242, 0)  # no passwd entry, and a gid 0 group that must not be kept
-        assert choose_identity(str(workspace), root=True, fallback=fallback) == Identity(4242, NOBODY)
-        os.chown(workspace, 4242, 4343)
-        assert choose_identity(str(workspace), root=True, fallback=fallback) == Identity(4242, 4343)
-    assert choose_identity(str(workspace), root=True, fallback=fallback, workspace_owner=False) == fallback
-
-
-@needs_root
-async def test_the_operator_can_pin_every_command_to_the_fallback_uid(workspace: Path) -> None:
-    os.chown(workspace, 4242, 4242)
-    settings = SandboxSettings(audit_denials="off", run_as_workspace_owner=False, fallback_uid=4343, fallback_gid=4344)
-    pinned = Sandbox(settings, KERNEL, find_launcher())
-    result = await _sandboxed(pinned, workspace, ["id", "-u"], mode=SandboxMode.READ_ONLY)
-    assert result.stdout == b"4343\n"
-    owner = Sandbox(SETTINGS, KERNEL, find_launcher())
-    result = await _sandboxed(owner, workspace, ["id", "-u"], mode=SandboxMode.READ_ONLY)
-    assert result.stdout == b"4242\n"
-
-
-def test_plans_carry_the_identity_choice_to_the_launcher(workspace: Path) -> None:
-    as_root = Sandbox(SETTINGS, attrs.evolve(KERNEL, root=True, identity_drop=True), find_launcher())
-    plan = as_root.prepare(_policy(SandboxMode.READ_ONLY), ["true"], "/", dict(BASE_ENV))
-    assert plan.argv[plan.argv.index("--uid") : plan.argv.index("--uid") + 4] == ["--uid", "65534", "--gid", "65534"]
-    as_user = Sandbox(SETTINGS, attrs.evolve(KERNEL, root=False, identity_drop=False), find_launcher())
-    assert "--uid" not in as_user.prepare(_policy(SandboxMode.READ_ONLY), ["true"], "/", dict(BASE_ENV)).argv
 
 
 def test_capabilities_report_what_the_kernel_enforces(sandbox: Sandbox) -> None:
@@ -682,7 +652,8 @@ async def test_audit_sees_real_denials_and_not_a_reopened_stderr(workspace: Path
                 reports.append(await audited.denial_report(plan, process.pid, process.returncode, b"", b""))
             nursery.cancel_scope.cancel()
     assert [(r.denied, r.source) for r in reports] == [(False, "audit"), (True, "audit")]
-    assert [(d.blocker, d.target) for d in reports[1].denials] == [("fs.make_reg", "/etc")]
+    # Refused by the read-only view (EROFS), named from the syscall record and stderr.
+    assert [(d.blocker, d.target) for d in reports[1].denials] == [("fs.write_file", "/etc/")]
 
 
 async def test_the_shared_namespace_is_released_when_run_ends(workspace: Path) -> None:

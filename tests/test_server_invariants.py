@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 
+from nspid import host_pid
 from rawclient import (  # noqa: F401  (fixtures are used by name)
     Event,
     RawClient,
@@ -93,9 +94,10 @@ async def test_each_process_has_its_own_counter(client: RawClient) -> None:
 
 async def test_exited_does_not_wait_for_grandchild_holding_stdout(client: RawClient) -> None:
     with trio.fail_after(15):
-        await client.start("bg", ["sh", "-c", "sleep 60 & echo $!; echo done"])
+        started = await client.start("bg", ["sh", "-c", "sleep 60 & echo $!; echo done"])
         exited = await client.wait_event("bg", lambda e: e.kind == "exited")
-        holder = int(output_of(client.events_of("bg")).split()[0])
+        printed = int(output_of(client.events_of("bg")).split()[0])  # its PID-namespace pid
+        holder = host_pid(printed, started["pid"])
         watch = PidWatch(holder)
         assert exited.params["exitCode"] == 0
         # The grandchild still holds the pipe: exited, not closed.
@@ -110,7 +112,7 @@ async def test_exited_does_not_wait_for_grandchild_holding_stdout(client: RawCli
         await client.call("process/terminate", {"processId": "bg", "graceMs": 5000})
         events = await client.events_for("bg")
         assert_well_formed(events)
-        assert output_of(events) == f"{holder}\ndone\n".encode()
+        assert output_of(events) == f"{printed}\ndone\n".encode()
         await watch.wait_exited()
 
 

@@ -18,6 +18,7 @@ import psutil
 import pytest
 import trio
 
+from nspid import host_pid
 from rawclient import (  # noqa: F401  (fixtures are used by name)
     Event,
     RawClient,
@@ -114,10 +115,12 @@ async def test_start_result_and_exit(client: RawClient) -> None:
 async def test_start_runs_in_its_own_process_group(client: RawClient) -> None:
     with trio.fail_after(10):
         result = await client.start("g", [PY, "-c", "import os; print(os.getpgid(0), os.getpid())"])
+        assert os.getpgid(result["pid"]) == result["pid"] != os.getpgid(0)
         events = await client.events_for("g")
+        # The command is PID 2 of its own PID namespace, in the launcher's group (whose
+        # leader is outside the namespace: 0).
         pgid, pid = output_of(events).split()
-        assert int(pgid) == int(pid) == result["pid"]
-        assert int(pgid) != os.getpgid(0)
+        assert (int(pgid), int(pid)) == (0, 2)
 
 
 async def test_start_cwd(client: RawClient, tmp_path: Path) -> None:
@@ -420,9 +423,9 @@ async def test_signal_names(client: RawClient, name: str, signum: signal.Signals
 
 async def test_terminate_kills_whole_tree_including_setsid_grandchild(client: RawClient) -> None:
     with trio.fail_after(10):
-        await client.start("tree", ["sh", "-c", "setsid sh -c 'echo $$; exec sleep 60' & sleep 60"])
+        started = await client.start("tree", ["sh", "-c", "setsid sh -c 'echo $$; exec sleep 60' & sleep 60"])
         out = await client.wait_output("tree", b"\n")
-        grandchild = int(out.split()[0])
+        grandchild = host_pid(int(out.split()[0]), started["pid"])
         assert os.getsid(grandchild) == grandchild  # it left the group and the session
         watch = PidWatch(grandchild)
         result = await client.call("process/terminate", {"processId": "tree", "graceMs": 5000})
@@ -448,8 +451,8 @@ async def test_terminate_escalates_to_sigkill_after_grace(client: RawClient) -> 
 
 async def test_terminate_running_false_after_exit_before_close(client: RawClient) -> None:
     with trio.fail_after(10):
-        await client.start("hold", ["sh", "-c", "sleep 60 & echo $!"])
-        holder = int((await client.wait_output("hold", b"\n")).split()[0])
+        started = await client.start("hold", ["sh", "-c", "sleep 60 & echo $!"])
+        holder = host_pid(int((await client.wait_output("hold", b"\n")).split()[0]), started["pid"])
         watch = PidWatch(holder)
         await client.wait_event("hold", lambda e: e.kind == "exited")
         # Exited, but a grandchild still holds stdout: not closed, and not running either.
@@ -497,11 +500,11 @@ async def test_list(client: RawClient) -> None:
 
 async def test_timeout_kills_whole_tree_and_keeps_partial_output(client: RawClient) -> None:
     with trio.fail_after(10):
-        await client.start(
+        started = await client.start(
             "slow", ["sh", "-c", "echo partial; setsid sh -c 'echo $$; exec sleep 60' & sleep 60 & wait"], timeoutMs=300
         )
         await client.wait_until(lambda: output_of(client.events_of("slow")).count(b"\n") >= 2)
-        watch = PidWatch(int(output_of(client.events_of("slow")).split()[1]))
+        watch = PidWatch(host_pid(int(output_of(client.events_of("slow")).split()[1]), started["pid"]))
         events = await client.events_for("slow")
         out = output_of(events)
         assert out.startswith(b"partial\n")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from nspid import host_pid
 from rawclient import CliServer, PidWatch, cli_env, no_leftover_processes, run_cli_server  # noqa: F401
 
 
@@ -173,12 +174,13 @@ async def test_stdio_eof_ends_server_and_kills_processes(stdio: StdioClient) -> 
         await stdio.call("initialize", {"clientName": "stdio-test", "protocolVersion": 1})
         pid = (await stdio.call("process/start", {"processId": "orphan", "argv": ["sleep", "60"]}))["pid"]
         # A grandchild that left the group must not outlive the server either.
-        await stdio.call(
+        tree = await stdio.call(
             "process/start", {"processId": "tree", "argv": ["sh", "-c", "setsid sh -c 'echo $$; exec sleep 60' & wait"]}
         )
         while not stdout_of(stdio.events_of("tree")).endswith(b"\n"):
             await stdio.next_message()
-        grandchild = PidWatch(int(stdout_of(stdio.events_of("tree"))))
+        # It printed its PID-namespace pid.
+        grandchild = PidWatch(host_pid(int(stdout_of(stdio.events_of("tree"))), tree["pid"]))
         child = PidWatch(pid)
         await finish(stdio)
         await child.wait_exited()

@@ -18,6 +18,7 @@ import trio
 
 from exec_client import open_client
 from rawclient import RawClient, is_gone, no_leftover_processes, open_raw_client, output_of  # noqa: F401
+from nspid import host_pid
 from test_delivery_support import (
     MIB,
     StallProxy,
@@ -154,7 +155,8 @@ async def test_ttl_expiry_kills_the_whole_tree_grandchildren_included(
             session_id = (await raw.initialize(delivery=delivery))["sessionId"]
             pid = (await raw.start("tree", ["sh", "-c", script]))["pid"]
             await raw.wait_until(lambda: output_of(raw.events_of("tree")).count(b"\n") >= 2)
-            grandchildren = [int(line) for line in output_of(raw.events_of("tree")).split(b"\n")[:2]]
+            printed = output_of(raw.events_of("tree")).split(b"\n")[:2]
+            grandchildren = [host_pid(int(line), pid) for line in printed]
         tree = [pid, *grandchildren]
         assert len(tree) == 3 and all(is_running(member) for member in tree)
         # The client left (close 1000): the session is detached; after the TTL every member dies.

@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio_websocket
 
+from nspid import host_pid
 from rawclient import RawClient, is_gone, no_leftover_processes, open_raw_client, output_of  # noqa: F401
 from test_delivery import wait_until_writes_stall
 from test_delivery_support import StallProxy, subprocess_server, terminate_and_time, wait_closed, wait_pid_exit
@@ -28,9 +29,10 @@ def terminal_events(raw: RawClient, process_id: str) -> list[dict[str, Any]]:
     return [{"kind": e.kind, **e.params} for e in raw.events_of(process_id) if e.kind in ("exited", "closed")]
 
 
-async def first_line_pid(raw: RawClient, process_id: str) -> int:
+async def first_line_pid(raw: RawClient, process_id: str, launched: int) -> int:
+    """The host pid of the process whose (namespace) pid the command printed first."""
     await raw.wait_until(lambda: b"\n" in output_of(raw.events_of(process_id)))
-    return int(output_of(raw.events_of(process_id)).split()[0])
+    return host_pid(int(output_of(raw.events_of(process_id)).split()[0]), launched)
 
 
 async def test_sigterm_drains_two_connections_and_exits_0_within_grace(
@@ -51,7 +53,7 @@ async def test_sigterm_drains_two_connections_and_exits_0_within_grace(
                         "pid"
                     ],
                 }
-                grandchild = await first_line_pid(one, "tree")
+                grandchild = await first_line_pid(one, "tree", pids["tree"])
                 sent = terminate_and_time(server)
                 await server.wait_stderr(b"draining")
                 # No new processes, on either connection.
@@ -100,7 +102,7 @@ async def test_a_second_signal_kills_every_tree_at_once(tmp_path: Path, no_lefto
             async with open_raw_client(server.url, server.token) as raw:
                 await raw.initialize()
                 pid = (await raw.start("tree", ["sh", "-c", "sleep 300 & echo $!; wait"]))["pid"]
-                grandchild = await first_line_pid(raw, "tree")
+                grandchild = await first_line_pid(raw, "tree", pid)
                 terminate_and_time(server)
                 await server.wait_stderr(b"draining")
                 sent = terminate_and_time(server)

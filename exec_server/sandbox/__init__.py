@@ -1,31 +1,35 @@
-"""The kernel-enforced sandbox: Landlock, seccomp, an empty network namespace, no root.
+"""The kernel-enforced sandbox: a read-only view of the host in namespaces of its own, Landlock, seccomp.
 
-The server uses :class:`Sandbox` (``_sandbox.py``): ``create`` once,
-``resolve`` + ``prepare`` per request, ``run`` as a long-lived task, ``denial_report``
-after each reaped process. The policy is applied by a small C launcher (``launcher.c``)
-that the server starts on CPython's vfork path and that execs the command, so the pid the
-server sees is the command's.
+The server uses :class:`Sandbox`: ``create`` once, ``resolve`` + ``prepare`` per request,
+``run`` as a long-lived task, ``denial_report`` after each reaped process. The policy is
+applied by a small C launcher (``launcher.c``) that the server starts on CPython's vfork
+path; the launcher forks the init of a new PID namespace and the command, and ends exactly as
+the command does, so the pid the server waits for reports the command's exit.
 
 What a sandboxed command gets:
 
-- **Filesystem** (Landlock, every right of the running ABI): read/execute everywhere;
-  write only ``/dev/{null,zero,full,random,urandom,tty}`` — and under ``workspaceWrite``
-  everything beneath ``cwd``, the ``writableRoots`` and a private temp dir (``TMPDIR``,
-  ``TMP``, ``TEMP``). ``/dev/shm`` is not writable (POSIX semaphores and shared memory
-  fail). Landlock ABI 3 (truncate) is the minimum; below it every request gets -32006.
-- **Network off** (the default): an empty network namespace (its loopback down), a
-  seccomp filter that refuses ``socket``/``socketpair`` for every family but AF_UNIX with
-  EACCES and audits it, and Landlock refusing every TCP bind/connect. TCP sockets of
-  AF_INET/AF_INET6 may still be *created* when Landlock handles TCP (ABI 4): then the
-  refusal of the ``connect`` comes from Landlock and its audit record names the
-  destination (``net.connect_tcp 127.0.0.1:8080``), which is what exact denial reporting
-  needs; the empty namespace remains the barrier either way. A root server keeps one empty
-  namespace for all commands (``_netns.py``).
-- **No root**: a root server's commands run as the workspace owner or ``nobody``, with no
-  capabilities, an empty bounding set and locked securebits (``_identity.py`` says why a
-  uid drop and not just dropping capabilities). ``no_new_privs`` always; the controlling
-  terminal is given up; signals and abstract unix sockets are scoped to the command's own
-  process tree (ABI 6).
+- **Its own namespaces**: mount (the view below), PID (``ps`` shows only its tree; the init
+  is PID 1 and killing it kills the tree), IPC (SysV IPC private to it, and a private writable
+  ``/dev/shm`` for POSIX shared memory and semaphores), and network
+  (empty) unless the policy allows the network. Unsandboxed commands of a root server get the
+  PID namespace too, for the tree.
+- **Filesystem**: the host's tree read-only (bubblewrap's model, built in place with one
+  recursive ``mount_setattr``); under ``workspaceWrite`` the ``cwd``, the ``writableRoots``
+  and a private temp dir (``TMPDIR``, ``TMP``, ``TEMP``) read-write, with the
+  ``readOnlySubpaths`` carve-outs (``.git``, ``.codex``, ``.agents`` by default) read-only
+  again; the operator's masked paths (the server's token and config directory) covered by
+  mode-000 placeholders; a ``/proc`` of its PID namespace. Landlock (every right of the
+  running ABI; ABI 3 at least) applies on top.
+- **Identity**: the server's uid and gid (root stays uid 0) with every capability dropped
+  (all sets, the bounding set, ambient; securebits locked) and ``no_new_privs``. The view,
+  not a uid drop, is what refuses chmod/chown/utimes/xattrs outside the writable roots.
+- **Network off** (the default): an empty network namespace (its loopback down), a seccomp
+  filter that refuses ``socket``/``socketpair`` for every family but AF_UNIX with EACCES and
+  audits it, and Landlock refusing every TCP bind/connect (ABI 4), so that the refusal is
+  audited with its destination. A root server keeps one empty namespace for all commands
+  (``_netns.py``).
+- **The environment** reaches only the command's final ``execve`` (a memfd, ``--env-fd``):
+  ``LD_PRELOAD`` and friends of a request never reach a dynamically linked launcher.
 - **Resource limits** (``_limits.py``, ``_cgroup.py``): memory and pids in a cgroup per
   command, CPU time, file size and open files as rlimits, applied by the launcher before
   anything else; the record's ``limitExceeded`` comes from the kernel's counters and signals.
@@ -40,7 +44,6 @@ What a sandboxed command gets:
 from ._audit import AuditUnavailable as AuditUnavailable
 from ._denials import DenialMonitor as DenialMonitor, DenialReport as DenialReport
 from ._errors import SandboxUnavailable as SandboxUnavailable
-from ._identity import Identity as Identity, choose_identity as choose_identity
 from ._kernel import KernelSupport as KernelSupport, detect as detect
 from ._launcher import Launcher as Launcher, find_launcher as find_launcher
 from ._limits import CommandLimits as CommandLimits, LimitVerdict as LimitVerdict, ResourceLimiter as ResourceLimiter

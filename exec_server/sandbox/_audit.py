@@ -82,11 +82,13 @@ DEFAULT_LOCK_PATH: Final = "/run/exec-server/audit-state.json"
 
 # ---- the syscall rules for denials that Landlock cannot see -----------------------------
 #
-# A root server runs commands as an unprivileged uid, and that uid drop (not Landlock) is what
-# refuses chmod/chown/utimes of files outside the workspace (Landlock has no right for them)
-# and writes to existing files the uid does not own (the DAC check runs before Landlock's
-# file_open hook). Those refusals leave no Landlock record, so we ask the kernel for a
-# SYSCALL record when one of these calls fails with EACCES or EPERM for a non-root uid.
+# A sandboxed command sees the host through a read-only view (a mount namespace), with
+# read-only carve-outs inside its writable roots and mode-000 placeholders over masked paths,
+# and keeps the server's uid with no capability. The VFS refuses a write, chmod, chown,
+# utimes, xattr change, rename, link or removal on a read-only mount with EROFS *before*
+# Landlock's hooks run, and a root command without CAP_DAC_OVERRIDE gets EACCES/EPERM from
+# plain permission checks (a masked file, another user's file): neither leaves a Landlock
+# record, so we ask the kernel for a SYSCALL record when one of these calls fails that way.
 # Records of processes that are not ours are dropped by the ledger.
 RULE_KEY: Final = "exec-server-denial"
 AUDIT_ARCH_X86_64: Final = 0xC000003E
@@ -95,24 +97,28 @@ _ACTION_ALWAYS: Final = 2
 _FIELD_UID: Final = 1
 _FIELD_ARCH: Final = 11
 _FIELD_EXIT: Final = 103
-_FIELD_ARG0: Final = 200
 _FIELD_FILTERKEY: Final = 210
 _OP_EQUAL: Final = 0x40000000
-_OP_NOT_EQUAL: Final = 0x30000000
-_OP_BITMASK: Final = 0x08000000
 _RULE_HEAD: Final = struct.Struct("=3I")
-_O_ACCMODE: Final = 0o3
-# x86_64 numbers: metadata changes Landlock does not mediate, plus creat/truncate.
+# x86_64 numbers: metadata changes Landlock does not mediate.
 METADATA_SYSCALLS: Final = {
     "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
     "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260,
     "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
     "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190,
     "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199,
-    "creat": 85, "truncate": 76,
 }  # fmt: skip
-# open(path, flags) and openat(dirfd, path, flags): only opens for writing (flags & O_ACCMODE).
-OPEN_SYSCALLS: Final = {"open": (2, 1), "openat": (257, 2)}
+# Calls that open a file: (number, index of the flags argument, or None for openat2).
+OPEN_SYSCALLS: Final = {"open": (2, 1), "openat": (257, 2), "openat2": (437, None), "creat": (85, None)}
+# Calls that change the tree of names.
+TREE_SYSCALLS: Final = {
+    "truncate": 76, "mkdir": 83, "mkdirat": 258, "rmdir": 84, "unlink": 87, "unlinkat": 263,
+    "rename": 82, "renameat": 264, "renameat2": 316, "link": 86, "linkat": 265,
+    "symlink": 88, "symlinkat": 266, "mknod": 133, "mknodat": 259,
+}  # fmt: skip
+# An exec the view refuses (a masked or a mode-000 file, for a root without capabilities).
+EXEC_SYSCALLS: Final = {"execve": 59, "execveat": 322}
+ROOT_UID: Final = 0
 
 
 class AuditUnavailable(Exception):
@@ -344,12 +350,12 @@ class AuditControl:
         self._request(AUDIT_SET, body)
 
 
-def build_rule(syscalls: Sequence[int], errno_value: int, *, flags_arg: int | None = None) -> bytes:
-    """Encode one ``struct audit_rule_data``: exit filter, always, for a non-root uid.
+def build_rule(syscalls: Sequence[int], errno_value: int, *, uid: int | None = None) -> bytes:
+    """Encode one ``struct audit_rule_data``: exit filter, always.
 
-    Matches x86_64 calls among ``syscalls`` that fail with ``-errno_value``; with
-    ``flags_arg`` only those whose argument ``flags_arg`` has an O_ACCMODE bit (a write).
-    Tagged with :data:`RULE_KEY` so that an administrator sees whose rule it is.
+    Matches x86_64 calls among ``syscalls`` that fail with ``-errno_value`` (by the task
+    with ``uid`` when given). Tagged with :data:`RULE_KEY` so that an administrator sees
+    whose rule it is.
     """
     mask = [0] * 64
     for number in syscalls:
@@ -358,10 +364,9 @@ def build_rule(syscalls: Sequence[int], errno_value: int, *, flags_arg: int | No
     fields = [
         (_FIELD_ARCH, _OP_EQUAL, AUDIT_ARCH_X86_64),
         (_FIELD_EXIT, _OP_EQUAL, (-errno_value) & 0xFFFFFFFF),
-        (_FIELD_UID, _OP_NOT_EQUAL, 0),
     ]
-    if flags_arg is not None:
-        fields.append((_FIELD_ARG0 + flags_arg, _OP_BITMASK, _O_ACCMODE))
+    if uid is not None:
+        fields.append((_FIELD_UID, _OP_EQUAL, uid))
     fields.append((_FIELD_FILTERKEY, _OP_EQUAL, len(key)))
     names = [0] * 64
     values = [0] * 64
@@ -380,13 +385,18 @@ def build_rule(syscalls: Sequence[int], errno_value: int, *, flags_arg: int | No
 
 
 def denial_rules() -> list[bytes]:
-    """The syscall rules that report uid-drop denials (see :data:`METADATA_SYSCALLS`)."""
-    rules: list[bytes] = []
-    for errno_value in (errno.EACCES, errno.EPERM):
-        rules.append(build_rule(list(METADATA_SYSCALLS.values()), errno_value))
-        for number, flags_arg in OPEN_SYSCALLS.values():
-            rules.append(build_rule([number], errno_value, flags_arg=flags_arg))
-    return rules
+    """The syscall rules that report the view's and the capability drop's refusals.
+
+    EROFS (the read-only view, the carve-outs) for any uid: nothing on a host writes to a
+    read-only mount on purpose. EACCES/EPERM only for uid 0: a root process that has its
+    capabilities meets them only when it is one of our commands (or another sandbox's).
+    """
+    every = [*METADATA_SYSCALLS.values(), *(n for n, _ in OPEN_SYSCALLS.values()), *TREE_SYSCALLS.values()]
+    return [
+        build_rule(every, errno.EROFS),
+        build_rule([*every, *EXEC_SYSCALLS.values()], errno.EACCES, uid=ROOT_UID),
+        build_rule(every, errno.EPERM, uid=ROOT_UID),
+    ]
 
 
 # The kernel answers AUDIT_GET at once; this only bounds a lost answer.

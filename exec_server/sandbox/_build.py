@@ -33,14 +33,17 @@ def source_id(source: Path) -> str:
     return hashlib.sha256(source.read_bytes()).hexdigest()[:16]
 
 
-def compile_launcher(source: Path, destination: Path, *, compiler: str | None = None) -> Path:
+def compile_launcher(
+    source: Path, destination: Path, *, compiler: str | None = None, static: bool | None = None
+) -> Path:
     """Compile ``source`` into the executable ``destination``, atomically.
 
     Links statically when a static libc is installed (the exec of a static binary skips
-    the dynamic loader, about a third of the launcher's cost), dynamically otherwise.
+    the dynamic loader, about a third of the launcher's cost), dynamically otherwise;
+    ``static`` forces one or the other (a test builds the dynamic one on purpose).
 
     Raises:
-        LauncherBuildError: no C compiler, or it failed for both link modes.
+        LauncherBuildError: no C compiler, or it failed (for both link modes, when free).
     """
     cc = compiler or os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
@@ -48,8 +51,10 @@ def compile_launcher(source: Path, destination: Path, *, compiler: str | None = 
     destination.parent.mkdir(parents=True, exist_ok=True)
     define = f'-DLAUNCHER_SOURCE_ID="{source_id(source)}"'
     link_modes: list[tuple[str, ...]] = [()]
-    if any(os.path.exists(p) for p in _STATIC_LIBC):
+    if static is None and any(os.path.exists(p) for p in _STATIC_LIBC):
         link_modes.insert(0, ("-static",))
+    elif static:
+        link_modes = [("-static",)]
     errors: list[str] = []
     for link in link_modes:
         # Build next to the destination and rename: a concurrent reader never sees a

@@ -18,14 +18,14 @@ Mapping design (why each record lands on the right process):
   ``/proc`` alone). Without the connector (no CAP_NET_ADMIN) we walk ``/proc/<pid>/stat``
   parents up to the child of this server, which needs the task to still exist (running or a
   zombie); a gone task's record is kept under its own pid and usually lost.
-- **uid drop** (``SYSCALL`` 1300 with ``key="exec-server-denial"``, plus its ``CWD``/``PATH``
-  records and ``EOE``). A root server runs commands as an unprivileged uid, and that — not
-  Landlock — refuses chmod/chown/utimes/xattr changes outside the workspace (Landlock has no
-  right for them) and writes to existing files the uid does not own (the permission check runs
-  before Landlock's). Our exit rules (see ``_audit.denial_rules``) log such EACCES/EPERM
-  failures; the record carries ``pid`` and ``ppid`` and is placed like a seccomp record, with
-  the parent as a second chance when the task is already gone. If Landlock also reported the
-  same event (same serial), the SYSCALL record is not counted twice.
+- **the view** (``SYSCALL`` 1300 with ``key="exec-server-denial"``, plus its ``CWD``/``PATH``
+  records and ``EOE``). The read-only view refuses writes, chmod/chown/utimes/xattr changes,
+  renames and links outside the writable roots with EROFS before Landlock's hooks run, and a
+  root command without capabilities meets EACCES/EPERM (masked files, others' files). Our exit
+  rules (see ``_audit.denial_rules``) log such failures; the record carries ``pid`` and
+  ``ppid`` and is placed like a seccomp record, with the parent as a second chance when the
+  task is already gone. If Landlock also reported the same event (same serial), the SYSCALL
+  record is not counted twice.
 - A pid that is not ours (another Landlock or seccomp user on the host) is dropped. A pid that
   is already gone is kept *unverified* for :data:`UNVERIFIED_TTL_S`: that is the window
   between the server reaping its child and asking for the report.
@@ -61,8 +61,11 @@ from ._audit import (
     AUDIT_SECCOMP,
     AUDIT_SYSCALL,
     DEFAULT_LOCK_PATH,
+    EXEC_SYSCALLS,
     METADATA_SYSCALLS,
+    OPEN_SYSCALLS,
     RULE_KEY,
+    TREE_SYSCALLS,
     AuditBacklogProbe,
     AuditLease,
     AuditReadLog,
@@ -160,31 +163,66 @@ def seccomp_denial(fields: dict[str, str]) -> Denial:
     return Denial(blocker="seccomp", target=name)
 
 
-def _uid_blocker(syscall: int) -> str:
-    name = next((n for n, number in METADATA_SYSCALLS.items() if number == syscall), None)
-    if name is None:
-        return "uid.write"  # open/openat for writing
+_O_ACCMODE: Final = 0o3
+_AT_REMOVEDIR: Final = 0x200
+_TREE_BLOCKERS: Final = {
+    "truncate": "fs.truncate", "mkdir": "fs.make_dir", "mkdirat": "fs.make_dir", "rmdir": "fs.remove_dir",
+    "unlink": "fs.remove_file", "unlinkat": "fs.remove_file", "rename": "fs.rename", "renameat": "fs.rename",
+    "renameat2": "fs.rename", "link": "fs.link", "linkat": "fs.link", "symlink": "fs.make_sym",
+    "symlinkat": "fs.make_sym", "mknod": "fs.make_node", "mknodat": "fs.make_node",
+}  # fmt: skip
+
+
+def _syscall_blocker(syscall: int, args: tuple[int, ...]) -> str:
+    """The denial's name for a refused call: Landlock's vocabulary where it has one."""
+    if syscall in EXEC_SYSCALLS.values():
+        return "fs.execute"
+    for name, (number, flags_arg) in OPEN_SYSCALLS.items():
+        if number == syscall:
+            if flags_arg is None:
+                return "fs.write_file" if name == "creat" else "fs.open"
+            return "fs.write_file" if args[flags_arg] & _O_ACCMODE else "fs.read_file"
+    for name, number in TREE_SYSCALLS.items():
+        if number == syscall:
+            if name == "unlinkat" and args[2] & _AT_REMOVEDIR:
+                return "fs.remove_dir"
+            return _TREE_BLOCKERS[name]
+    name = next((n for n, number in METADATA_SYSCALLS.items() if number == syscall), "")
     for family in ("chmod", "chown", "utime", "xattr"):
         if family in name:
-            return f"uid.{family}"
-    return "uid.write"  # creat, truncate
+            return f"fs.{family}"
+    return f"fs.syscall_{syscall}"
+
+
+def _hex_args(fields: dict[str, str]) -> tuple[int, ...]:
+    values = []
+    for key in ("a0", "a1", "a2", "a3"):
+        try:
+            values.append(int(fields.get(key, "0"), 16))
+        except ValueError:
+            values.append(0)
+    return tuple(values)
 
 
 @attrs.define
 class _SyscallEvent:
-    """A SYSCALL record of our uid-drop rules, waiting for its CWD/PATH records and EOE."""
+    """A SYSCALL record of our view rules, waiting for its CWD/PATH records and EOE."""
 
     pid: int
     ppid: int
     syscall: int
+    args: tuple[int, ...] = (0, 0, 0, 0)
     cwd: str = ""
     path: str = ""
+    parent: str = ""
 
     def denial(self) -> Denial:
-        target = self.path
+        # The object itself; for a creation refused before the name was looked up, the
+        # kernel names only the parent directory.
+        target = self.path or self.parent
         if target and not target.startswith("/") and self.cwd:
             target = os.path.normpath(os.path.join(self.cwd, target))
-        return Denial(blocker=_uid_blocker(self.syscall), target=target)
+        return Denial(blocker=_syscall_blocker(self.syscall, self.args), target=target)
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -366,7 +404,10 @@ class DenialLedger:
             return
         try:
             event = _SyscallEvent(
-                pid=int(fields["pid"]), ppid=int(fields["ppid"]), syscall=int(fields["syscall"])
+                pid=int(fields["pid"]),
+                ppid=int(fields["ppid"]),
+                syscall=int(fields["syscall"]),
+                args=_hex_args(fields),
             )
         except (KeyError, ValueError):
             return
@@ -380,9 +421,12 @@ class DenialLedger:
         event = self._syscall_events[record.serial]
         if record.type == AUDIT_CWD:
             event.cwd = record.fields.get("cwd", "")
-        elif record.type == AUDIT_PATH and record.fields.get("nametype") != "PARENT":
-            # The object itself (the parent directory is only named for creations).
-            event.path = event.path or record.fields.get("name", "")
+        elif record.type == AUDIT_PATH:
+            name = record.fields.get("name", "")
+            if record.fields.get("nametype") == "PARENT":
+                event.parent = event.parent or name
+            else:
+                event.path = event.path or name
 
     def _finish_syscall(self, serial: int) -> None:
         event = self._syscall_events.pop(serial, None)
@@ -434,7 +478,7 @@ class DenialMonitor:
             ``"off"`` (heuristic only, the host's audit state is never touched).
         landlock_abi: the running kernel's Landlock ABI (audit records need 7 or later).
         lock_path: the file that coordinates audit enable/restore between servers on a host.
-        uid_drop_rules: also add the syscall audit rules that see what the uid drop refuses
+        uid_drop_rules: also add the syscall audit rules that see what the view refuses
             (chmod/chown/utimes anywhere outside, writes to existing files the uid does not
             own). Default: when this process is root on x86_64. Cost: while the rules exist,
             every process started on the host runs its syscalls through audit (measured here:
@@ -592,6 +636,7 @@ class DenialMonitor:
         *,
         cwd: str | None = None,
         writable_roots: Sequence[str] = (),
+        read_only_subpaths: Sequence[str] = (),
     ) -> DenialReport:
         """Say whether the reaped process ``pid`` (and its descendants) hit a sandbox denial.
 
@@ -606,17 +651,46 @@ class DenialMonitor:
             stderr_tail: the last bytes of its stderr (the heuristic reads it).
             cwd: its working directory (the heuristic resolves relative paths against it).
             writable_roots: every root it was allowed to write (the heuristic's "outside").
+            read_only_subpaths: the carve-outs inside those roots (outside again).
         """
         del stdout_tail
         if policy is None or policy.mode is SandboxMode.NONE:
             return NOT_SANDBOXED
+        guessed = guess_denials(
+            policy,
+            exit_code,
+            stderr_tail,
+            cwd=cwd,
+            writable_roots=writable_roots,
+            read_only=read_only_subpaths,
+        )
         if self._readlog is None:
-            denials = guess_denials(
-                policy, exit_code, stderr_tail, cwd=cwd, writable_roots=writable_roots
-            )
-            return DenialReport(denied=bool(denials), denials=denials, source=SOURCE_HEURISTIC)
+            return DenialReport(denied=bool(guessed), denials=guessed, source=SOURCE_HEURISTIC)
         self._drain()
         await self._settle()
         self._drain()
         denied, denials = self._ledger.take(pid)
-        return DenialReport(denied=denied, denials=denials, source=SOURCE_AUDIT)
+        return DenialReport(denied=denied, denials=name_created(denials, guessed), source=SOURCE_AUDIT)
+
+
+def name_created(denials: Sequence[Denial], guessed: Sequence[Denial]) -> tuple[Denial, ...]:
+    """Complete audit targets that name only a directory with the path stderr names in it.
+
+    A creation the read-only view refuses (``touch /etc/x``) fails before the new name is
+    looked up, so the kernel's records name the parent (``/etc/``) only. The audit record
+    stays the evidence (and the blocker); the command's own message only supplies the name.
+    """
+    named: list[Denial] = []
+    for denial in denials:
+        target = denial.target
+        if target.endswith("/"):
+            target = next(
+                (
+                    g.target
+                    for g in guessed
+                    if g.target.startswith(target) and "/" not in g.target[len(target) :]
+                ),
+                target,
+            )
+        named.append(Denial(blocker=denial.blocker, target=target))
+    return tuple(named)

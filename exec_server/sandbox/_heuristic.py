@@ -68,6 +68,7 @@ def guess_denials(
     *,
     cwd: str | None = None,
     writable_roots: Sequence[str] = (),
+    read_only: Sequence[str] = (),
 ) -> tuple[Denial, ...]:
     """Return the denials a sandboxed command's stderr suggests; empty when there is no evidence.
 
@@ -78,6 +79,7 @@ def guess_denials(
         stderr_tail: the last bytes of its stderr.
         cwd: the command's working directory, to resolve relative paths.
         writable_roots: every root the policy let it write (cwd, writableRoots, its temp dir).
+        read_only: the read-only carve-outs inside those roots (``.git``…): outside again.
 
     Returns:
         Up to :data:`MAX_DENIALS` denials with blocker ``"fs"`` (target: the path) or ``"net"``
@@ -87,9 +89,10 @@ def guess_denials(
         return ()
     text = stderr_tail[-_SCAN_BYTES:].decode("utf-8", errors="replace")
     roots = [os.path.normpath(root) for root in writable_roots]
+    carve_outs = [os.path.normpath(path) for path in read_only]
     denials: list[Denial] = []
     for line in text.splitlines():
-        found = _fs_denial(line, cwd, roots)
+        found = _fs_denial(line, cwd, roots, carve_outs)
         if found is None and not policy.network:
             found = _net_denial(line)
         if found is not None and found not in denials:
@@ -99,7 +102,7 @@ def guess_denials(
     return tuple(denials)
 
 
-def _fs_denial(line: str, cwd: str | None, roots: Sequence[str]) -> Denial | None:
+def _fs_denial(line: str, cwd: str | None, roots: Sequence[str], carve_outs: Sequence[str]) -> Denial | None:
     for pattern in _FS_PATTERNS:
         for match in pattern.finditer(line):
             path = match.group(1)
@@ -110,7 +113,7 @@ def _fs_denial(line: str, cwd: str | None, roots: Sequence[str]) -> Denial | Non
                     continue
                 path = os.path.join(cwd, path)
             path = os.path.normpath(path)
-            if not _inside(path, roots):
+            if not _inside(path, roots) or _inside(path, carve_outs):
                 return Denial(blocker="fs", target=path)
     return None
 

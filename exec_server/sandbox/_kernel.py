@@ -16,8 +16,6 @@ import attrs
 
 _NR_LANDLOCK_CREATE_RULESET: Final = 444  # the same number on every architecture
 _LANDLOCK_CREATE_RULESET_VERSION: Final = 1
-_CAP_SETGID: Final = 6
-_CAP_SETUID: Final = 7
 _CAP_SETPCAP: Final = 8
 _CAP_SYS_ADMIN: Final = 21
 # The launcher's seccomp filter checks the x86_64 syscall table only.
@@ -34,16 +32,17 @@ class KernelSupport:
             launcher's filter knows.
         network_namespace: an empty network namespace can be created (directly as root,
             otherwise inside a user namespace).
-        root: the server runs with effective uid 0, so commands must drop to another uid.
-        identity_drop: as root, the capabilities that changing uid needs
-            (CAP_SETUID, CAP_SETGID, CAP_SETPCAP) are effective.
+        root: the server runs with effective uid 0 (commands keep uid 0, with no capability).
+        namespaces: the launcher can build a command's namespaces and view: as root,
+            CAP_SYS_ADMIN (mounts, namespaces) and CAP_SETPCAP (emptying the bounding set)
+            are effective; otherwise unprivileged user namespaces are allowed.
     """
 
     landlock_abi: int
     seccomp_filter: bool
     network_namespace: bool
     root: bool
-    identity_drop: bool
+    namespaces: bool
 
 
 def landlock_abi() -> int:
@@ -94,11 +93,12 @@ def detect() -> KernelSupport:
         network_namespace = has_netns and bool(caps >> _CAP_SYS_ADMIN & 1)
     else:
         network_namespace = has_netns and os.path.exists("/proc/self/ns/user") and _user_namespaces_allowed()
-    needed = (1 << _CAP_SETUID) | (1 << _CAP_SETGID) | (1 << _CAP_SETPCAP)
+    needed = (1 << _CAP_SYS_ADMIN) | (1 << _CAP_SETPCAP)
+    userns = os.path.exists("/proc/self/ns/user") and _user_namespaces_allowed()
     return KernelSupport(
         landlock_abi=landlock_abi(),
         seccomp_filter=seccomp,
         network_namespace=network_namespace,
         root=root,
-        identity_drop=root and caps & needed == needed,
+        namespaces=caps & needed == needed if root else userns,
     )

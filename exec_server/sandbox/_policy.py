@@ -18,8 +18,10 @@ MIN_LANDLOCK_ABI: Final = 3
 LANDLOCK_NET_ABI: Final = 4
 # Landlock audit logging of denials after execve (LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON).
 LANDLOCK_LOG_ABI: Final = 7
-# launcher.c accepts at most 64 --rw paths; the workspace and temp dir take two.
+# launcher.c accepts at most 256 paths of each kind (--rw, --ro, --mask); the workspace and
+# temp dir take two --rw.
 MAX_WRITABLE_ROOTS: Final = 60
+MAX_LAUNCHER_PATHS: Final = 256
 
 
 def check_enforceable(policy: SandboxPolicy, kernel: KernelSupport) -> None:
@@ -36,8 +38,10 @@ def check_enforceable(policy: SandboxPolicy, kernel: KernelSupport) -> None:
         raise SandboxUnavailable(
             f"Landlock ABI {kernel.landlock_abi} is too old (need {MIN_LANDLOCK_ABI} to refuse truncation)"
         )
-    if kernel.root and not kernel.identity_drop:
-        raise SandboxUnavailable("running as root without CAP_SETUID/CAP_SETGID/CAP_SETPCAP: cannot drop root")
+    if not kernel.namespaces:
+        if kernel.root:
+            raise SandboxUnavailable("running as root without CAP_SYS_ADMIN/CAP_SETPCAP: cannot build the view")
+        raise SandboxUnavailable("user namespaces are not allowed here: cannot build the view")
     if not policy.network:
         if not kernel.network_namespace:
             raise SandboxUnavailable("network isolation unavailable: cannot create a network namespace")

@@ -6,33 +6,36 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 import attrs
 import trio
 
 from protocol import ResourceLimits, SandboxMode, SandboxPolicy
+from protocol._messages import DEFAULT_READ_ONLY_SUBPATHS
 
 from . import _ceilings
 from ._denials import DenialMonitor, DenialReport
 from ._errors import SandboxUnavailable
-from ._identity import Identity, choose_identity
 from ._kernel import KernelSupport, detect
 from ._launcher import Launcher, find_launcher, self_test
 from ._limits import CommandLimits, ResourceLimiter
 from ._netns import SHARED_NETNS_MIN_ABI, open_empty_netns
-from ._plan import NO_CLEANUP, LaunchPlan, launcher_args
-from ._policy import LANDLOCK_LOG_ABI, check_enforceable, writable_paths
+from ._plan import NO_CLEANUP, LaunchPlan, Masks, launcher_args
+from ._policy import LANDLOCK_LOG_ABI, MAX_LAUNCHER_PATHS, check_enforceable, writable_paths
 from ._settings import SandboxSettings
 
 SANDBOX_TYPE_LANDLOCK = "landlock"
 SANDBOX_TYPE_NONE = "none"
 _TEMP_PREFIX = "exec-sandbox-"
-
-
-def _fallback_identity(settings: SandboxSettings) -> Identity:
-    return Identity(settings.fallback_uid, settings.fallback_gid)
+_MASK_PREFIX = "exec-server-masks-"
+# What the launcher's own environment keeps of the command's: the tree marker
+# (``exec_server._tree.TREE_MARKER_VAR``), so the init of a tree that outlived its command
+# is still found by it. Nothing else: the dynamic loader of a dynamically linked launcher
+# would honour LD_PRELOAD & co.
+LAUNCHER_ENV_KEYS: Final = ("EXEC_SERVER_TREE",)
+_MEMFD_NAME: Final = "exec-server-env"
 
 
 def _launcher_args(
@@ -40,19 +43,99 @@ def _launcher_args(
     kernel: KernelSupport,
     policy: SandboxPolicy,
     writable: tuple[str, ...],
-    identity: Identity | None,
     netns_fd: int | None,
+    *,
+    read_only: tuple[str, ...] = (),
+    masks: Masks | None = None,
+    env_fd: int | None = None,
 ) -> list[str]:
     return launcher_args(
         landlock_abi=kernel.landlock_abi,
         mode=policy.mode,
         writable=writable,
+        read_only=read_only,
+        masks=masks,
         network=policy.network,
         netns_fd=netns_fd,
-        identity=identity,
+        env_fd=env_fd,
         # Only worth it when someone reads the records; the flag itself is harmless.
         log_new_exec=kernel.landlock_abi >= LANDLOCK_LOG_ABI and settings.audit_denials != "off",
     )
+
+
+def _env_memfd(env: dict[str, str]) -> int:
+    """The command's environment as ``NAME=value\\0``..., in a sealed-by-convention memfd."""
+    fd = os.memfd_create(_MEMFD_NAME, os.MFD_CLOEXEC)
+    try:
+        data = b"".join(os.fsencode(key) + b"=" + os.fsencode(value) + b"\0" for key, value in env.items())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _make_placeholders() -> tuple[str, Masks]:
+    """A private directory holding an empty file and an empty directory, both mode 000.
+
+    Bound over a masked path, they read as "Permission denied" to a command with no
+    capabilities, root included (no CAP_DAC_OVERRIDE), and cannot be chmodded back (the
+    view is read-only). The directory's name carries our pid, so that the leftovers of a
+    server that was killed are removed by the next one.
+    """
+    _remove_stale_placeholders()
+    base = tempfile.mkdtemp(prefix=f"{_MASK_PREFIX}{os.getpid()}-")
+    file = os.path.join(base, "file")
+    directory = os.path.join(base, "dir")
+    os.close(os.open(file, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0))
+    os.mkdir(directory, 0)
+    os.chmod(file, 0)
+    os.chmod(directory, 0)
+    return base, Masks(paths=(), file=file, directory=directory)
+
+
+def _remove_stale_placeholders() -> None:
+    temp = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(temp) if n.startswith(_MASK_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_MASK_PREFIX) :].split("-", 1)[0]
+        path = os.path.join(temp, name)
+        try:
+            if not pid.isdigit() or os.lstat(path).st_uid != os.geteuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_placeholders(path)  # its server is gone
+        except OSError:
+            continue
+
+
+def _remove_placeholders(base: str) -> None:
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _carve_outs(policy: SandboxPolicy, roots: Iterable[str]) -> tuple[str, ...]:
+    """The existing read-only subpaths of each writable root (resolved, deduplicated)."""
+    subpaths = DEFAULT_READ_ONLY_SUBPATHS if policy.read_only_subpaths is None else policy.read_only_subpaths
+    found: list[str] = []
+    for root in roots:
+        for sub in subpaths:
+            path = os.path.realpath(os.path.join(root, sub))
+            # A symlink out of the root points at something read-only already.
+            if _is_within(path, root) and path != root and os.path.lexists(path) and path not in found:
+                found.append(path)
+    if len(found) > MAX_LAUNCHER_PATHS:
+        raise SandboxUnavailable(f"too many readOnlySubpaths found (at most {MAX_LAUNCHER_PATHS})")
+    return tuple(found)
 
 
 def _temp_dir_cleanup(path: str) -> Callable[[], None]:
@@ -89,6 +172,8 @@ class Sandbox:
         unavailable_reason: why sandboxed requests are refused, if they are.
         netns_fd: an empty network namespace for commands to join (root servers; see
             ``_netns.py``), or None to create one per command.
+        pid_namespace: whether unsandboxed (mode ``none``) commands run through the
+            launcher too, as the init of their own PID namespace (root servers).
     """
 
     def __init__(
@@ -99,6 +184,7 @@ class Sandbox:
         *,
         unavailable_reason: str | None = None,
         netns_fd: int | None = None,
+        pid_namespace: bool = False,
     ) -> None:
         self.settings = settings
         self.kernel = kernel
@@ -106,8 +192,12 @@ class Sandbox:
         if launcher is None and unavailable_reason is None:
             unavailable_reason = "no sandbox launcher"
         self.unavailable_reason = unavailable_reason
-        self._fallback = _fallback_identity(settings)
         self._netns_fd = netns_fd
+        self._pid_namespace = pid_namespace and launcher is not None
+        base, placeholders = _make_placeholders()
+        self._release_placeholders = weakref.finalize(self, _remove_placeholders, base)
+        self._mask_paths = tuple(dict.fromkeys(os.path.realpath(p) for p in settings.masked_paths))
+        self._placeholders = placeholders
         # Closed when the server's run() ends, or when this object goes away unrun.
         self._release_netns = weakref.finalize(self, os.close, netns_fd) if netns_fd is not None else None
         self._monitor = DenialMonitor(settings.audit_denials, landlock_abi=kernel.landlock_abi)
@@ -129,6 +219,11 @@ class Sandbox:
             launcher = find_launcher()
         except SandboxUnavailable as exc:
             return cls(settings, kernel, None, unavailable_reason=str(exc))
+        # Unsandboxed commands get a PID namespace too when the server is root: a non-root
+        # server would need a user namespace for it, and that changes what setuid
+        # programs (sudo) do in a command that asked for no sandbox at all.
+        none = SandboxPolicy(mode=SandboxMode.NONE)
+        pid_namespace = kernel.root and self_test(launcher, _launcher_args(settings, kernel, none, (), None)) is None
         netns_fd: int | None = None
         if kernel.root and kernel.network_namespace and kernel.landlock_abi >= SHARED_NETNS_MIN_ABI:
             try:
@@ -143,19 +238,18 @@ class Sandbox:
             except SandboxUnavailable as exc:
                 reason = str(exc)
                 continue
-            identity = choose_identity("/", root=kernel.root, fallback=_fallback_identity(settings))
-            problem = self_test(launcher, _launcher_args(settings, kernel, probe, (), identity, netns_fd), netns_fd)
+            problem = self_test(launcher, _launcher_args(settings, kernel, probe, (), netns_fd), netns_fd)
             if problem is None:
                 if network:  # the static checks were optimistic about isolation
                     kernel = attrs.evolve(kernel, network_namespace=False)
                     if netns_fd is not None:
                         os.close(netns_fd)
                         netns_fd = None
-                return cls(settings, kernel, launcher, netns_fd=netns_fd)
+                return cls(settings, kernel, launcher, netns_fd=netns_fd, pid_namespace=pid_namespace)
             reason = problem
         if netns_fd is not None:
             os.close(netns_fd)
-        return cls(settings, kernel, launcher, unavailable_reason=reason)
+        return cls(settings, kernel, launcher, unavailable_reason=reason, pid_namespace=pid_namespace)
 
     # -- what the server reports -------------------------------------------------------
 
@@ -180,8 +274,9 @@ class Sandbox:
             "network": network_isolation,
             "landlockAbi": self.kernel.landlock_abi,
             "denialSource": self._monitor.source,
-            "runAs": "unprivileged-uid" if self.kernel.root else "server-uid",
+            "runAs": "server-uid",
             "networkNamespace": "shared-empty" if self._netns_fd is not None else "per-process",
+            "pidNamespace": "every-command" if self._pid_namespace else "sandboxed-commands",
         }
         if self.unavailable_reason is not None:
             caps["reason"] = self.unavailable_reason
@@ -229,10 +324,10 @@ class Sandbox:
     ) -> LaunchPlan:
         """Build the launch plan for ``argv`` under ``policy``.
 
-        Under ``workspaceWrite`` this creates the command's private temp dir (owned by the
-        uid it will run as) and points ``TMPDIR``/``TMP``/``TEMP`` at it; the plan's
-        ``cleanup`` removes it. ``limits`` (the request's) are resolved against the
-        operator's ceilings (``_limits.py``); the plan's ``cleanup`` removes their cgroup.
+        Under ``workspaceWrite`` this creates the command's private temp dir and points
+        ``TMPDIR``/``TMP``/``TEMP`` at it. Through the launcher, the command's environment
+        goes into a memfd the plan passes on. ``limits`` (the request's) are resolved against
+        the operator's ceilings (``_limits.py``). The plan's ``cleanup`` releases all three.
 
         Raises:
             SandboxUnavailable: the policy or a limit cannot be enforced, or a request is
@@ -242,20 +337,15 @@ class Sandbox:
         if policy.mode is SandboxMode.NONE:
             if not self.settings.allow_unsandboxed:
                 raise SandboxUnavailable('mode "none" is not allowed on this server (see --allow-unsandboxed)')
-            if resolved_limits == ResourceLimits():
-                return LaunchPlan(list(argv), dict(env), (), SANDBOX_TYPE_NONE, policy=policy, cwd=cwd)
-            if self._launcher is None:
-                raise SandboxUnavailable("limits of an unsandboxed command need the sandbox launcher; there is none")
+            if not self._pid_namespace:
+                if resolved_limits == ResourceLimits():
+                    return LaunchPlan(
+                        list(argv), dict(env), (), SANDBOX_TYPE_NONE, policy=policy, cwd=cwd, command_env=dict(env)
+                    )
+                return self._limits_only(policy, argv, cwd, env, resolved_limits)
             none_limits = self._limits.prepare(resolved_limits)
-            return LaunchPlan(
-                [self._launcher.path, *none_limits.launcher_args, "--limits-only", "--", *argv],
-                dict(env),
-                (),
-                SANDBOX_TYPE_NONE,
-                cleanup=none_limits.close,
-                policy=policy,
-                cwd=cwd,
-                limits=none_limits,
+            return self._through_launcher(
+                policy, argv, cwd, env, (), (), None, NO_CLEANUP, SANDBOX_TYPE_NONE, limits=none_limits
             )
         if self.unavailable_reason is not None:
             raise SandboxUnavailable(self.unavailable_reason)
@@ -264,42 +354,110 @@ class Sandbox:
             raise SandboxUnavailable(f"cwd is not an existing absolute directory: {cwd!r}")
         writable = writable_paths(policy, cwd)
         _ceilings.check_within(writable, self.settings.writable_roots_within)
-        identity = choose_identity(
-            cwd, root=self.kernel.root, fallback=self._fallback, workspace_owner=self.settings.run_as_workspace_owner
-        )
+        read_only = _carve_outs(policy, writable)
         env = dict(env)
         cleanup: Callable[[], None] = NO_CLEANUP
         if policy.mode is SandboxMode.WORKSPACE_WRITE:
             temp = tempfile.mkdtemp(prefix=_TEMP_PREFIX)
             cleanup = _temp_dir_cleanup(temp)
-            if identity is not None:
-                try:
-                    os.chown(temp, identity.uid, identity.gid)
-                except OSError as exc:
-                    cleanup()
-                    raise SandboxUnavailable(f"cannot hand the private temp dir to uid {identity.uid}: {exc}") from None
             writable = (*writable, temp)
             env.update(TMPDIR=temp, TMP=temp, TEMP=temp)
-        assert self._launcher is not None  # available implies a launcher
+        # A masked directory that holds the cwd or a writable root would hide the workspace.
+        real_cwd = os.path.realpath(cwd)
+        masks = attrs.evolve(
+            self._placeholders,
+            paths=tuple(
+                m for m in self._mask_paths if not any(_is_within(w, m) for w in (real_cwd, *writable))
+            ),
+        )
+        netns_fd = None if policy.network else self._netns_fd
         try:
             command_limits = self._limits.prepare(resolved_limits)
         except SandboxUnavailable:
             cleanup()
             raise
-        netns_fd = None if policy.network else self._netns_fd
-        policy_args = _launcher_args(self.settings, self.kernel, policy, writable, identity, netns_fd)
-        # The limit flags come first: the launcher applies them before anything else.
-        full_argv = [self._launcher.path, *command_limits.launcher_args, *policy_args, "--", *argv]
-        return LaunchPlan(
-            full_argv,
+        return self._through_launcher(
+            policy,
+            argv,
+            cwd,
             env,
-            () if netns_fd is None else (netns_fd,),
+            writable,
+            read_only,
+            masks,
+            cleanup,
             SANDBOX_TYPE_LANDLOCK,
-            cleanup=_both(cleanup, command_limits),
+            netns_fd=netns_fd,
+            limits=command_limits,
+        )
+
+    def _limits_only(
+        self, policy: SandboxPolicy, argv: list[str], cwd: str, env: dict[str, str], limits: ResourceLimits
+    ) -> LaunchPlan:
+        """An unsandboxed command with limits where there is no PID namespace (a non-root
+        server): the launcher applies the limits and execs, nothing more."""
+        if self._launcher is None:
+            raise SandboxUnavailable("limits of an unsandboxed command need the sandbox launcher; there is none")
+        none_limits = self._limits.prepare(limits)
+        return LaunchPlan(
+            [self._launcher.path, *none_limits.launcher_args, "--limits-only", "--", *argv],
+            dict(env),
+            (),
+            SANDBOX_TYPE_NONE,
+            cleanup=none_limits.close,
+            policy=policy,
+            cwd=cwd,
+            command_env=dict(env),
+            limits=none_limits,
+        )
+
+    def _through_launcher(
+        self,
+        policy: SandboxPolicy,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        writable: tuple[str, ...],
+        read_only: tuple[str, ...],
+        masks: Masks | None,
+        cleanup: Callable[[], None],
+        sandbox_type: str,
+        *,
+        netns_fd: int | None = None,
+        limits: CommandLimits,
+    ) -> LaunchPlan:
+        assert self._launcher is not None  # available / pid_namespace imply a launcher
+        cleanup = _both(cleanup, limits)
+        try:
+            env_fd = _env_memfd(env)
+        except OSError as exc:
+            cleanup()
+            raise SandboxUnavailable(f"cannot hand the environment to the launcher: {exc}") from None
+
+        open_fds = [env_fd]
+
+        def release() -> None:
+            # Idempotent: the fd number is closed once (a second close could hit a reused fd).
+            while open_fds:
+                os.close(open_fds.pop())
+            cleanup()
+
+        policy_args = _launcher_args(
+            self.settings, self.kernel, policy, writable, netns_fd, read_only=read_only, masks=masks, env_fd=env_fd
+        )
+        pass_fds = (env_fd,) if netns_fd is None else (env_fd, netns_fd)
+        # The limit flags come first: the launcher applies them before anything else.
+        return LaunchPlan(
+            [self._launcher.path, *limits.launcher_args, *policy_args, "--", *argv],
+            {key: env[key] for key in LAUNCHER_ENV_KEYS if key in env},
+            pass_fds,
+            sandbox_type,
+            cleanup=release,
             policy=policy,
             cwd=cwd,
             writable_roots=writable,
-            limits=command_limits,
+            read_only_subpaths=read_only,
+            command_env=env,
+            limits=limits,
         )
 
     # -- the server's long-lived task and the per-process report ---------------------------
@@ -336,4 +494,5 @@ class Sandbox:
             stderr_tail,
             cwd=plan.cwd,
             writable_roots=plan.writable_roots,
+            read_only_subpaths=plan.read_only_subpaths,
         )

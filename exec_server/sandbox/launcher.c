@@ -1,43 +1,64 @@
 /*
- * exec-sandbox-launcher: apply a sandbox policy to itself, then execve() the command.
+ * exec-sandbox-launcher: start a command in its own namespaces, as the init of its own PID
+ * namespace, under the sandbox policy given on the command line.
  *
- * The server starts this program on CPython's vfork path (no preexec_fn), with the
- * command's cwd and final environment already set, so the pid the server sees is the
- * pid of the command: this program only restricts itself and execs.
+ * The server starts this program on CPython's vfork path (no preexec_fn) with an environment
+ * of its own (nothing of the command's reaches the dynamic loader or this program: see
+ * --env-fd). The pid the server sees is this process's; its exit status is the command's.
  *
  * Usage (the Python side builds the arguments; see exec_server/sandbox/_plan.py):
  *
- *   exec-sandbox-launcher --abi N --mode readOnly|workspaceWrite [--rw PATH]...
- *                         --net 0|1 [--netns-fd FD] [--uid N --gid N] [--log-new-exec]
- *                         [--check] -- argv...
+ *   exec-sandbox-launcher --mode none|readOnly|workspaceWrite [--abi N] [--net 0|1]
+ *                         [--rw PATH]... [--ro PATH]... [--mask PATH]...
+ *                         [--mask-file FILE --mask-dir DIR] [--netns-fd FD] [--env-fd FD]
+ *                         [--log-new-exec] [--check] -- argv...
  *   exec-sandbox-launcher --source-id
  *   exec-sandbox-launcher --hold-netns
  *
+ *   --mode          none: only the PID namespace (tree tracking, no confinement).
+ *                   readOnly: a read-only view of the host, Landlock, seccomp, no caps.
+ *                   workspaceWrite: plus each --rw PATH read-write.
  *   --abi N         Landlock ABI the plan was made for: every right of that ABI is
  *                   handled, and a kernel that offers less is a setup failure.
- *   --mode          readOnly: read/execute everywhere, write only to a few devices.
- *                   workspaceWrite: plus full rights beneath each --rw PATH.
+ *   --rw PATH       a writable root (bound read-write in the view, full Landlock rights).
+ *   --ro PATH       a read-only carve-out inside a writable root (bound read-only again).
+ *   --mask PATH     a path the command must never read: --mask-file (for a file) or
+ *                   --mask-dir (for a directory), both mode 000, is bound over it.
  *   --net 0         empty network namespace + seccomp socket filter + Landlock TCP rules.
  *   --netns-fd FD   (root) join this empty network namespace instead of creating one:
  *                   setns is ~10x cheaper than creating and later destroying a netns.
+ *   --env-fd FD     the command's environment, "NAME=value\0"... read from FD (a memfd),
+ *                   installed only at the final execve.
  *   --hold-netns    (root) create an empty network namespace, print "ready", and keep it
  *                   alive until stdin closes: the server opens /proc/PID/ns/net meanwhile.
- *   --uid/--gid     (only when started as root) the unprivileged identity to drop to.
  *   --log-new-exec  LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON: audit denials after execve.
  *   --check         apply everything, print "ok" and exit 0 instead of exec (self-test).
  *
- * Order, and why:
+ * Three processes, and why:
+ *   launcher (the pid the server knows): sets no_new_privs, unshares the namespaces (mount,
+ *       PID, IPC, network; a user namespace first when not root), forks the init, then
+ *       waits for the command's wait status and ends with that same status (an exit code,
+ *       or the same signal), so the server sees the command's exit exactly when it happens.
+ *       It survives catchable signals (the command gets them through the process group).
+ *   init (PID 1 of the namespace): builds the filesystem view, drops every capability,
+ *       forks the command, reports its status to the launcher, and reaps the rest of the
+ *       tree. When it dies the kernel kills every process of the namespace, whatever
+ *       setsid or a scrubbed environment did: that is how the server kills a tree. It also
+ *       dies when the server dies (it watches a pidfd of the server).
+ *   command: restricts itself with Landlock and seccomp and execs the command. Being in a
+ *       child Landlock domain it can neither signal nor ptrace the init.
+ *
+ * Order inside, and why:
  *   1. no_new_privs      required for unprivileged seccomp/Landlock; stops setuid gains.
  *      terminal          give up a controlling terminal inherited from the server.
  *   2. namespaces        unshare needs CAP_SYS_ADMIN (root) or a user namespace, and a
- *                        non-root caller must write /proc/self/uid_map before Landlock
- *                        forbids writing /proc.
- *   3. Landlock          opens the rule paths while still privileged (root can open any).
- *   4. seccomp           only filters socket families; nothing below creates sockets.
- *   5. identity          bounding set and securebits need CAP_SETPCAP, setgroups/setres*id
- *                        need CAP_SETGID/CAP_SETUID: so they go last, then every
- *                        capability set is cleared and the drop is verified.
- *   6. execvp            PATH lookup from the (final) environment.
+ *                        non-root caller writes /proc/self/uid_map mapping only itself.
+ *   3. view (init)       mounts, while the init still has CAP_SYS_ADMIN (Landlock would
+ *                        forbid changing the mount topology afterwards).
+ *   4. Landlock rules    opened while still privileged (root can open any rule path).
+ *   5. capabilities      bounding set and securebits need CAP_SETPCAP: dropped last; the
+ *                        uid stays the server's (root stays uid 0, with no capability).
+ *   6. restrict, seccomp in the command, then execvp with the command's environment.
  *
  * Exit codes: 125 = the sandbox could not be applied (nothing was executed);
  *             127 = the command could not be executed (message on stderr).
@@ -45,14 +66,15 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <linux/securebits.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -60,11 +82,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef LAUNCHER_SOURCE_ID
@@ -119,21 +144,50 @@ struct ll_path_beneath_attr {
     (LL_FS_EXECUTE | LL_FS_WRITE_FILE | LL_FS_READ_FILE | LL_FS_TRUNCATE | LL_FS_IOCTL_DEV)
 #define LL_FS_READ_RIGHTS (LL_FS_EXECUTE | LL_FS_READ_FILE | LL_FS_READ_DIR)
 
-#define MAX_RW_PATHS 64
+/* The new mount API (Linux 5.12 for mount_setattr); not every libc has the wrappers. */
+#ifndef __NR_mount_setattr
+#define __NR_mount_setattr 442
+#endif
+#ifndef __NR_pidfd_open
+#define __NR_pidfd_open 434
+#endif
+struct mnt_attr {
+    uint64_t attr_set;
+    uint64_t attr_clr;
+    uint64_t propagation;
+    uint64_t userns_fd;
+};
+#define MNT_ATTR_RDONLY 0x00000001ULL
+#define MNT_ATTR_NOSUID 0x00000002ULL
+#define MNT_AT_RECURSIVE 0x8000
+
+#define MAX_PATHS 256
+#define MAX_ENV_BYTES (64L << 20)
+
+enum mode { MODE_NONE, MODE_READ_ONLY, MODE_WORKSPACE_WRITE };
+
+/* A private /dev/shm per command; its pages are charged to the command's memory. */
+#define SHM_DIR "/dev/shm"
+#define SHM_OPTIONS "mode=1777,size=256m"
 
 /* Devices every process may write (and read) even in readOnly mode. */
 static const char *const writable_devices[] = {
     "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", NULL,
 };
 
+struct path_list {
+    const char *paths[MAX_PATHS];
+    int count;
+};
+
 struct options {
     int abi;
-    int read_only;
-    const char *rw_paths[MAX_RW_PATHS];
-    int rw_count;
+    int mode; /* enum mode, -1 until given */
+    struct path_list rw, ro, masks;
+    const char *mask_file, *mask_dir;
     int network;
     int netns_fd; /* -1: create a new network namespace */
-    long uid, gid; /* -1: no identity change */
+    int env_fd;   /* -1: the command inherits this program's environment */
     int log_new_exec;
     int check;
     char **command;
@@ -171,13 +225,21 @@ static long parse_number(const char *flag, const char *text, long min, long max)
     return value;
 }
 
+static void add_path(struct path_list *list, const char *flag, const char *value) {
+    if (list->count == MAX_PATHS)
+        FAIL("more than %d %s paths", MAX_PATHS, flag);
+    if (value[0] != '/')
+        FAIL("%s path is not absolute: '%s'", flag, value);
+    list->paths[list->count++] = value;
+}
+
 static void parse_args(int argc, char **argv, struct options *opt) {
     memset(opt, 0, sizeof *opt);
     opt->abi = -1;
-    opt->read_only = -1;
+    opt->mode = -1;
     opt->network = -1;
     opt->netns_fd = -1;
-    opt->uid = opt->gid = -1;
+    opt->env_fd = -1;
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -199,42 +261,92 @@ static void parse_args(int argc, char **argv, struct options *opt) {
             opt->abi = (int)parse_number(a, value, 1, 1000);
         } else if (strcmp(a, "--mode") == 0) {
             if (strcmp(value, "readOnly") == 0)
-                opt->read_only = 1;
+                opt->mode = MODE_READ_ONLY;
             else if (strcmp(value, "workspaceWrite") == 0)
-                opt->read_only = 0;
+                opt->mode = MODE_WORKSPACE_WRITE;
+            else if (strcmp(value, "none") == 0)
+                opt->mode = MODE_NONE;
             else
                 FAIL("unknown mode '%s'", value);
         } else if (strcmp(a, "--rw") == 0) {
-            if (opt->rw_count == MAX_RW_PATHS)
-                FAIL("more than %d writable paths", MAX_RW_PATHS);
-            if (value[0] != '/')
-                FAIL("writable path is not absolute: '%s'", value);
-            opt->rw_paths[opt->rw_count++] = value;
+            add_path(&opt->rw, a, value);
+        } else if (strcmp(a, "--ro") == 0) {
+            add_path(&opt->ro, a, value);
+        } else if (strcmp(a, "--mask") == 0) {
+            add_path(&opt->masks, a, value);
+        } else if (strcmp(a, "--mask-file") == 0) {
+            opt->mask_file = value;
+        } else if (strcmp(a, "--mask-dir") == 0) {
+            opt->mask_dir = value;
         } else if (strcmp(a, "--net") == 0) {
             opt->network = (int)parse_number(a, value, 0, 1);
         } else if (strcmp(a, "--netns-fd") == 0) {
             opt->netns_fd = (int)parse_number(a, value, 3, 1 << 20);
-        } else if (strcmp(a, "--uid") == 0) {
-            opt->uid = parse_number(a, value, 0, 0xfffffffeL);
-        } else if (strcmp(a, "--gid") == 0) {
-            opt->gid = parse_number(a, value, 0, 0xfffffffeL);
+        } else if (strcmp(a, "--env-fd") == 0) {
+            opt->env_fd = (int)parse_number(a, value, 3, 1 << 20);
         } else {
             FAIL("unknown option '%s'", a);
         }
     }
-    if (opt->abi < 0 || opt->read_only < 0 || opt->network < 0)
-        FAIL("--abi, --mode and --net are required");
+    if (opt->mode < 0)
+        FAIL("--mode is required");
+    if (opt->mode == MODE_NONE) {
+        if (opt->rw.count || opt->ro.count || opt->masks.count || opt->netns_fd >= 0 || opt->abi >= 0)
+            FAIL("--mode none takes no sandbox options");
+        opt->network = 1;
+    } else if (opt->abi < 0 || opt->network < 0) {
+        FAIL("--abi and --net are required");
+    }
     if (opt->netns_fd >= 0 && opt->network)
         FAIL("--netns-fd given with --net 1");
-    if (opt->read_only && opt->rw_count)
+    if (opt->mode == MODE_READ_ONLY && opt->rw.count)
         FAIL("--rw given with --mode readOnly");
-    if ((opt->uid < 0) != (opt->gid < 0))
-        FAIL("--uid and --gid go together");
-    if (opt->uid == 0 || opt->gid == 0)
-        FAIL("refusing to 'drop' to uid/gid 0");
+    if (opt->masks.count && (opt->mask_file == NULL || opt->mask_dir == NULL))
+        FAIL("--mask needs --mask-file and --mask-dir");
     if (!opt->check && i >= argc)
         FAIL("no command after '--'");
     opt->command = argv + i;
+}
+
+/* ---- the command's environment ------------------------------------------------ */
+
+/* Read "NAME=value\0"... from the memfd the server wrote. The launcher itself ran with an
+ * environment of the server's choosing, so LD_PRELOAD and friends of a request never reach
+ * the dynamic loader of this (possibly dynamically linked) program. */
+static char **read_command_env(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        die("fstat(--env-fd %d)", fd);
+    if (st.st_size < 0 || st.st_size > MAX_ENV_BYTES)
+        FAIL("--env-fd: environment of %lld bytes is too large", (long long)st.st_size);
+    size_t size = (size_t)st.st_size;
+    char *data = malloc(size + 1);
+    if (data == NULL)
+        die("malloc");
+    size_t done = 0;
+    while (done < size) {
+        ssize_t n = pread(fd, data + done, size - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            die("read --env-fd");
+        done += (size_t)n;
+    }
+    close(fd);
+    data[size] = '\0';
+    size_t count = 0;
+    for (size_t i = 0; i < size; i++)
+        count += data[i] == '\0';
+    char **env = calloc(count + 2, sizeof *env);
+    if (env == NULL)
+        die("calloc");
+    size_t n = 0;
+    for (size_t i = 0; i < size; i += strlen(data + i) + 1) {
+        if (data[i] != '\0')
+            env[n++] = data + i;
+    }
+    env[n] = NULL;
+    return env;
 }
 
 /* ---- terminal ------------------------------------------------------------------ */
@@ -263,26 +375,19 @@ static void write_file(const char *path, const char *text) {
     close(fd);
 }
 
-/* An empty network namespace: only a loopback device, and it is down. */
-static void isolate_network(const struct options *opt) {
-    if (opt->netns_fd >= 0) {
-        /* setns checks that the fd is a network namespace; the server made it empty. */
-        if (setns(opt->netns_fd, CLONE_NEWNET) != 0)
-            die("setns(--netns-fd %d)", opt->netns_fd);
-        close(opt->netns_fd);
-        return;
-    }
+/* The launcher creates the PID namespace (its children are born in it) -- and, when not
+ * root, the user namespace that must own every other one: it maps only the caller, so file
+ * ownership keeps its meaning. */
+static void enter_pid_namespace(void) {
     if (geteuid() == 0) {
-        if (unshare(CLONE_NEWNET) != 0)
-            die("unshare(CLONE_NEWNET)");
+        if (unshare(CLONE_NEWPID) != 0)
+            die("unshare(CLONE_NEWPID)");
         return;
     }
-    /* Without CAP_SYS_ADMIN a network namespace needs a user namespace that owns it;
-     * map only ourselves so file ownership keeps its meaning. */
     uid_t uid = geteuid();
     gid_t gid = getegid();
-    if (unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0)
-        die("unshare(CLONE_NEWUSER|CLONE_NEWNET)");
+    if (unshare(CLONE_NEWUSER | CLONE_NEWPID) != 0)
+        die("unshare(CLONE_NEWUSER|CLONE_NEWPID)");
     char map[64];
     write_file("/proc/self/setgroups", "deny");
     snprintf(map, sizeof map, "%u %u 1\n", (unsigned)uid, (unsigned)uid);
@@ -424,6 +529,80 @@ static int exec_limited(int argc, char **argv) {
 }
 /* --- limits (end) --- */
 
+/* The init alone enters the mount, IPC and (network off) network namespaces: the launcher
+ * stays outside them, so their teardown (a mount namespace's costs ~0.2 ms) happens when
+ * the last process of the tree exits, never on the way to reporting the command's exit. */
+static void enter_view_namespaces(const struct options *opt) {
+    if (opt->netns_fd >= 0) {
+        /* setns checks that the fd is a network namespace; the server made it empty. */
+        if (setns(opt->netns_fd, CLONE_NEWNET) != 0)
+            die("setns(--netns-fd %d)", opt->netns_fd);
+        close(opt->netns_fd);
+    }
+    int flags = CLONE_NEWNS | CLONE_NEWIPC;
+    if (!opt->network && opt->netns_fd < 0)
+        flags |= CLONE_NEWNET;
+    if (unshare(flags) != 0)
+        die("unshare(0x%x)", flags);
+}
+
+/* ---- the filesystem view (in the init, inside the new mount namespace) ---------- */
+
+static int exists(const char *path, struct stat *st) {
+    if (stat(path, st) == 0)
+        return 1;
+    if (errno == ENOENT || errno == ENOTDIR)
+        return 0;
+    die("stat %s", path);
+}
+
+static void bind_onto_itself(const char *path) {
+    if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) != 0)
+        die("bind %s", path);
+}
+
+static void set_mount_attr(const char *path, int flags, uint64_t set, uint64_t clear) {
+    struct mnt_attr attr = {.attr_set = set, .attr_clr = clear};
+    if (syscall(__NR_mount_setattr, AT_FDCWD, path, flags, &attr, sizeof attr) != 0)
+        die("mount_setattr %s", path);
+}
+
+/* bubblewrap's view built in place: the host's tree, made read-only (and nosuid) in one
+ * recursive mount_setattr, with the writable roots bound onto themselves first and made
+ * writable again, the carve-outs bound again inside them (so they stay read-only), the
+ * masks bound over what they hide, and a /proc that shows only this PID namespace. Landlock
+ * still applies on top; the view is what refuses chmod, chown, utimes, xattrs, rename and
+ * link (Landlock has no right for most of them), for root and non-root alike. */
+static void build_view(const struct options *opt) {
+    struct stat st;
+    /* Nothing we mount may propagate back to the host's namespace. */
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        die("make / private");
+    for (int i = 0; i < opt->rw.count; i++)
+        bind_onto_itself(opt->rw.paths[i]);
+    for (int i = 0; i < opt->ro.count; i++) {
+        if (exists(opt->ro.paths[i], &st))
+            bind_onto_itself(opt->ro.paths[i]);
+    }
+    for (int i = 0; i < opt->masks.count; i++) {
+        const char *path = opt->masks.paths[i];
+        if (!exists(path, &st))
+            continue;
+        const char *source = S_ISDIR(st.st_mode) ? opt->mask_dir : opt->mask_file;
+        if (mount(source, path, NULL, MS_BIND, NULL) != 0)
+            die("mask %s", path);
+    }
+    set_mount_attr("/", MNT_AT_RECURSIVE, MNT_ATTR_RDONLY | MNT_ATTR_NOSUID, 0);
+    for (int i = 0; i < opt->rw.count; i++)
+        set_mount_attr(opt->rw.paths[i], 0, 0, MNT_ATTR_RDONLY);
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) != 0)
+        die("mount /proc");
+    /* POSIX shared memory and semaphores (multiprocessing's locks) live in /dev/shm: the
+     * command gets an empty one of its own, as its SysV IPC namespace is its own. */
+    if (exists(SHM_DIR, &st) && S_ISDIR(st.st_mode) &&
+        mount("tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, SHM_OPTIONS) != 0)
+        die("mount %s", SHM_DIR);
+}
 /* ---- Landlock ------------------------------------------------------------------ */
 
 static uint64_t fs_rights_for_abi(int abi) {
@@ -455,7 +634,10 @@ static void add_path_rule(int ruleset, const char *path, uint64_t allowed, int m
     close(fd);
 }
 
-static void apply_landlock(const struct options *opt) {
+/* Build the ruleset while the rule paths can still be opened with every capability; the
+ * command (not the init) restricts itself with it, so the init stays outside the domain and
+ * the command can neither ptrace nor signal it. */
+static int prepare_landlock(const struct options *opt) {
     long kernel_abi = syscall(__NR_landlock_create_ruleset, NULL, 0, LL_CREATE_RULESET_VERSION);
     if (kernel_abi < 0)
         die("Landlock is not available");
@@ -492,14 +674,24 @@ static void apply_landlock(const struct options *opt) {
             rights |= LL_FS_IOCTL_DEV & handled_fs;
         add_path_rule(ruleset, *dev, rights, 0);
     }
-    /* `echo x > /dev/stderr` opens /proc/self/fd/2 with O_CREAT, and the kernel asks the
-     * create hook about a /proc/PID/fd entry that is not yet cached before it finds the
-     * entry exists: Landlock would log a denial for an open that then succeeds. procfs
-     * cannot create files at all, so allowing the attempt changes nothing but the log. */
-    add_path_rule(ruleset, "/proc", LL_FS_MAKE_REG, 0);
-    for (int i = 0; i < opt->rw_count; i++)
-        add_path_rule(ruleset, opt->rw_paths[i], handled_fs, 1);
+    for (int i = 0; i < opt->rw.count; i++)
+        add_path_rule(ruleset, opt->rw.paths[i], handled_fs, 1);
+    return ruleset;
+}
 
+/* Rules are inode-based, so the ruleset above can be built before the command joins the
+ * view (the binds share the host's inodes); /proc and /dev/shm are the view's own, so their
+ * rules are added after. `echo x > /dev/stderr` opens /proc/self/fd/2 with O_CREAT, and the kernel asks the
+ * create hook about a /proc/PID/fd entry that is not yet cached before it finds the entry
+ * exists: Landlock would log a denial for an open that then succeeds. procfs cannot create
+ * files at all, so allowing the attempt changes nothing but the log. */
+static void add_view_rules(const struct options *opt, int ruleset) {
+    add_path_rule(ruleset, "/proc", LL_FS_MAKE_REG, 0);
+    /* The private /dev/shm (the view's own tmpfs) is writable in both modes. */
+    add_path_rule(ruleset, SHM_DIR, fs_rights_for_abi(opt->abi), 0);
+}
+
+static void restrict_self(const struct options *opt, int ruleset) {
     unsigned flags = 0;
     if (opt->log_new_exec && opt->abi >= 7)
         flags |= LL_RESTRICT_SELF_LOG_NEW_EXEC_ON;
@@ -586,18 +778,14 @@ static void apply_seccomp(int tcp_to_landlock) {
         die("seccomp(SECCOMP_SET_MODE_FILTER)");
 }
 
-/* ---- identity and capabilities -------------------------------------------------- */
+/* ---- capabilities --------------------------------------------------------------- */
 
-static int has_effective_cap(int cap) {
-    struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
-    struct __user_cap_data_struct data[2];
-    if (syscall(__NR_capget, &header, data) != 0)
-        return 0;
-    return (data[cap / 32].effective >> (cap % 32)) & 1;
-}
-
-static void clear_bounding_set(void) {
+/* Each drop is a credential commit (~2 us): the command drops all but `keep` while the init
+ * builds the view, and the rest once it joined it. */
+static void clear_bounding_set(uint64_t keep) {
     for (int cap = 0; cap < 64; cap++) {
+        if ((keep >> cap) & 1)
+            continue;
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
             if (errno == EINVAL) /* past CAP_LAST_CAP */
                 return;
@@ -606,76 +794,267 @@ static void clear_bounding_set(void) {
     }
 }
 
-static void clear_capability_sets(void) {
+/* The command keeps the server's uid and gid (root stays uid 0), with no capability at all:
+ * bounding set empty, "uid 0 means nothing" locked (no capabilities from root on exec, none
+ * kept across setuid, no ambient raise) for this process and everything it starts, then
+ * every set cleared and the result verified. With the read-only view and Landlock that is
+ * what makes root in a container safe to sandbox without a uid drop. */
+static void drop_capabilities(void) {
+    clear_bounding_set(0);
+    if (prctl(PR_SET_SECUREBITS,
+              SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                  SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                  SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+              0, 0, 0) != 0)
+        die("PR_SET_SECUREBITS");
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+        die("PR_CAP_AMBIENT_CLEAR_ALL");
     struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
     if (syscall(__NR_capset, &header, data) != 0)
         die("capset(0)");
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
-        die("PR_CAP_AMBIENT_CLEAR_ALL");
+    if (syscall(__NR_capget, &header, data) != 0)
+        die("capget");
+    for (int i = 0; i < 2; i++) {
+        if (data[i].effective || data[i].permitted || data[i].inheritable)
+            FAIL("capabilities are still held after the drop");
+    }
+    if (prctl(PR_CAPBSET_READ, CAP_SYS_ADMIN, 0, 0, 0) != 0)
+        FAIL("the bounding set is not empty after the drop");
 }
 
-#define PIPEFS_MAGIC 0x50495045
+/* ---- the command (the launcher's second child, PID 2 of the namespace) ------- */
 
-/* The server's pipes for stdin/stdout/stderr are owned by root with mode 0600: after the
- * drop, `echo x > /dev/stdout` (a reopen through /proc/self/fd/1) would be refused. Give
- * the command the anonymous pipes that are its own; never touch a named FIFO or file. */
-static void hand_over_std_pipes(const struct options *opt) {
+static void reset_signals(void) {
+    sigset_t none;
+    sigemptyset(&none);
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL); /* EINVAL for SIGKILL/SIGSTOP and the RT range gaps: fine */
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* What the command needs until it joined the view: setns, and dropping the rest. */
+#define KEEP_UNTIL_JOINED ((1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_SETPCAP))
+
+/* Prepare what does not need the view (the Landlock ruleset, most of the capability drop)
+ * while the init builds it; then join it (mount, IPC and, network off, network namespace)
+ * through a pidfd of the init, confine itself and exec. It is the launcher's own child, so
+ * the launcher's wait reports its exit and its resource usage, exactly as if unlaunched. */
+static void exec_command(const struct options *opt, int ready_fd, int init_pidfd, char **command_env,
+                         const char *cwd) {
+    reset_signals();
+    if (opt->mode != MODE_NONE) {
+        int ruleset = prepare_landlock(opt);
+        clear_bounding_set(KEEP_UNTIL_JOINED);
+        char byte;
+        ssize_t n;
+        while ((n = read(ready_fd, &byte, 1)) < 0 && errno == EINTR) {
+        }
+        if (n != 1)
+            _exit(EXIT_SETUP_FAILED); /* the init said why on stderr */
+        close(ready_fd);
+        int flags = CLONE_NEWNS | CLONE_NEWIPC | (opt->network ? 0 : CLONE_NEWNET);
+        if (setns(init_pidfd, flags) != 0)
+            die("setns(init, 0x%x)", flags);
+        close(init_pidfd);
+        /* setns put us at the namespace's root: re-resolve the cwd in the view. */
+        if (cwd == NULL || chdir(cwd) != 0)
+            die("chdir %s", cwd ? cwd : "(unknown cwd)");
+        add_view_rules(opt, ruleset);
+        drop_capabilities();
+        restrict_self(opt, ruleset);
+        if (!opt->network)
+            apply_seccomp(opt->abi >= 4);
+    }
+    if (opt->check) {
+        printf("ok %s\n", LAUNCHER_SOURCE_ID);
+        fflush(stdout);
+        _exit(0);
+    }
+    if (command_env != NULL)
+        environ = command_env; /* execvp searches the command's PATH */
+    execvp(opt->command[0], opt->command);
+    int saved = errno;
+    fprintf(stderr, PROG ": cannot execute '%s': %s\n", opt->command[0], strerror(saved));
+    _exit(EXIT_EXEC_FAILED);
+}
+
+/* ---- the init (PID 1 of the namespace) ------------------------------------------ */
+
+/* Signals the init takes through a signalfd. The server signals every member of the tree
+ * itself (group and each pid), so the init forwards nothing: it only must not die of them
+ * (a PID 1 ignores signals without a handler from inside its namespace anyway). */
+static void init_signal_set(sigset_t *set) {
+    sigemptyset(set);
+    sigaddset(set, SIGCHLD);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGQUIT);
+    sigaddset(set, SIGUSR1);
+    sigaddset(set, SIGUSR2);
+    sigaddset(set, SIGPIPE);
+    sigaddset(set, SIGALRM);
+}
+
+static void quiet_std_fds(void) {
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0)
+        die("open /dev/null");
     for (int fd = 0; fd <= 2; fd++) {
-        struct stat st;
-        struct statfs sfs;
-        if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != geteuid())
-            continue;
-        if (fstatfs(fd, &sfs) != 0 || sfs.f_type != PIPEFS_MAGIC)
-            continue;
-        if (fchown(fd, (uid_t)opt->uid, (gid_t)opt->gid) != 0)
-            die("fchown(fd %d)", fd);
+        if (dup2(null, fd) < 0)
+            die("dup2");
+    }
+    close(null);
+}
+
+/* Reap every orphan of the namespace (they are re-parented here), until the launcher is
+ * gone (it ends right after the command) and no process is left; or end at once when the
+ * server is gone: the kernel then kills whatever is left, as the init of a PID namespace
+ * dies. Killing this process is how the whole tree is killed, whatever setsid did. */
+static void supervise(int launcher_fd, int server_pidfd) __attribute__((noreturn));
+static void supervise(int launcher_fd, int server_pidfd) {
+    sigset_t set;
+    init_signal_set(&set);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0)
+        die("signalfd");
+    int launcher_gone = 0;
+    for (;;) {
+        for (;;) {
+            pid_t pid = waitpid(-1, NULL, WNOHANG);
+            if (pid > 0)
+                continue;
+            if (pid < 0 && errno == EINTR)
+                continue;
+            if (pid < 0 && launcher_gone)
+                _exit(0); /* ECHILD: the command and every descendant are gone */
+            break;
+        }
+        struct pollfd fds[3] = {
+            {.fd = sfd, .events = POLLIN},
+            {.fd = launcher_gone ? -1 : launcher_fd, .events = POLLIN},
+            {.fd = server_pidfd, .events = POLLIN},
+        };
+        if (poll(fds, 3, -1) < 0 && errno != EINTR)
+            _exit(EXIT_SETUP_FAILED);
+        if (fds[2].revents & (POLLIN | POLLHUP))
+            _exit(1); /* the server died without killing this tree: take it down */
+        if (fds[1].revents & (POLLIN | POLLHUP | POLLERR))
+            launcher_gone = 1;
+        struct signalfd_siginfo info;
+        while (read(sfd, &info, sizeof info) > 0) {
+        }
     }
 }
 
-static void drop_identity(const struct options *opt) {
-    const int privileged = has_effective_cap(CAP_SETPCAP);
-    if (opt->uid >= 0) {
-        if (!privileged) {
-            FAIL("--uid given but the launcher lacks CAP_SETPCAP/CAP_SETUID");
-        }
-        hand_over_std_pipes(opt);
-        clear_bounding_set();
-        /* Lock "uid 0 means nothing": no caps from root on exec, no keeping caps across
-         * setuid, no ambient raise -- for this process and everything it starts. */
-        if (prctl(PR_SET_SECUREBITS,
-                  SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP_LOCKED |
-                      SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE |
-                      SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
-                  0, 0, 0) != 0)
-            die("PR_SET_SECUREBITS");
-        if (setgroups(0, NULL) != 0)
-            die("setgroups(0)");
-        if (setresgid((gid_t)opt->gid, (gid_t)opt->gid, (gid_t)opt->gid) != 0)
-            die("setresgid(%ld)", opt->gid);
-        if (setresuid((uid_t)opt->uid, (uid_t)opt->uid, (uid_t)opt->uid) != 0)
-            die("setresuid(%ld)", opt->uid);
-    } else if (privileged) {
-        /* Non-root caller inside its own user namespace: no uid change, but the
-         * namespace's full capability set must not reach the command either. */
-        clear_bounding_set();
+/* Build the namespaces and the view, tell the command (one byte on ready_fd; end of file
+ * without it means setup failed), drop every capability, then supervise. */
+static void run_init(const struct options *opt, int ready_fd, int launcher_fd, int server_pidfd) {
+    sigset_t set;
+    init_signal_set(&set);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
+        die("sigprocmask");
+    if (opt->mode != MODE_NONE) {
+        enter_view_namespaces(opt);
+        build_view(opt);
     }
-    clear_capability_sets();
+    /* Neither the init nor the launcher holds the command's stdio: EOF on stdout means the
+     * command's tree let go of it, and a command that closes stdin sees writes fail. */
+    quiet_std_fds();
+    if (opt->mode != MODE_NONE) {
+        char ready = 1;
+        if (write(ready_fd, &ready, 1) != 1)
+            _exit(EXIT_SETUP_FAILED); /* the command is gone already */
+        drop_capabilities(); /* off the command's path: it is already on its way */
+    }
+    close(ready_fd);
+    supervise(launcher_fd, server_pidfd);
+}
 
-    if (opt->uid >= 0) {
-        uid_t r, e, s;
-        gid_t rg, eg, sg;
-        if (getresuid(&r, &e, &s) != 0 || getresgid(&rg, &eg, &sg) != 0)
-            die("getresuid");
-        if (r != (uid_t)opt->uid || e != r || s != r || rg != (gid_t)opt->gid || eg != rg || sg != rg ||
-            getgroups(0, NULL) != 0) {
-            FAIL("identity did not change as requested");
-        }
-        if (setuid(0) == 0) {
-            FAIL("uid 0 is still reachable after the drop");
-        }
+/* ---- the launcher: the pid the server waits for --------------------------------- */
+
+static void ignore_signal(int sig) { (void)sig; }
+
+/* End the way the command ended: its exit code, or killed by its signal. */
+static void mirror_status(int status) __attribute__((noreturn));
+static void mirror_status(int status) {
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        /* No core of this program for the command's crash. */
+        struct rlimit none = {0, 0};
+        setrlimit(RLIMIT_CORE, &none);
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        signal(sig, SIG_DFL);
+        sigset_t one;
+        sigemptyset(&one);
+        sigaddset(&one, sig);
+        sigprocmask(SIG_UNBLOCK, &one, NULL);
+        raise(sig);
+        _exit(128 + sig); /* a signal whose default is not to terminate */
     }
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_SETUP_FAILED);
+}
+
+static pid_t wait_for(pid_t pid, int *status) {
+    for (;;) {
+        pid_t got = waitpid(pid, status, 0);
+        if (got >= 0 || errno != EINTR)
+            return got;
+    }
+}
+
+static int launch(const struct options *opt, char **command_env) {
+    /* The server's pid, watched by the init: it outlives this process when a descendant
+     * keeps running after the command exited. */
+    int server_pidfd = (int)syscall(__NR_pidfd_open, getppid(), 0);
+    if (server_pidfd >= 0)
+        fcntl(server_pidfd, F_SETFD, FD_CLOEXEC);
+    char cwd[4096];
+    const char *command_cwd = getcwd(cwd, sizeof cwd) != NULL ? cwd : NULL;
+    /* Catchable signals reach the command through the process group; this process must
+     * live on to report how the command ended. Caught (not ignored: the command's exec
+     * resets a handler, never an SIG_IGN), and before the forks: the command may print
+     * "ready" and be signalled before this process is scheduled again. */
+    struct sigaction sa = {.sa_handler = ignore_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    const int caught[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM};
+    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++)
+        sigaction(caught[i], &sa, NULL);
+    enter_pid_namespace();
+    int ready[2], alive[2];
+    if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(alive, O_CLOEXEC) != 0)
+        die("pipe2");
+    pid_t init = fork(); /* PID 1 of the new namespace */
+    if (init < 0)
+        die("fork (init)");
+    if (init == 0) {
+        close(ready[0]);
+        close(alive[1]);
+        run_init(opt, ready[1], alive[0], server_pidfd);
+    }
+    close(ready[1]);
+    close(alive[0]);
+    if (server_pidfd >= 0)
+        close(server_pidfd);
+    if (opt->netns_fd >= 0)
+        close(opt->netns_fd);
+    int init_pidfd = (int)syscall(__NR_pidfd_open, init, 0);
+    if (init_pidfd < 0)
+        die("pidfd_open(init)");
+    pid_t command = fork(); /* PID 2: the command */
+    if (command < 0)
+        die("fork (command)");
+    if (command == 0)
+        exec_command(opt, ready[0], init_pidfd, command_env, command_cwd);
+    close(ready[0]);
+    close(init_pidfd);
+    quiet_std_fds();
+    int status; /* alive[1] stays open until we exit: the init learns we are gone */
+    if (wait_for(command, &status) < 0)
+        die("waitpid(command)");
+    mirror_status(status);
 }
 
 /* Keep an empty network namespace alive while the server opens /proc/PID/ns/net. */
@@ -708,26 +1087,13 @@ int main(int argc, char **argv) {
     /* --- limits (end) --- */
     struct options opt;
     parse_args(argc, argv, &opt);
-    if (opt.uid >= 0 && geteuid() != 0) {
-        FAIL("--uid is only meaningful when started as root");
-    }
+    char **command_env = opt.env_fd >= 0 ? read_command_env(opt.env_fd) : NULL;
+    /* Resource limits (rlimits, cgroup) belong here: before the namespaces and the forks,
+     * so that the init, the command and every descendant are inside them. */
 
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    if (opt.mode != MODE_NONE && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         die("PR_SET_NO_NEW_PRIVS");
-    detach_terminal();
-    if (!opt.network)
-        isolate_network(&opt);
-    apply_landlock(&opt);
-    if (!opt.network)
-        apply_seccomp(opt.abi >= 4);
-    drop_identity(&opt);
-
-    if (opt.check) {
-        printf("ok %s\n", LAUNCHER_SOURCE_ID);
-        return 0;
-    }
-    execvp(opt.command[0], opt.command);
-    int saved = errno;
-    fprintf(stderr, PROG ": cannot execute '%s': %s\n", opt.command[0], strerror(saved));
-    return EXIT_EXEC_FAILED;
+    if (opt.mode != MODE_NONE)
+        detach_terminal();
+    return launch(&opt, command_env);
 }
