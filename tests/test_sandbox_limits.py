@@ -583,11 +583,15 @@ def test_the_serve_flags_become_sandbox_settings() -> None:
         (["--limit-memory", "1000"], "--limit-memory: must be between"),
     ],
 )
-def test_contradictory_or_out_of_range_serve_flags_are_refused(flags: list[str], message: str) -> None:
+def test_contradictory_or_out_of_range_serve_flags_are_refused(
+    flags: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from exec_server import _cli
 
-    with pytest.raises(SystemExit, match=message):
-        _cli._config(_serve_args(*flags), "t" * 32)
+    monkeypatch.setenv("EXEC_SERVER_TOKEN", "t" * 32)
+    assert _cli.main(["serve", "--listen", "ws://127.0.0.1:0", *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
 
 
 # --- the client's record ------------------------------------------------------------------------
