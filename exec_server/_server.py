@@ -51,6 +51,8 @@ from .sandbox import Sandbox
 log = logging.getLogger(__name__)
 
 # Orphaned descendants re-parented to us are reaped this often.
+# At exit, how long killed trees may take to leave their cgroups.
+LEFTOVER_SETTLE_SECONDS: Final = 1.0
 ORPHAN_REAP_INTERVAL: Final = 1.0
 # At shutdown, a connection whose writer is stuck this long is not waited for.
 STUCK_WRITER_SECONDS: Final = 0.5
@@ -164,6 +166,14 @@ class Server:
             # Sessions' nurseries were cancelled above, which killed and reaped every
             # tree; this catches a process whose session task never ran.
             self.kill_everything()
+            # The last members of killed trees are our orphans once their PID namespace's
+            # init is gone: reap them, so that the cgroups they held can be removed.
+            with trio.CancelScope(shield=True), trio.move_on_after(LEFTOVER_SETTLE_SECONDS):
+                while True:
+                    _tree.reap_orphans()
+                    if self.sandbox.sweep_leftovers():
+                        break
+                    await trio.sleep(LEFTOVER_SETTLE_SECONDS / 50)
             await watchdog.stop()
             self._move(ServerState.STOPPED)
 

@@ -72,7 +72,8 @@ def outside() -> Iterator[Path]:
 async def serving(
     masked: tuple[str, ...] = (), token: str | None = None
 ) -> AsyncIterator[tuple[Client, Server, int]]:
-    settings = SandboxSettings(default_mode=SandboxMode.READ_ONLY, masked_paths=masked)
+    # allow_network: the connect-back case asks for network: true.
+    settings = SandboxSettings(default_mode=SandboxMode.READ_ONLY, masked_paths=masked, allow_network=True)
     config = ServerConfig(token=token or secrets.token_urlsafe(32), sandbox=settings)
     server = Server(config, Sandbox.create(settings))
     async with trio.open_nursery() as nursery:

@@ -260,5 +260,11 @@ class ResourceLimiter:
 
     def close(self) -> None:
         """Retry removing command cgroups that were still busy (at server exit)."""
-        if self._cgroups is not None:
-            self._cgroups.sweep()
+        self.sweep()
+
+    def sweep(self) -> bool:
+        """Retry removing busy command cgroups now; True when none is left."""
+        if self._cgroups is None:
+            return True
+        self._cgroups.sweep()
+        return not self._cgroups.pending

@@ -478,6 +478,10 @@ class Sandbox:
                 self._release_netns()
             self._limits.close()
 
+    def sweep_leftovers(self) -> bool:
+        """Retry removing what closed commands left busy (their cgroups); True when nothing is left."""
+        return self._limits.sweep()
+
     async def denial_report(
         self, plan: LaunchPlan, pid: int, exit_code: int, stdout_tail: bytes, stderr_tail: bytes
     ) -> DenialReport:

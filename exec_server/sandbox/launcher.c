@@ -1079,6 +1079,8 @@ int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--hold-netns") == 0)
         return hold_netns();
     /* --- limits (begin) --- */
+    /* Before the namespaces and the forks: the init, the command and every descendant are
+     * inside the cgroups and inherit the rlimits. */
     struct limits lim;
     argc = take_limit_args(argc, argv, &lim);
     apply_limits(&lim);
@@ -1088,8 +1090,6 @@ int main(int argc, char **argv) {
     struct options opt;
     parse_args(argc, argv, &opt);
     char **command_env = opt.env_fd >= 0 ? read_command_env(opt.env_fd) : NULL;
-    /* Resource limits (rlimits, cgroup) belong here: before the namespaces and the forks,
-     * so that the init, the command and every descendant are inside them. */
 
     if (opt.mode != MODE_NONE && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         die("PR_SET_NO_NEW_PRIVS");
