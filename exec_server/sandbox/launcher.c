@@ -963,12 +963,14 @@ static void run_init(const struct options *opt, int ready_fd, int launcher_fd, i
     /* Neither the init nor the launcher holds the command's stdio: EOF on stdout means the
      * command's tree let go of it, and a command that closes stdin sees writes fail. */
     quiet_std_fds();
-    if (opt->mode != MODE_NONE) {
-        char ready = 1;
-        if (write(ready_fd, &ready, 1) != 1)
-            _exit(EXIT_SETUP_FAILED); /* the command is gone already */
+    /* Sandboxed, the command waits for this byte (the view is built); unsandboxed, the
+     * launcher reads it before it exits, so the init never holds the pipes past the exit
+     * the server sees (`closed` can follow `exited` at once). */
+    char ready = 1;
+    if (write(ready_fd, &ready, 1) != 1 && opt->mode != MODE_NONE)
+        _exit(EXIT_SETUP_FAILED); /* the command is gone already */
+    if (opt->mode != MODE_NONE)
         drop_capabilities(); /* off the command's path: it is already on its way */
-    }
     close(ready_fd);
     supervise(launcher_fd, server_pidfd);
 }
@@ -1048,12 +1050,19 @@ static int launch(const struct options *opt, char **command_env) {
         die("fork (command)");
     if (command == 0)
         exec_command(opt, ready[0], init_pidfd, command_env, command_cwd);
-    close(ready[0]);
+    if (opt->mode != MODE_NONE)
+        close(ready[0]);
     close(init_pidfd);
     quiet_std_fds();
     int status; /* alive[1] stays open until we exit: the init learns we are gone */
     if (wait_for(command, &status) < 0)
         die("waitpid(command)");
+    if (opt->mode == MODE_NONE) {
+        /* The init has let go of the command's stdio (or died) once this returns. */
+        char byte;
+        while (read(ready[0], &byte, 1) < 0 && errno == EINTR) {
+        }
+    }
     mirror_status(status);
 }
 
