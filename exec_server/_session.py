@@ -286,6 +286,8 @@ class Session:
             plan = server.sandbox.prepare(policy, list(params.argv), cwd, env)
         except SandboxUnavailable as exc:
             raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
+        except OSError as exc:  # the private temp dir: ENOSPC, EMFILE... the host's state, not our bug
+            raise _spawn.spawn_failed(exc, "sandbox setup") from None
         try:
             spawned = _spawn.spawn(plan.argv, cwd=cwd, env=plan.env, pipe_stdin=params.pipe_stdin, pass_fds=plan.pass_fds)
         except ProtocolError:

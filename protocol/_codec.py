@@ -104,6 +104,17 @@ def _structure_str(value: Any, type_: type) -> str:
     return value
 
 
+def _structure_utf8_str(value: Any, type_: type) -> str:
+    text = _structure_str(value, type_)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # JSON may spell a lone surrogate ("\\ud800"); no OS interface can carry one.
+            raise ValueError(f"not valid Unicode: lone surrogate at character {exc.start}") from None
+    return text
+
+
 def _structure_int(value: Any, _type: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
@@ -153,8 +164,12 @@ def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
     converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=forbid_extra_keys)
     # cattrs' defaults call ``int(value)``/``str(value)``; ours refuse to coerce. Every
     # enum of the protocol is a ``str`` subclass, so the string hook also serves enums.
+    # What a server receives must be valid Unicode (argv, env and paths reach the OS); what
+    # a client receives may carry a lone surrogate (a denial's path decoded with
+    # surrogateescape).
+    string_hook = _structure_utf8_str if forbid_extra_keys else _structure_str
     for exact_type, hook in (
-        (str, _structure_str),
+        (str, string_hook),
         (int, _structure_int),
         (float, _structure_float),
         (bool, _structure_bool),
@@ -197,8 +212,14 @@ def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
                 raise TypeError(f"expected an object, got {type(value).__name__}")
             result = {}
             for key, item in value.items():
-                _structure_str(key, str)
-                result[key] = value_hook(item, value_type)
+                try:
+                    string_hook(key, str)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"key {key!r}: {exc}") from None
+                try:
+                    result[key] = value_hook(item, value_type)
+                except ValueError as exc:
+                    raise ValueError(f"value of {key!r}: {exc}") from None
             return result
 
         return structure_dict
