@@ -32,7 +32,7 @@ from protocol import (
 from . import _tree
 from ._retention import RetainedOutput
 from ._spawn import SpawnedProcess
-from .sandbox import DenialReport, LaunchPlan, Sandbox
+from .sandbox import NO_CLEANUP, DenialReport, LaunchPlan, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,10 @@ class ManagedProcess:
             self._close_stdin()
             for fd in (self._spawned.stdout_fd, self._spawned.stderr_fd):
                 _close_quietly(fd)
-            self._plan.cleanup()
+            if self._plan.cleanup is not NO_CLEANUP:
+                # Off the event loop: a command can leave 100k files in its temp dir.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._plan.cleanup)
             self.closed_event.set()
 
     async def _pump(self, fd: int, stream: Stream) -> None:

@@ -15,7 +15,7 @@ import trio
 
 import protocol as p
 
-from . import _tree
+from . import _tempdir, _tree
 from ._config import SERVER_NAME, SERVER_VERSION, ServerConfig
 from ._retention import RetentionBudget
 from ._process import wait_closed
@@ -75,6 +75,7 @@ class Server:
                 self._nursery = nursery
                 await nursery.start(self.sandbox.run)
                 nursery.start_soon(self._reap_orphans)
+                nursery.start_soon(_tempdir.sweep_stale_in_thread)  # what a killed server left
                 async with trio.open_nursery() as connections:
                     self.connection_nursery = connections
                     task_status.started(self)
@@ -103,7 +104,10 @@ class Server:
     async def _reap_orphans(self) -> None:
         while True:
             await trio.sleep(ORPHAN_REAP_INTERVAL)
-            _tree.reap_orphans()
+            try:
+                _tree.reap_orphans()
+            except OSError as exc:  # EMFILE while a peer floods us: the next round reaps them
+                log.warning("reaping orphans failed (%s); retrying in %.0fs", exc, ORPHAN_REAP_INTERVAL)
 
     # --- sessions ----------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import tempfile
 import weakref
 from collections.abc import Callable
@@ -14,6 +14,7 @@ import trio
 
 from protocol import SandboxMode, SandboxPolicy
 
+from .. import _tempdir
 from ._denials import DenialMonitor, DenialReport
 from ._errors import SandboxUnavailable
 from ._identity import Identity, choose_identity
@@ -26,7 +27,6 @@ from ._settings import SandboxSettings
 
 SANDBOX_TYPE_LANDLOCK = "landlock"
 SANDBOX_TYPE_NONE = "none"
-_TEMP_PREFIX = "exec-sandbox-"
 
 
 def _fallback_identity(settings: SandboxSettings) -> Identity:
@@ -54,15 +54,8 @@ def _launcher_args(
 
 
 def _temp_dir_cleanup(path: str) -> Callable[[], None]:
-    def cleanup() -> None:
-        try:
-            os.rmdir(path)  # the common case, and a fraction of rmtree's cost
-        except OSError:
-            # rmtree is idempotent with ignore_errors, and on Linux it walks by fd, so a
-            # symlink the command planted cannot redirect the removal.
-            shutil.rmtree(path, ignore_errors=True)
-
-    return cleanup
+    # Blocking, bounded, never raises (see _tempdir.py): the process core runs it in a thread.
+    return functools.partial(_tempdir.remove_tree, path)
 
 
 class Sandbox:
@@ -218,7 +211,7 @@ class Sandbox:
         env = dict(env)
         cleanup: Callable[[], None] = NO_CLEANUP
         if policy.mode is SandboxMode.WORKSPACE_WRITE:
-            temp = tempfile.mkdtemp(prefix=_TEMP_PREFIX)
+            temp = tempfile.mkdtemp(prefix=_tempdir.private_dir_prefix())
             cleanup = _temp_dir_cleanup(temp)
             try:
                 if identity is not None:
