@@ -33,4 +33,6 @@ class ServerConfig:
     # a byte bound for queued output.
     outbound_queue_messages: int = 4096
     outbound_queue_bytes: int = 16 * MIB
+    # process/write payload held by one connection's calls in flight (more: -32005).
+    max_pending_write_bytes: int = 16 * MIB
     max_concurrent_requests: int = 256

@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 READ_CHUNK_BYTES: Final = 256 * 1024
 # What the denial heuristic may look at: the end of each stream.
 TAIL_BYTES: Final = 4096
-# Retried writeIds remembered per process.
-MAX_WRITE_IDS: Final = 1024
+# Retried writeIds remembered per process: as many as one connection can have in flight
+# (a resumed client retries those), each at most MAX_WRITE_ID_LENGTH characters, so one
+# process's store stays under 64 KiB whatever its client sends.
+MAX_WRITE_IDS: Final = 256
 
 
 class IllegalTransition(RuntimeError):

@@ -338,9 +338,17 @@ class Session:
             self._tombstones.popitem(last=False)
 
     async def read(self, params: ReadParams) -> ReadResult:
+        return self.read_now(await self.wait_readable(params), params)
+
+    async def wait_readable(self, params: ReadParams) -> ManagedProcess:
+        """The long-poll half of ``process/read``: returns the process to ``read_now``."""
         process = self._process(params.process_id)
         if params.wait_ms and not process.is_closed and process.next_seq <= params.after_seq + 1:
             await process.wait_for_change(params.after_seq, params.wait_ms / 1000.0)
+        return process
+
+    def read_now(self, process: ManagedProcess, params: ReadParams) -> ReadResult:
+        """The answer of ``process/read`` (never waits)."""
         result = process.read(params.after_seq, params.max_bytes)
         if not result.chunks or result.next_seq > (result.last_seq or 0):
             # The client has caught up to what was retained: live output may flow again.

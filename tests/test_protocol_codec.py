@@ -548,9 +548,8 @@ def test_error_codes_match_the_contract() -> None:
         '{"id":1}{"id":2}',
         b"\xff\xfe\xfd",
         b'{"id":1,"method":"\xc3"}',
-        "[" * 100_000 + "]" * 100_000,
-        '{"a":' * 100_000 + "1" + "}" * 100_000,
         '{"id":' + "9" * 5000 + "}",
+        "[" * 64 + "]" * 63,  # within the depth bound: the parse finds the missing bracket
     ],
     ids=lambda text: repr(text[:24]),
 )
@@ -558,6 +557,39 @@ def test_bad_json_is_a_parse_error(text: str | bytes) -> None:
     error = decode_error(text)
     assert error.code == p.ErrorCode.PARSE_ERROR
     assert error.request_id is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        "[" * 65 + "]" * 65,
+        b"[" * 65 + b"]" * 65,
+        "[" + "[],"  * 40 + "[" * 70 + "{}" + "]" * 70 + "]",  # wide, and deep in one element
+        "[" + "{}," * 300_000 + "{}]",
+        b"[" + b"1," * 300_000 + b"1]",
+    ],
+    ids=lambda text: repr(text[:24]) + f"…{len(text)}",
+)
+def test_too_deep_or_too_many_values_is_refused_before_the_parse(text: str | bytes) -> None:
+    error = decode_error(text)
+    assert error.code == p.ErrorCode.LIMIT_EXCEEDED, error
+    assert error.request_id is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "process/start",
+                    "params": {"processId": "p", "argv": ["sh", "-c", "[" * 200 + "," * 300_000]}}),
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "process/start",
+                    "params": {"processId": "p", "argv": ["echo", '\\"[[[' * 100]}}),
+    ],
+    ids=["brackets and commas in a string", "escaped quotes and brackets"],
+)  # fmt: skip
+def test_brackets_and_commas_inside_strings_do_not_count(text: str) -> None:
+    assert isinstance(p.decode(text), p.Request)
 
 
 # --- -32600: not a valid envelope ---------------------------------------------------------------
