@@ -232,22 +232,26 @@ def _is_stale(entry: os.DirEntry[str], euid: int) -> bool:
     return _start_time(pid) != started  # None (no such pid) is stale too
 
 
-def sweep_stale(directory: str | None = None) -> int:
-    """Remove the private temp dirs of servers that no longer run. Blocking; never raises.
+def sweep_stale(directory: str | None = None, *, seconds: float = REMOVE_SECONDS) -> int:
+    """Remove the private temp dirs of servers that no longer run, for at most ``seconds``
+    in all. Blocking; never raises.
 
     Returns:
         How many were removed.
     """
-    directory = directory or tempfile.gettempdir()
+    deadline = time.monotonic() + seconds
     euid = os.geteuid()
     removed = 0
     try:
-        with os.scandir(directory) as entries:
+        with os.scandir(directory or tempfile.gettempdir()) as entries:
             stale = [entry.path for entry in entries if _is_stale(entry, euid)]
     except OSError:
         return 0
     for path in stale:
-        if remove_tree(path):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if remove_tree(path, seconds=left):
             removed += 1
     return removed
 

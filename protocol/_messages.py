@@ -68,8 +68,8 @@ def _absolute_paths(_inst: object, attribute: attrs.Attribute[Any], value: tuple
 
 
 def _write_id(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and not 0 < len(value) <= MAX_WRITE_ID_LENGTH:
-        raise FieldError(attribute.name, f"writeId must be 1-{MAX_WRITE_ID_LENGTH} characters")
+    if value is not None and len(value) > MAX_WRITE_ID_LENGTH:
+        raise FieldError(attribute.name, f"writeId must be at most {MAX_WRITE_ID_LENGTH} characters")
 
 
 def _argv(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

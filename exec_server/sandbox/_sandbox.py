@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 import weakref
@@ -54,8 +53,11 @@ def _launcher_args(
 
 
 def _temp_dir_cleanup(path: str) -> Callable[[], None]:
-    # Blocking, bounded, never raises (see _tempdir.py): the process core runs it in a thread.
-    return functools.partial(_tempdir.remove_tree, path)
+    def cleanup() -> None:
+        # Blocking, bounded, never raises (see _tempdir.py): the process core runs it in a thread.
+        _tempdir.remove_tree(path)
+
+    return cleanup
 
 
 class Sandbox:

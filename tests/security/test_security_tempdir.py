@@ -103,3 +103,32 @@ async def test_private_temp_dirs_of_a_killed_server_are_removed_at_the_next_star
             assert second.alive
     assert not left.exists() and not reused_pid.exists()
     assert live.is_dir() and foreign.is_dir()
+
+
+def test_removal_follows_no_symlink_and_opens_locked_dirs(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    tree = tmp_path / "tree"
+    deep = tree
+    for _ in range(3 * _tempdir.MAX_OPEN_LEVELS):  # deeper than the fds it may hold
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "link-to-outside").symlink_to(outside)
+    (tree / "link-to-file").symlink_to(outside / "precious")
+    locked = tree / "locked"
+    (locked / "inner").mkdir(parents=True)
+    (locked / "inner" / "file").touch()
+    (locked / "inner").chmod(0)
+    locked.chmod(0o500)
+    assert _tempdir.remove_tree(str(tree))
+    assert not tree.exists()
+    assert (outside / "precious").read_text() == "keep"
+
+
+def test_removal_gives_up_at_its_deadline_without_raising(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    assert not _tempdir.remove_tree(str(tree), seconds=-1.0)
+    assert _tempdir.remove_tree(str(tree))
+    assert _tempdir.remove_tree(str(tree))  # gone already: still true
