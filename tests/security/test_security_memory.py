@@ -30,15 +30,16 @@ UNIQUE_WRITE_IDS: Final = 30  # × 8 MiB
 PENDING_WRITES: Final = 24  # × 11 MiB
 
 
-def _check_peak(server: ChildServer, attack: str) -> int:
+def _check_peak(server: ChildServer, attack: str, capsys: pytest.CaptureFixture[str]) -> int:
     peak = server.peak_rss()
-    print(f"{attack}: peak RSS {peak / MIB:.0f} MiB (bound {BOUND / MIB:.0f} MiB)")
+    with capsys.disabled():
+        print(f"\nMEMORY {attack}: peak RSS {peak / MIB:.0f} MiB (bound {BOUND / MIB:.0f} MiB)")
     assert peak < BOUND, f"{attack}: peak RSS {peak / MIB:.0f} MiB over {BOUND / MIB:.0f} MiB"
     assert server.alive
     return peak
 
 
-async def test_huge_frames_of_tiny_values(tmp_path: Path, no_leftover_processes: None) -> None:
+async def test_huge_frames_of_tiny_values(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_leftover_processes: None) -> None:
     # Over the WebSocket layer's limit (2 × 16 MiB): the connection is closed (1009) while
     # the frame comes in. Between the two limits: -32005, never parsed. Within the limit
     # but of more values than the codec takes: -32005 before the parse.
@@ -71,10 +72,10 @@ async def test_huge_frames_of_tiny_values(tmp_path: Path, no_leftover_processes:
                         assert closed.value.reason.code == 1009
                     await done.wait()
                 assert "processes" in await other.call("process/list")
-            _check_peak(server, "frames of [{},...]: 60 MiB, 30 MiB and 15 MiB")
+            _check_peak(server, "frames of [{},...]: 60 MiB, 30 MiB and 15 MiB", capsys)
 
 
-async def test_unread_read_answers(tmp_path: Path, no_leftover_processes: None) -> None:
+async def test_unread_read_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_leftover_processes: None) -> None:
     with trio.fail_after(120):
         async with child_server(tmp_path, *SERVER_ARGS) as server:
             async with open_plain_client(server.url, server.token, delivery="lossless") as attacker:
@@ -94,10 +95,10 @@ async def test_unread_read_answers(tmp_path: Path, no_leftover_processes: None) 
                     if message.get("id") in ids:
                         assert "result" in message, message
                         answered += 1
-            _check_peak(server, f"{UNREAD_READS} unread lossless process/read answers")
+            _check_peak(server, f"{UNREAD_READS} unread lossless process/read answers", capsys)
 
 
-async def test_unique_huge_write_ids(tmp_path: Path, no_leftover_processes: None) -> None:
+async def test_unique_huge_write_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_leftover_processes: None) -> None:
     with trio.fail_after(120):
         async with child_server(tmp_path, *SERVER_ARGS) as server:
             async with open_plain_client(server.url, server.token) as attacker:
@@ -110,10 +111,10 @@ async def test_unique_huge_write_ids(tmp_path: Path, no_leftover_processes: None
                     assert answer["error"]["code"] == -32602, answer["error"]["message"][:200]
                 answer = await attacker.call("process/write", {"processId": "in", "chunk": "", "eof": True})
                 assert answer["result"]["status"] == "accepted"
-            _check_peak(server, f"{UNIQUE_WRITE_IDS} unique 8 MiB writeIds")
+            _check_peak(server, f"{UNIQUE_WRITE_IDS} unique 8 MiB writeIds", capsys)
 
 
-async def test_pending_huge_writes(tmp_path: Path, no_leftover_processes: None) -> None:
+async def test_pending_huge_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_leftover_processes: None) -> None:
     chunk = base64.b64encode(b"\0" * (11 * MIB)).decode()
     with trio.fail_after(120):
         async with child_server(tmp_path, *SERVER_ARGS) as server:
@@ -136,4 +137,4 @@ async def test_pending_huge_writes(tmp_path: Path, no_leftover_processes: None) 
                         answers[message["id"]] = message
                 assert answers[terminate]["result"] == {"running": True}
                 assert sum("error" in answer for answer in answers.values()) >= PENDING_WRITES - 2
-            _check_peak(server, f"{PENDING_WRITES} pending 11 MiB writes")
+            _check_peak(server, f"{PENDING_WRITES} pending 11 MiB writes", capsys)
