@@ -1079,3 +1079,16 @@ def test_tolerant_decode_ignores_unknown_event_fields_but_keeps_types_strict() -
     assert decode_error(event).code == p.ErrorCode.INVALID_PARAMS
     with pytest.raises(p.ProtocolError):
         p.decode('{"method":"process/closed","params":{"processId":"a","seq":"2"}}', tolerant=True)
+
+
+def test_a_client_reading_its_server_is_not_held_to_the_servers_bounds() -> None:
+    # A read answer of many one-byte chunks (a progress bar's output) has more values than
+    # a server accepts from a client; the client decodes it whole.
+    chunks = [{"seq": seq, "stream": "stdout", "chunk": "YQ=="} for seq in range(1, 70_000)]
+    text = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"chunks": chunks, "nextSeq": 70_000, "exited": False, "closed": False}})
+    with pytest.raises(p.ProtocolError) as refused:
+        p.decode(text)
+    assert refused.value.code == p.ErrorCode.LIMIT_EXCEEDED
+    response = p.decode(text, tolerant=True)
+    assert isinstance(response, p.Response)
+    assert len(p.decode_result("process/read", response.result).chunks) == 69_999
