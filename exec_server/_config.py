@@ -35,4 +35,6 @@ class ServerConfig:
     outbound_queue_bytes: int = 16 * MIB
     # process/write payload held by one connection's calls in flight (more: -32005).
     max_pending_write_bytes: int = 16 * MIB
+    # argv and env of the records a session holds (more: process/start is -32005).
+    max_session_command_bytes: int = 16 * MIB
     max_concurrent_requests: int = 256

@@ -97,6 +97,9 @@ class Session:
         # so that retention does not slide past what the client has not seen yet.
         self._catch_up: dict[str, trio.Event] = {}
         self._order_locks: dict[str, trio.Lock] = {}
+        # What each process's request costs while its record lives (argv and env are kept
+        # for process/list): bounded per session, so that starts cannot hold gigabytes.
+        self._command_bytes: dict[str, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -271,6 +274,14 @@ class Session:
                 ErrorCode.LIMIT_EXCEEDED,
                 f"limit exceeded: at most {self._config.max_processes_per_session} processes per session",
             )
+        command_bytes = _command_bytes(params)
+        held = sum(self._command_bytes.values())
+        if held and held + command_bytes > self._config.max_session_command_bytes:
+            raise ProtocolError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"limit exceeded: the session's commands hold over {self._config.max_session_command_bytes}"
+                " bytes of argv and env (release closed processes)",
+            )
         retain_bytes = params.retain_bytes or self._config.retain_bytes
         if retain_bytes > self._config.retain_total_bytes:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, "limit exceeded: retainBytes is above the server's total cap")
@@ -310,6 +321,7 @@ class Session:
             ),
         )
         self.processes[params.process_id] = process
+        self._command_bytes[params.process_id] = command_bytes
         _tree.register_waited(process.pid)
         return StartResult(process_id=params.process_id, pid=process.pid, sandbox_type=plan.sandbox_type), process
 
@@ -330,6 +342,7 @@ class Session:
         if self.processes.get(process.process_id) is not process:
             return
         del self.processes[process.process_id]
+        self._command_bytes.pop(process.process_id, None)
         self._release_catch_up(process.process_id)
         self._order_locks.pop(process.process_id, None)
         process.retention.release()
@@ -398,3 +411,8 @@ class Session:
                 for process in self.processes.values()
             )
         )
+
+
+def _command_bytes(params: StartParams) -> int:
+    env = params.env or {}
+    return sum(map(len, params.argv)) + sum(len(name) + len(value) for name, value in env.items())

@@ -28,6 +28,7 @@ BIG_FRAME_BYTES: Final = 60 * MIB
 UNREAD_READS: Final = 200  # × 1 MiB answers
 UNIQUE_WRITE_IDS: Final = 30  # × 8 MiB
 PENDING_WRITES: Final = 24  # × 11 MiB
+HUGE_ARGV_STARTS: Final = 120  # × 1.9 MiB
 
 
 def _check_peak(server: ChildServer, attack: str, capsys: pytest.CaptureFixture[str]) -> int:
@@ -138,3 +139,23 @@ async def test_pending_huge_writes(tmp_path: Path, capsys: pytest.CaptureFixture
                 assert answers[terminate]["result"] == {"running": True}
                 assert sum("error" in answer for answer in answers.values()) >= PENDING_WRITES - 2
             _check_peak(server, f"{PENDING_WRITES} pending 11 MiB writes", capsys)
+
+
+async def test_starts_with_huge_argv(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_leftover_processes: None) -> None:
+    # Each start holds ~1.9 MiB of argv (what exec takes) for as long as its record lives:
+    # 120 of them would be ~230 MiB, kept for process/list, unless the session bounds them.
+    argv = ["sleep", "30", *("a" * (120 * 1024) for _ in range(16))]
+    with trio.fail_after(120):
+        async with child_server(tmp_path, *SERVER_ARGS) as server:
+            async with open_plain_client(server.url, server.token) as attacker:
+                server.reset_peak_rss()
+                codes = []
+                for index in range(HUGE_ARGV_STARTS):
+                    answer = await attacker.call("process/start", {"processId": f"big{index}", "argv": argv})
+                    codes.append(answer["error"]["code"] if "error" in answer else 0)
+                assert codes.count(0) == 8 and set(codes[8:]) == {-32005}, codes
+                listing = await attacker.call("process/list", {})
+                assert len(listing["result"]["processes"]) == 8
+                for index in range(8):
+                    await attacker.call("process/signal", {"processId": f"big{index}", "signal": "kill"})
+            _check_peak(server, f"{HUGE_ARGV_STARTS} starts of 1.9 MiB argv", capsys)
