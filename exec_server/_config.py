@@ -58,6 +58,10 @@ class ServerConfig:
     # a byte bound for queued output.
     outbound_queue_messages: int = 4096
     outbound_queue_bytes: int = 16 * MIB
+    # process/write payload held by one connection's calls in flight (more: -32005).
+    max_pending_write_bytes: int = 16 * MIB
+    # argv and env of the records a session holds (more: process/start is -32005).
+    max_session_command_bytes: int = 16 * MIB
     max_concurrent_requests: int = 256
     # Keepalive: a ping every `ping_interval` seconds (0: none); no pong within
     # `ping_timeout` seconds is a dropped connection (the session detaches).

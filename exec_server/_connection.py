@@ -24,6 +24,7 @@ from ._config import ServerConfig
 from ._fs import FileOperations
 from ._lifecycle import Lifecycle
 from ._outbound import OutboundItem, OutboundQueue
+from ._retention import MAX_READ_BYTES
 from ._session import Session
 from ._transport import MessageTransport, TransportClosed
 from ._wire import encode_event
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A process/read answer's envelope and chunk framing on top of its base64 payload.
+READ_ANSWER_OVERHEAD_BYTES: Final = 64 * 1024
 # Answered by the reader itself, not in a task of their own: `initialize` because nothing
 # may run before the session exists; the others because they never wait (the fork is
 # synchronous) and a task per request is measurable on the one-shot path. Only
@@ -113,7 +116,9 @@ class Connection:
         self._queue = OutboundQueue(
             max_messages=self._config.outbound_queue_messages,
             max_output_bytes=self._config.outbound_queue_bytes,
+            max_bytes=self._config.outbound_queue_bytes,
         )
+        self._pending_write_bytes = 0
         self._session: Session | None = None
         self._generation = 0
         self._delivery = p.Delivery.BEST_EFFORT
@@ -324,7 +329,7 @@ class Connection:
                 await self._enqueue(p.encode_error(error))
                 continue
             size = len(raw)
-            if size * 4 > limit and isinstance(raw, str):
+            if size * 4 > limit and isinstance(raw, str) and not raw.isascii():
                 size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes
             if size > limit:
                 await self._enqueue(self._encode_error(_oversized(raw, size, limit)))
@@ -355,13 +360,27 @@ class Connection:
                         )
                         await self._enqueue(self._encode_error(error))
                         continue
-                    requests.start_soon(self._answer_and_release, message)
+                    write_bytes = len(message.params.chunk) if isinstance(message.params, p.WriteParams) else 0
+                    # One write is always let through alone, whatever its size.
+                    if self._pending_write_bytes and self._pending_write_bytes + write_bytes > self._config.max_pending_write_bytes:
+                        self._request_limit.release()
+                        error = ProtocolError(
+                            ErrorCode.LIMIT_EXCEEDED,
+                            f"limit exceeded: more than {self._config.max_pending_write_bytes} bytes of"
+                            " process/write in flight",
+                            request_id=message.id,
+                        )
+                        await self._enqueue(self._encode_error(error))
+                        continue
+                    self._pending_write_bytes += write_bytes
+                    requests.start_soon(self._answer_and_release, message, write_bytes)
             # Notifications (`initialized`) and stray responses need no answer.
 
-    async def _answer_and_release(self, request: p.Request) -> None:
+    async def _answer_and_release(self, request: p.Request, write_bytes: int) -> None:
         try:
             await self._answer(request)
         finally:
+            self._pending_write_bytes -= write_bytes
             self._request_limit.release()
 
     async def _answer(self, request: p.Request) -> None:
@@ -434,7 +453,17 @@ class Connection:
                     session.begin(process)  # even if cancelled: the process must be reaped
                 return None
             case "process/read":
-                return await session.read(params)
+                process = await session.wait_readable(params)
+                # Room for the largest answer it can be is waited for before it is built.
+                limit = min(params.max_bytes or MAX_READ_BYTES, MAX_READ_BYTES)
+                try:
+                    await self._queue.put_made(
+                        limit * 4 // 3 + READ_ANSWER_OVERHEAD_BYTES,
+                        lambda: p.encode_result(request.id, session.read_now(process, params)),
+                    )
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the connection is gone: nobody to answer
+                return None
             case "process/write":
                 return await session.write(params)
             case "process/signal":
@@ -506,12 +535,8 @@ def _peer_host(peer: str) -> str | None:
 
 
 def _oversized(raw: str | bytes, size: int, limit: int) -> ProtocolError:
-    request_id: Any = None
-    try:
-        message = p.decode(raw)
-        request_id = getattr(message, "id", None)
-    except ProtocolError as exc:
-        request_id = exc.request_id
+    # Never parsed whole: that is what the limit protects (the id is read from the head).
+    request_id = p.sniff_request_id(raw)
     return ProtocolError(
         ErrorCode.LIMIT_EXCEEDED,
         f"limit exceeded: message of {size} bytes is over the {limit}-byte limit",

@@ -1,21 +1,32 @@
-"""A connection's outbound queue: bounded in messages and in queued output bytes.
+"""A connection's outbound queue: bounded in messages and in queued bytes.
 
 Everything a connection writes passes through one ``OutboundQueue`` and one writer task.
-Two bounds, because the items are of two kinds: output chunks (up to 256 KiB each) are
-bounded by their total size, every other message by a generous count — so a burst of
-small events from many processes does not look like a slow consumer.
+Every item is charged its size (a message's length, an output event's chunk, a fixed
+``EVENT_BYTES`` for ``exited``/``closed``), and three bounds apply:
+
+- all items together: ``max_bytes`` — what a client that stops reading can make the
+  server hold for it, whatever it asks for;
+- output events: ``max_output_bytes`` (lossless connections keep it inside retention);
+- a generous count of messages, so that a burst of small events from many processes does
+  not look like a slow consumer.
+
+One item larger than a byte bound still goes through when the queue holds nothing.
 
 When full:
 - ``offer_output`` (bestEffort output) refuses the chunk; the caller counts it dropped
   (the chunk stays retained; the client repairs the gap with ``process/read``).
 - ``put_output`` (lossless output) waits for room; the waiting stops that process's pipe
   pump, which is how backpressure reaches the child.
-- ``put`` (responses, ``exited``, ``closed``) waits for room in the message count.
+- ``put`` (responses, ``exited``, ``closed``) waits for room.
+- ``put_made`` (answers that are big to build: ``process/read``) waits for room for the
+  largest answer it could be *before* building it, so callers that wait hold only their
+  request, never their answer.
 Waiters are served in the order they arrived, so a process's seqs stay in order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -26,6 +37,16 @@ OutboundItem = str | bytes | ProcessEvent
 
 DEFAULT_MAX_MESSAGES: Final = 4096
 DEFAULT_MAX_OUTPUT_BYTES: Final = 16 * 1024 * 1024
+# What an event other than output is charged (its encoded size, generously).
+EVENT_BYTES: Final = 1024
+
+
+def _size(item: OutboundItem) -> int:
+    if isinstance(item, OutputEvent):
+        return len(item.chunk)
+    if isinstance(item, str | bytes):
+        return len(item)
+    return EVENT_BYTES
 
 
 class OutboundQueue:
@@ -34,32 +55,58 @@ class OutboundQueue:
     Args:
         max_messages: capacity in messages (all kinds).
         max_output_bytes: capacity in queued ``process/output`` payload bytes.
+        max_bytes: capacity in bytes of everything queued (default: ``max_output_bytes``).
     """
 
-    def __init__(self, *, max_messages: int, max_output_bytes: int) -> None:
+    def __init__(self, *, max_messages: int, max_output_bytes: int, max_bytes: int | None = None) -> None:
         self._send, self._receive = trio.open_memory_channel[OutboundItem](max_messages)
         self.max_output_bytes = max_output_bytes
+        self.max_bytes = max_output_bytes if max_bytes is None else max_bytes
         self.output_bytes = 0
+        self.queued_bytes = 0
         self._room = trio.Event()
         self._in_order = trio.Lock()  # trio's Lock is FIFO-fair: arrival order is kept
         self._abandoned = False
 
-    def _has_room_for(self, size: int) -> bool:
-        # One chunk larger than the budget still goes through when the queue holds no output.
-        return self.output_bytes == 0 or self.output_bytes + size <= self.max_output_bytes
+    def _has_room_for(self, size: int, *, output: bool) -> bool:
+        if self.queued_bytes == 0:
+            return True  # one item larger than a budget still goes through alone
+        if self.queued_bytes + size > self.max_bytes:
+            return False
+        return not output or self.output_bytes + size <= self.max_output_bytes
+
+    async def _wait_for_room(self, size: int, *, output: bool) -> None:
+        while not self._has_room_for(size, output=output):
+            if self._abandoned:
+                raise trio.BrokenResourceError("the connection's writer is gone")
+            await self._room.wait()
+
+    def _charge(self, item: OutboundItem, sign: int) -> None:
+        size = _size(item)
+        self.queued_bytes += sign * size
+        if isinstance(item, OutputEvent):
+            self.output_bytes += sign * size
+
+    async def _send_charged(self, item: OutboundItem) -> None:
+        self._charge(item, +1)
+        try:
+            await self._send.send(item)
+        except BaseException:
+            self._charge(item, -1)
+            raise
 
     def offer_output(self, event: OutputEvent) -> bool:
         """Queue an output event if there is room now; False means it was not queued.
 
         Refused too while an earlier item waits for room: it must not be overtaken.
         """
-        if self._in_order.locked() or not self._has_room_for(len(event.chunk)):
+        if self._in_order.locked() or not self._has_room_for(len(event.chunk), output=True):
             return False
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
             return False
-        self.output_bytes += len(event.chunk)
+        self._charge(event, +1)
         return True
 
     async def put_output(self, event: OutputEvent) -> None:
@@ -67,35 +114,53 @@ class OutboundQueue:
         if self.offer_output(event):
             return  # the common case: no waiting, no scheduling point
         async with self._in_order:
-            while not self._has_room_for(len(event.chunk)):
-                if self._abandoned:
-                    raise trio.BrokenResourceError("the connection's writer is gone")
-                await self._room.wait()
-            self.output_bytes += len(event.chunk)
-            try:
-                await self._send.send(event)
-            except BaseException:
-                self.output_bytes -= len(event.chunk)
-                raise
+            await self._wait_for_room(len(event.chunk), output=True)
+            await self._send_charged(event)
 
     async def put(self, item: OutboundItem) -> None:
         """Queue a must-deliver item, waiting (in arrival order) for room."""
-        if not self._in_order.locked():
+        if not self._in_order.locked() and self._has_room_for(_size(item), output=False):
             try:
                 self._send.send_nowait(item)
-                return
             except trio.WouldBlock:
                 pass
+            else:
+                self._charge(item, +1)
+                return
         async with self._in_order:
-            await self._send.send(item)
+            await self._wait_for_room(_size(item), output=False)
+            await self._send_charged(item)
+
+    async def put_made(self, size: int, make: Callable[[], OutboundItem]) -> None:
+        """Wait (in arrival order) for room for ``size`` bytes, then queue ``make()``.
+
+        ``make`` runs only once there is room; if it raises, nothing is queued.
+        """
+        if not self._in_order.locked() and self._has_room_for(size, output=False):
+            # The common case, with no scheduling point: an answer whose wait just ended
+            # (a long-poll woken at shutdown) is queued before a cancellation can land.
+            item = make()
+            try:
+                self._send.send_nowait(item)
+            except trio.WouldBlock:
+                pass
+            else:
+                self._charge(item, +1)
+                return
+            async with self._in_order:
+                await self._wait_for_room(_size(item), output=False)
+                await self._send_charged(item)
+            return
+        async with self._in_order:
+            await self._wait_for_room(size, output=False)
+            await self._send_charged(make())
 
     async def get(self) -> OutboundItem:
         """The next item for the writer. Raises ``trio.EndOfChannel`` once closed and empty."""
         item = await self._receive.receive()
-        if isinstance(item, OutputEvent):
-            self.output_bytes -= len(item.chunk)
-            room, self._room = self._room, trio.Event()
-            room.set()
+        self._charge(item, -1)
+        room, self._room = self._room, trio.Event()
+        room.set()
         return item
 
     def close_for_producers(self) -> None:

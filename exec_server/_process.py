@@ -33,15 +33,17 @@ from . import _observe, _tree
 from ._lifecycle import Lifecycle
 from ._retention import RetainedOutput
 from ._spawn import SpawnedProcess
-from .sandbox import DenialReport, LaunchPlan, Sandbox
+from .sandbox import NO_CLEANUP, DenialReport, LaunchPlan, Sandbox
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES: Final = 256 * 1024
 # What the denial heuristic may look at: the end of each stream.
 TAIL_BYTES: Final = 4096
-# Retried writeIds remembered per process.
-MAX_WRITE_IDS: Final = 1024
+# Retried writeIds remembered per process: as many as one connection can have in flight
+# (a resumed client retries those), each at most MAX_WRITE_ID_LENGTH characters, so one
+# process's store stays under 64 KiB whatever its client sends.
+MAX_WRITE_IDS: Final = 256
 # How long a cancelled process may take to die after SIGKILL before we stop waiting.
 REAP_AFTER_KILL_SECONDS: Final = 5.0
 
@@ -179,7 +181,10 @@ class ManagedProcess:
             self._close_stdin()
             for fd in (self._spawned.stdout_fd, self._spawned.stderr_fd):
                 _close_quietly(fd)
-            self._plan.cleanup()
+            if self._plan.cleanup is not NO_CLEANUP:
+                # Off the event loop: a command can leave 100k files in its temp dir.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._plan.cleanup)
             self.closed_event.set()
 
     async def _pump(self, fd: int, stream: Stream) -> None:

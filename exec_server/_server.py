@@ -37,7 +37,7 @@ import trio
 import protocol as p
 from protocol import CloseCode
 
-from . import _tree
+from . import _tempdir, _tree
 from ._config import SERVER_NAME, SERVER_VERSION, ServerConfig
 from ._connection import Connection
 from ._lifecycle import Lifecycle
@@ -150,6 +150,7 @@ class Server:
                 self._nursery = nursery
                 await nursery.start(self.sandbox.run)
                 nursery.start_soon(self._reap_orphans)
+                nursery.start_soon(_tempdir.sweep_stale_in_thread)  # what a killed server left
                 async with trio.open_nursery() as connections:
                     self.connection_nursery = connections
                     self._move(ServerState.SERVING)
@@ -210,8 +211,8 @@ class Server:
             await trio.sleep(ORPHAN_REAP_INTERVAL)
             try:
                 _tree.reap_orphans()
-            except OSError as exc:  # EMFILE under an fd flood: try again next round
-                log.warning("orphan reaper: %s", exc)
+            except OSError as exc:  # EMFILE while a peer floods us: the next round reaps them
+                log.warning("reaping orphans failed (%s); retrying in %.0fs", exc, ORPHAN_REAP_INTERVAL)
 
     # --- sessions ----------------------------------------------------------------------
 

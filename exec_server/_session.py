@@ -165,6 +165,9 @@ class Session:
         # so that retention does not slide past what the client has not seen yet.
         self._catch_up: dict[str, trio.Event] = {}
         self._order_locks: dict[str, trio.Lock] = {}
+        # What each process's request costs while its record lives (argv and env are kept
+        # for process/list): bounded per session, so that starts cannot hold gigabytes.
+        self._command_bytes: dict[str, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -387,6 +390,14 @@ class Session:
                 ErrorCode.LIMIT_EXCEEDED,
                 f"limit exceeded: at most {self._config.max_processes_per_session} processes per session",
             )
+        command_bytes = _command_bytes(params)
+        held = sum(self._command_bytes.values())
+        if held and held + command_bytes > self._config.max_session_command_bytes:
+            raise ProtocolError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"limit exceeded: the session's commands hold over {self._config.max_session_command_bytes}"
+                " bytes of argv and env (release closed processes)",
+            )
         retain_bytes = params.retain_bytes or self._config.retain_bytes
         if retain_bytes > self._config.retain_total_bytes:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, "limit exceeded: retainBytes is above the server's total cap")
@@ -402,6 +413,8 @@ class Session:
             plan = server.sandbox.prepare(policy, list(params.argv), cwd, env, limits=params.limits)
         except SandboxUnavailable as exc:
             raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
+        except OSError as exc:  # the private temp dir: ENOSPC, EMFILE... the host's state, not our bug
+            raise _spawn.spawn_failed(exc, "sandbox setup") from None
         try:
             spawned = _spawn.spawn(plan.argv, cwd=cwd, env=plan.env, pipe_stdin=params.pipe_stdin, pass_fds=plan.pass_fds)
         except ProtocolError:
@@ -424,6 +437,7 @@ class Session:
             ),
         )
         self.processes[params.process_id] = process
+        self._command_bytes[params.process_id] = command_bytes
         _tree.register_waited(process.pid)
         return StartResult(process_id=params.process_id, pid=process.pid, sandbox_type=plan.sandbox_type), process
 
@@ -445,6 +459,7 @@ class Session:
         if self.processes.get(process.process_id) is not process:
             return
         del self.processes[process.process_id]
+        self._command_bytes.pop(process.process_id, None)
         self._release_catch_up(process.process_id)
         self._order_locks.pop(process.process_id, None)
         process.retention.release()
@@ -453,9 +468,17 @@ class Session:
             self._tombstones.popitem(last=False)
 
     async def read(self, params: ReadParams) -> ReadResult:
+        return self.read_now(await self.wait_readable(params), params)
+
+    async def wait_readable(self, params: ReadParams) -> ManagedProcess:
+        """The long-poll half of ``process/read``: returns the process to ``read_now``."""
         process = self._process(params.process_id)
         if params.wait_ms and not process.is_closed and process.next_seq <= params.after_seq + 1:
             await process.wait_for_change(params.after_seq, params.wait_ms / 1000.0)
+        return process
+
+    def read_now(self, process: ManagedProcess, params: ReadParams) -> ReadResult:
+        """The answer of ``process/read`` (never waits)."""
         result = process.read(params.after_seq, params.max_bytes)
         if not result.chunks or result.next_seq > (result.last_seq or 0):
             # The client has caught up to what was retained: live output may flow again.
@@ -505,3 +528,8 @@ class Session:
                 for process in self.processes.values()
             )
         )
+
+
+def _command_bytes(params: StartParams) -> int:
+    env = params.env or {}
+    return sum(map(len, params.argv)) + sum(len(name) + len(value) for name, value in env.items())

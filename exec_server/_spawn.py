@@ -20,6 +20,9 @@ from protocol import ErrorCode, ProtocolError
 _F_SETPIPE_SZ: Final = 1031
 # Bigger pipes mean fewer wake-ups per megabyte when a command streams output.
 PIPE_BYTES: Final = 1024 * 1024
+# Inherited variables a command never sees unless its request sets them (``is_withheld``).
+SERVER_VAR_PREFIX: Final = "EXEC_SERVER_"
+SECRET_NAME_WORDS: Final = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
 
 
 @attrs.frozen
@@ -39,8 +42,21 @@ def spawn_failed(err: OSError, what: str) -> ProtocolError:
     )
 
 
+def is_withheld(name: str) -> bool:
+    """Whether the server's variable ``name`` is kept from commands that inherit its environment.
+
+    The server's own settings (``EXEC_SERVER_*``, the token among them) and anything named
+    like a credential: a command may run untrusted code, and with network access a token
+    would let it start a weaker-policy command through this very server.
+    """
+    upper = name.upper()
+    return upper.startswith(SERVER_VAR_PREFIX) or any(word in upper for word in SECRET_NAME_WORDS)
+
+
 def build_env(base: dict[str, str] | None, inherit: bool, marker: str, marker_var: str) -> dict[str, str]:
-    env = dict(os.environ) if inherit else {}
+    """A command's environment: the server's (``inherit``) minus what ``is_withheld`` keeps
+    back, then the request's ``env`` (which wins, withheld names included), then the marker."""
+    env = {name: value for name, value in os.environ.items() if not is_withheld(name)} if inherit else {}
     if base:
         env.update(base)
     env[marker_var] = marker

@@ -148,7 +148,7 @@ def reap_orphans() -> None:
         try:
             if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
                 os.waitpid(pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError):
+        except (psutil.Error, OSError):  # gone already, or EMFILE: the next round retries
             pass
 
 

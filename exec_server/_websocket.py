@@ -59,8 +59,9 @@ log = logging.getLogger(__name__)
 
 # The WebSocket layer lets through messages up to this; our own limit (maxMessageBytes) is
 # lower so that an oversized message is answered with -32005 instead of killing the
-# connection with 1009.
-_FRAME_LIMIT_FACTOR: Final = 4
+# connection with 1009. Not more: a message being assembled is held twice (its parts and
+# their join), and that must fit the server's memory bound.
+_FRAME_LIMIT_FACTOR: Final = 2
 _RECEIVE_BUFFER_BYTES: Final = 256 * 1024
 _MESSAGE_QUEUE_SIZE: Final = 1
 DEFAULT_MAX_PENDING_HANDSHAKES: Final = 256

@@ -104,6 +104,17 @@ def _structure_str(value: Any, type_: type) -> str:
     return value
 
 
+def _structure_utf8_str(value: Any, type_: type) -> str:
+    text = _structure_str(value, type_)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # JSON may spell a lone surrogate ("\\ud800"); no OS interface can carry one.
+            raise ValueError(f"not valid Unicode: lone surrogate at character {exc.start}") from None
+    return text
+
+
 def _structure_int(value: Any, _type: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
@@ -153,8 +164,12 @@ def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
     converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=forbid_extra_keys)
     # cattrs' defaults call ``int(value)``/``str(value)``; ours refuse to coerce. Every
     # enum of the protocol is a ``str`` subclass, so the string hook also serves enums.
+    # What a server receives must be valid Unicode (argv, env and paths reach the OS); what
+    # a client receives may carry a lone surrogate (a denial's path decoded with
+    # surrogateescape).
+    string_hook = _structure_utf8_str if forbid_extra_keys else _structure_str
     for exact_type, hook in (
-        (str, _structure_str),
+        (str, string_hook),
         (int, _structure_int),
         (float, _structure_float),
         (bool, _structure_bool),
@@ -197,8 +212,14 @@ def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
                 raise TypeError(f"expected an object, got {type(value).__name__}")
             result = {}
             for key, item in value.items():
-                _structure_str(key, str)
-                result[key] = value_hook(item, value_type)
+                try:
+                    string_hook(key, str)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"key {key!r}: {exc}") from None
+                try:
+                    result[key] = value_hook(item, value_type)
+                except ValueError as exc:
+                    raise ValueError(f"value of {key!r}: {exc}") from None
             return result
 
         return structure_dict
@@ -340,6 +361,96 @@ def encode(message: Message) -> str:
     return encode_error(ProtocolError(message.code, message.message, message.data, request_id=message.id))
 
 
+# --- bounds before the parse -----------------------------------------------------------------
+#
+# A parsed JSON value costs far more memory than its text: ``[{},{},…]`` is 3 bytes per empty
+# dict of ~64 bytes, so a 16 MiB message could take 400 MiB before any check ran. Counting
+# costs little: ``str.count`` of the structural characters runs at memory speed, and a
+# legitimate message is far under both bounds, so the common case never strips strings.
+# Over the cheap count (which counts characters inside strings too), strings are taken out
+# and the count is made exact; the depth is computed only then, on the brackets alone.
+
+# Values in one message (containers and scalars): more is -32005 before it is parsed.
+MAX_JSON_VALUES: Final = 1 << 18
+# Nesting of arrays and objects in one message: deeper is -32005 before it is parsed.
+MAX_JSON_DEPTH: Final = 64
+# Escape pairs go first (a backslash outside a string is not JSON anyway); what is left of a
+# string is then quote, non-quotes, quote: both patterns match in linear time, whatever
+# the input (no backtracking pattern is ever run over attacker text).
+_ESCAPES: Final = re.compile(r"\\.", re.DOTALL)
+_ESCAPES_B: Final = re.compile(rb"\\.", re.DOTALL)
+_STRINGS: Final = re.compile(r'"[^"]*+"')
+_STRINGS_B: Final = re.compile(rb'"[^"]*+"')
+_NOT_BRACKETS: Final = re.compile(r"[^\[\]{}]+")
+_NOT_BRACKETS_B: Final = re.compile(rb"[^\[\]{}]+")
+_INNERMOST: Final = re.compile(r"\[\]|\{\}")
+
+
+def _too_big(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"limit exceeded: {message}")
+
+
+def check_bounds(text: str | bytes, *, max_values: int = MAX_JSON_VALUES, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse, before parsing, JSON with more than ``max_values`` values or deeper than ``max_depth``.
+
+    Raises:
+        ProtocolError: -32005 (the id cannot be known without the parse: it is null).
+    """
+    if isinstance(text, str):
+        opens = text.count("[") + text.count("{")
+        commas = text.count(",")
+    else:
+        opens = text.count(b"[") + text.count(b"{")
+        commas = text.count(b",")
+    if opens <= max_depth and opens + commas < max_values:
+        return  # the common case: a bound on the count bounds both
+    # Each value is an element of a container (one more than its commas) or the top value.
+    if isinstance(text, str):
+        bare = _STRINGS.sub("", _ESCAPES.sub("", text))
+        opens, commas = bare.count("[") + bare.count("{"), bare.count(",")
+    else:
+        bare_b = _STRINGS_B.sub(b"", _ESCAPES_B.sub(b"", text))
+        opens, commas = bare_b.count(b"[") + bare_b.count(b"{"), bare_b.count(b",")
+    if opens + commas + 1 > max_values:
+        raise _too_big(f"more than {max_values} JSON values in one message")
+    if opens <= max_depth:
+        return
+    if isinstance(text, str):
+        brackets = _NOT_BRACKETS.sub("", bare)
+    else:
+        brackets = _NOT_BRACKETS_B.sub(b"", bare_b).decode("ascii")
+    # Peel the innermost pairs off, one level per pass: deeper than max_depth passes is too deep.
+    deep_run = re.compile(f"[\\[{{]{{{max_depth + 1}}}")  # that many opens in a row
+    for _level in range(max_depth):
+        if deep_run.search(brackets):
+            break
+        peeled = _INNERMOST.sub("", brackets)
+        if not peeled or peeled == brackets:
+            return  # all peeled, or unbalanced: the parse gives the precise error
+        brackets = peeled
+    raise _too_big(f"JSON nested deeper than {max_depth} levels")
+
+
+_HEAD_BYTES: Final = 4096
+# The id of a message too big to parse, when it comes before anything nested (as every
+# client of this protocol writes it): `{"jsonrpc":"2.0","id":7,...` or `{"id":"a","method":...`.
+_ID_IN_HEAD: Final = re.compile(
+    r'\A\s*\{(?:\s*"(?:jsonrpc|method)"\s*:\s*"[^"\\]{0,256}"\s*,)*\s*"id"\s*:\s*(-?\d{1,19}|"[^"\\]{0,1024}")\s*[,}]'
+)
+
+
+def sniff_request_id(text: str | bytes) -> RequestId | None:
+    """The id of a call, read from the head of its text without parsing the rest (None: unknown)."""
+    head = text[:_HEAD_BYTES]
+    if isinstance(head, bytes):
+        head = head.decode("utf-8", "replace")
+    match = _ID_IN_HEAD.match(head)
+    if match is None:
+        return None
+    value = json.loads(match.group(1))
+    return value if _valid_id(value) else None
+
+
 # --- decode -----------------------------------------------------------------------------
 
 
@@ -356,13 +467,18 @@ def decode(text: str | bytes, *, tolerant: bool = False) -> Message:
 
     Requests and notifications get typed params; responses keep a raw ``result``
     (see ``decode_result``). ``tolerant`` (for a client) ignores unknown fields of
-    notifications; a server decodes strictly.
+    notifications and skips the bounds checked before the parse; a server decodes strictly.
 
     Raises:
         ProtocolError: -32700 for bad JSON, -32600 for a malformed envelope, -32601 for an
-            unknown method, -32602 for bad params. ``request_id`` is set whenever the
-            offending message carried a usable id.
+            unknown method, -32602 for bad params, -32005 past ``MAX_JSON_VALUES`` or
+            ``MAX_JSON_DEPTH`` (not checked when ``tolerant``). ``request_id`` is set
+            whenever the offending message carried a usable id.
     """
+    if not tolerant:
+        # What a server receives is bounded before the parse. A client reading its own
+        # (trusted) server is not: a read answer of many one-byte chunks is legitimate.
+        check_bounds(text)
     try:
         payload = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):

@@ -16,6 +16,8 @@ import attrs
 
 PROTOCOL_VERSION: Final = 1
 MAX_PROCESS_ID_LENGTH: Final = 128
+# An idempotency key, remembered by the server: a uuid needs 32.
+MAX_WRITE_ID_LENGTH: Final = 128
 _PROCESS_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_ARGV_ITEMS: Final = 65_536
 _MAX_MS: Final = 7 * 24 * 3600 * 1000  # a week: larger waits/timeouts are client bugs
@@ -98,6 +100,11 @@ def _relative_subpaths(_inst: object, attribute: attrs.Attribute[Any], value: tu
         parts = path.split("/")
         if not path or os.path.isabs(path) or "\0" in path or ".." in parts or len(path) > 4096:
             raise FieldError(attribute.name, f"must be relative paths without '..', got {path!r}")
+
+
+def _write_id(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and len(value) > MAX_WRITE_ID_LENGTH:
+        raise FieldError(attribute.name, f"writeId must be at most {MAX_WRITE_ID_LENGTH} characters")
 
 
 def _argv(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -332,7 +339,7 @@ class ReadResult:
 class WriteParams:
     process_id: str = attrs.field(validator=_process_id)
     chunk: bytes = b""
-    write_id: str | None = None
+    write_id: str | None = attrs.field(default=None, validator=_write_id)
     eof: bool = False
 
 

@@ -555,9 +555,8 @@ def test_error_codes_match_the_contract() -> None:
         '{"id":1}{"id":2}',
         b"\xff\xfe\xfd",
         b'{"id":1,"method":"\xc3"}',
-        "[" * 100_000 + "]" * 100_000,
-        '{"a":' * 100_000 + "1" + "}" * 100_000,
         '{"id":' + "9" * 5000 + "}",
+        "[" * 64 + "]" * 63,  # within the depth bound: the parse finds the missing bracket
     ],
     ids=lambda text: repr(text[:24]),
 )
@@ -565,6 +564,39 @@ def test_bad_json_is_a_parse_error(text: str | bytes) -> None:
     error = decode_error(text)
     assert error.code == p.ErrorCode.PARSE_ERROR
     assert error.request_id is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        "[" * 65 + "]" * 65,
+        b"[" * 65 + b"]" * 65,
+        "[" + "[],"  * 40 + "[" * 70 + "{}" + "]" * 70 + "]",  # wide, and deep in one element
+        "[" + "{}," * 300_000 + "{}]",
+        b"[" + b"1," * 300_000 + b"1]",
+    ],
+    ids=lambda text: repr(text[:24]) + f"…{len(text)}",
+)
+def test_too_deep_or_too_many_values_is_refused_before_the_parse(text: str | bytes) -> None:
+    error = decode_error(text)
+    assert error.code == p.ErrorCode.LIMIT_EXCEEDED, error
+    assert error.request_id is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "process/start",
+                    "params": {"processId": "p", "argv": ["sh", "-c", "[" * 200 + "," * 300_000]}}),
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "process/start",
+                    "params": {"processId": "p", "argv": ["echo", '\\"[[[' * 100]}}),
+    ],
+    ids=["brackets and commas in a string", "escaped quotes and brackets"],
+)  # fmt: skip
+def test_brackets_and_commas_inside_strings_do_not_count(text: str) -> None:
+    assert isinstance(p.decode(text), p.Request)
 
 
 # --- -32600: not a valid envelope ---------------------------------------------------------------
@@ -1054,3 +1086,16 @@ def test_tolerant_decode_ignores_unknown_event_fields_but_keeps_types_strict() -
     assert decode_error(event).code == p.ErrorCode.INVALID_PARAMS
     with pytest.raises(p.ProtocolError):
         p.decode('{"method":"process/closed","params":{"processId":"a","seq":"2"}}', tolerant=True)
+
+
+def test_a_client_reading_its_server_is_not_held_to_the_servers_bounds() -> None:
+    # A read answer of many one-byte chunks (a progress bar's output) has more values than
+    # a server accepts from a client; the client decodes it whole.
+    chunks = [{"seq": seq, "stream": "stdout", "chunk": "YQ=="} for seq in range(1, 70_000)]
+    text = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"chunks": chunks, "nextSeq": 70_000, "exited": False, "closed": False}})
+    with pytest.raises(p.ProtocolError) as refused:
+        p.decode(text)
+    assert refused.value.code == p.ErrorCode.LIMIT_EXCEEDED
+    response = p.decode(text, tolerant=True)
+    assert isinstance(response, p.Response)
+    assert len(p.decode_result("process/read", response.result).chunks) == 69_999

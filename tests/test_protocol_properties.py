@@ -268,6 +268,7 @@ DECODE_ERROR_CODES: Final = {
     p.ErrorCode.INVALID_REQUEST,
     p.ErrorCode.METHOD_NOT_FOUND,
     p.ErrorCode.INVALID_PARAMS,
+    p.ErrorCode.LIMIT_EXCEEDED,  # nested deeper than the codec's bound, checked before the parse
 }
 
 

@@ -47,6 +47,6 @@ from ._errors import SandboxUnavailable as SandboxUnavailable
 from ._kernel import KernelSupport as KernelSupport, detect as detect
 from ._launcher import Launcher as Launcher, find_launcher as find_launcher
 from ._limits import CommandLimits as CommandLimits, LimitVerdict as LimitVerdict, ResourceLimiter as ResourceLimiter
-from ._plan import LaunchPlan as LaunchPlan
+from ._plan import NO_CLEANUP as NO_CLEANUP, LaunchPlan as LaunchPlan
 from ._sandbox import Sandbox as Sandbox
 from ._settings import SandboxSettings as SandboxSettings

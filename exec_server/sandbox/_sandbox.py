@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable
@@ -15,6 +14,7 @@ import trio
 from protocol import ResourceLimits, SandboxMode, SandboxPolicy
 from protocol._messages import DEFAULT_READ_ONLY_SUBPATHS
 
+from .. import _tempdir
 from . import _ceilings
 from ._denials import DenialMonitor, DenialReport
 from ._errors import SandboxUnavailable
@@ -28,7 +28,6 @@ from ._settings import SandboxSettings
 
 SANDBOX_TYPE_LANDLOCK = "landlock"
 SANDBOX_TYPE_NONE = "none"
-_TEMP_PREFIX = "exec-sandbox-"
 _MASK_PREFIX = "exec-server-masks-"
 # What the launcher's own environment keeps of the command's: the tree marker
 # (``exec_server._tree.TREE_MARKER_VAR``), so the init of a tree that outlived its command
@@ -116,7 +115,7 @@ def _remove_stale_placeholders() -> None:
 
 
 def _remove_placeholders(base: str) -> None:
-    shutil.rmtree(base, ignore_errors=True)
+    _tempdir.remove_tree(base)
 
 
 def _is_within(path: str, root: str) -> bool:
@@ -140,12 +139,8 @@ def _carve_outs(policy: SandboxPolicy, roots: Iterable[str]) -> tuple[str, ...]:
 
 def _temp_dir_cleanup(path: str) -> Callable[[], None]:
     def cleanup() -> None:
-        try:
-            os.rmdir(path)  # the common case, and a fraction of rmtree's cost
-        except OSError:
-            # rmtree is idempotent with ignore_errors, and on Linux it walks by fd, so a
-            # symlink the command planted cannot redirect the removal.
-            shutil.rmtree(path, ignore_errors=True)
+        # Blocking, bounded, never raises (see _tempdir.py): the process core runs it in a thread.
+        _tempdir.remove_tree(path)
 
     return cleanup
 
@@ -358,7 +353,7 @@ class Sandbox:
         env = dict(env)
         cleanup: Callable[[], None] = NO_CLEANUP
         if policy.mode is SandboxMode.WORKSPACE_WRITE:
-            temp = tempfile.mkdtemp(prefix=_TEMP_PREFIX)
+            temp = tempfile.mkdtemp(prefix=_tempdir.private_dir_prefix())
             cleanup = _temp_dir_cleanup(temp)
             writable = (*writable, temp)
             env.update(TMPDIR=temp, TMP=temp, TEMP=temp)
