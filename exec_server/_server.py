@@ -171,7 +171,11 @@ class Server:
             # init is gone: reap them, so that the cgroups they held can be removed.
             with trio.CancelScope(shield=True), trio.move_on_after(LEFTOVER_SETTLE_SECONDS):
                 while True:
-                    _tree.reap_orphans()
+                    try:
+                        _tree.reap_orphans()
+                    except OSError as exc:  # out of descriptors: the next start sweeps what is left
+                        log.warning("reaping orphans at exit failed: %s", exc)
+                        break
                     if self.sandbox.sweep_leftovers():
                         break
                     await trio.sleep(LEFTOVER_SETTLE_SECONDS / 50)
