@@ -33,6 +33,7 @@ import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection
+from wsproto.utilities import LocalProtocolError
 
 from . import _metrics
 from ._http import (
@@ -120,13 +121,15 @@ class WebSocketTransport:
     async def send(self, message: str | bytes) -> None:
         try:
             await self._websocket.send_message(message)
-        except trio_websocket.ConnectionClosed:
+        except (trio_websocket.ConnectionClosed, LocalProtocolError):
+            # LocalProtocolError: we already sent our close frame (a 1007 for the peer's
+            # bad frame, say) and wsproto refuses anything after it.
             raise TransportClosed from None
 
     async def ping(self) -> None:
         try:
             await self._websocket.ping()  # waits for the matching pong
-        except trio_websocket.ConnectionClosed:
+        except (trio_websocket.ConnectionClosed, LocalProtocolError):
             raise TransportClosed from None
 
     async def close(self, code: int, reason: str) -> None:
@@ -294,6 +297,10 @@ class WebSocketService:
                 )  # fmt: skip
                 try:
                     await self._server.serve(transport)
+                except Exception:
+                    # A bug in one connection's handling must not take the server (and every
+                    # other session) down with it: that connection ends, the rest serve on.
+                    log.exception("connection from %s failed", peer)
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_SECONDS):
                         await transport.close(_CLOSE_NORMAL, "")
