@@ -1,8 +1,14 @@
-"""trio client for the exec server: run remote commands and get one trustworthy terminal record.
+"""Client for the exec server: run remote commands and get one trustworthy terminal record.
+
+The same API three ways — asyncio or trio (``open_client``, one async client on anyio),
+and sync code (``connect``):
 
     async with open_client("ws://127.0.0.1:8765", token=token) as client:
         record = await client.run(["sh", "-c", "echo hi; exit 3"])
-        assert record.exit_code == 3 and record.stdout == b"hi\n"
+        assert record.exit_code == 3 and record.stdout == b"hi\\n"
+
+    with connect("ws://127.0.0.1:8765", token=token) as client:
+        print(client.run("echo hi").stdout)
 """
 
 from protocol import Completion as Completion, OutputChunk as OutputChunk, SandboxPolicy as SandboxPolicy
@@ -11,10 +17,12 @@ from protocol import TerminalRecord as TerminalRecord
 from ._client import DEFAULT_URL as DEFAULT_URL
 from ._client import Client as Client
 from ._client import ClientState as ClientState
+from ._client import ListedProcess as ListedProcess
 from ._client import ServerInfo as ServerInfo
 from ._client import new_process_id as new_process_id
 from ._client import open_client as open_client
-from ._connection import decode_frame as decode_frame
+from ._core import decode_frame as decode_frame
+from ._errors import CommandFailed as CommandFailed
 from ._errors import ConnectionFailed as ConnectionFailed
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import DuplicateProcess as DuplicateProcess
@@ -31,4 +39,11 @@ from ._errors import ServerError as ServerError
 from ._errors import ServerShuttingDown as ServerShuttingDown
 from ._errors import SpawnFailed as SpawnFailed
 from ._errors import UnknownProcess as UnknownProcess
+from ._handle import HandleState as HandleState
 from ._handle import ProcessHandle as ProcessHandle
+from ._lifecycle import IllegalTransition as IllegalTransition
+from ._sync import SyncClient as SyncClient
+from ._sync import SyncProcessHandle as SyncProcessHandle
+from ._sync import connect as connect
+
+__version__ = "0.2.0"

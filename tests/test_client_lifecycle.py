@@ -1,0 +1,134 @@
+"""The client's lifecycle against a real server process: shutdown (1001), keepalive, no spinning."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Final
+
+import attrs
+import pytest
+import trio
+
+import exec_client
+from exec_client import _core
+from exec_client._lifecycle import IllegalTransition, Lifecycle
+from test_cli import REPO
+from test_delivery_support import subprocess_server, terminate_and_time
+
+GRACE_S: Final = 1.0
+# The CLI must be gone within the grace plus this (the issue's bound).
+EXIT_SLACK_S: Final = 2.0
+
+
+@attrs.frozen
+class Finished:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    cpu_seconds: float
+    ended_at: float
+
+
+def _run_and_account(popen: subprocess.Popen[bytes]) -> Finished:
+    """Wait for ``popen`` with wait4, so that its own CPU time is known exactly."""
+    assert popen.stdout is not None and popen.stderr is not None
+    stdout = popen.stdout.read()
+    stderr = popen.stderr.read()
+    _pid, status, usage = os.wait4(popen.pid, 0)
+    ended = time.monotonic()
+    popen.returncode = os.waitstatus_to_exitcode(status)
+    popen.stdout.close()
+    popen.stderr.close()
+    return Finished(popen.returncode, stdout, stderr, usage.ru_utime + usage.ru_stime, ended)
+
+
+def cli_popen(args: list[str], token: str, home: Path) -> subprocess.Popen[bytes]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EXEC_SERVER_")}
+    env.update(HOME=str(home), EXEC_SERVER_TOKEN=token)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-m", "exec_client", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+async def test_server_sigterm_under_a_running_cli_ends_it_promptly_without_spinning(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with subprocess_server(tmp_path, "--shutdown-grace", str(GRACE_S)) as server:
+            marker = tmp_path / "started"
+            popen = cli_popen(
+                ["run", "--url", server.url, "--", "sh", "-c", f"touch {marker}; exec sleep 30"], server.token, tmp_path
+            )
+            finished: list[Finished] = []
+
+            async def wait_cli() -> None:
+                finished.append(await trio.to_thread.run_sync(_run_and_account, popen))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_cli)
+                while not marker.exists():
+                    await trio.sleep(0.02)
+                sent = terminate_and_time(server)
+        done = finished[0]
+    elapsed = done.ended_at - sent
+    stderr = done.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    assert stderr.count("\n") <= 1, stderr
+    # The drain killed the sleep after the grace and reported it before 1001: the CLI
+    # exits with that exit (SIGTERM/SIGKILL), or 255 with "server shut down".
+    assert done.returncode in (128 + 15, 128 + 9, 255), stderr
+    if done.returncode == 255:
+        assert _core.SERVER_SHUT_DOWN in stderr
+    assert elapsed <= GRACE_S + EXIT_SLACK_S, elapsed
+    # Interpreter start-up and imports cost well under a second; a spin would use the
+    # whole wall time of the wait on a core.
+    assert done.cpu_seconds < 0.5 * (elapsed + 1.0), (done.cpu_seconds, elapsed)
+
+
+async def test_a_1001_without_the_record_ends_it_with_server_shut_down(tmp_path: Path) -> None:
+    """A second SIGTERM kills every tree and closes at once: the record still ends promptly."""
+    with trio.fail_after(30):
+        async with subprocess_server(tmp_path, "--shutdown-grace", "30") as server:
+            async with exec_client.open_client(server.url, token=server.token) as client:
+                handle = await client.start(["sleep", "30"])
+                await trio.sleep(0)  # the start is answered; the drain now waits on it
+                terminate_and_time(server)
+                # A second signal kills every tree at once and closes with 1001.
+                await trio.sleep(0.3)
+                terminate_and_time(server)
+                record = await handle.wait()
+            assert client.state is exec_client.ClientState.CLOSED
+    # Either the kill's exit reached us before the 1001, or the record says why it ended.
+    assert record.exit_code in (128 + 9, 128 + 15) or record.failure == _core.SERVER_SHUT_DOWN, record
+
+
+def test_retry_backoff_is_bounded_and_never_zero() -> None:
+    backoff = _core.Backoff(0.01, 0.5)
+    delays = [backoff.next() for _ in range(12)]
+    assert delays[0] == 0.01 and all(0 < d <= 0.5 for d in delays) and delays[-1] == 0.5
+    backoff.reset()
+    assert backoff.next() == 0.01
+
+
+def test_close_codes_decide_resume_or_give_up() -> None:
+    assert _core.after_close(1001, "x", resume=True, ttl_ms=30_000) == _core.GiveUp(_core.SERVER_SHUT_DOWN)
+    assert isinstance(_core.after_close(4001, "x", resume=True, ttl_ms=30_000), _core.GiveUp)
+    assert isinstance(_core.after_close(1006, "x", resume=False, ttl_ms=30_000), _core.GiveUp)
+    assert isinstance(_core.after_close(None, "x", resume=True, ttl_ms=None), _core.GiveUp)
+    resume = _core.after_close(1006, "x", resume=True, ttl_ms=10_000)
+    assert isinstance(resume, _core.Resume) and 0 < resume.seconds < 10
+
+
+def test_the_client_lifecycle_names_an_illegal_move() -> None:
+    table = {exec_client.ClientState.CLOSED: frozenset[exec_client.ClientState]()}
+    lifecycle = Lifecycle("client", exec_client.ClientState.CLOSED, table)
+    with pytest.raises(IllegalTransition, match="CLOSED -> CONNECTED"):
+        lifecycle.move(exec_client.ClientState.CONNECTED)
+
