@@ -466,6 +466,21 @@ class Client:
             await self._connection.aclose()
         self._task_group.cancel_scope.cancel()
 
+    async def detach(self) -> None:
+        """Drop the connection without a closing handshake and close the client.
+
+        The server then keeps the session detached for its TTL, as after a cut, so that
+        another client can resume it (``open_client(session_id=...)``) and ``attach``.
+        """
+        if self.state is ClientState.CLOSED:
+            return
+        self._lifecycle.move(ClientState.CLOSED)
+        for handle in list(self._handles.values()):
+            handle.lost("client detached")
+        if self._connection is not None:
+            await self._connection.abort("detached by the client")
+        self._task_group.cancel_scope.cancel()
+
     # --- what handles call (HandleHost) ------------------------------------------------------
 
     async def call(

@@ -221,5 +221,6 @@ class Connection:
             if incoming.process_id is not None:
                 self._on_unreadable(incoming.process_id)
         elif isinstance(incoming, Ignored):
-            logger.warning("exec_client: ignoring %s", incoming.message)
+            # E.g. the late answer to a call whose caller was cancelled: nothing is wrong.
+            logger.debug("exec_client: ignoring %s", incoming.message)
 

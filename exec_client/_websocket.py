@@ -48,7 +48,7 @@ def _os_reason(exc: BaseException) -> str:
     while seen:
         current = seen.pop(0)
         if isinstance(current, OSError) and current.errno is not None:
-            return (current.strerror or os.strerror(current.errno)).lower()
+            return os.strerror(current.errno).lower()
         if isinstance(current, BaseExceptionGroup):
             seen.extend(current.exceptions)
         if current.__cause__ is not None:
