@@ -101,6 +101,11 @@ class WebSocketTransport:
                     raise
         except TimeoutError:
             raise ConnectionFailed(f"cannot connect to {url}: no answer within {timeout:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            detail = exc.verify_message or exc.reason or "untrusted"
+            raise ConnectionFailed(
+                f"cannot connect to {url}: TLS certificate verify failed: {detail} (see ca_file / --ca-file)"
+            ) from None
         except ssl.SSLError as exc:
             raise ConnectionFailed(f"cannot connect to {url}: TLS failed: {exc.reason or exc}") from None
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
