@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import pytest
 import trio
 
 import exec_client
+import protocol as p
 from exec_client import _core
 from exec_client._lifecycle import IllegalTransition, Lifecycle
 from test_cli import REPO
-from test_delivery_support import subprocess_server, terminate_and_time
+from test_delivery_support import StallProxy, subprocess_server, terminate_and_time
 
 GRACE_S: Final = 1.0
 # The CLI must be gone within the grace plus this (the bound).
@@ -132,3 +135,52 @@ def test_the_client_lifecycle_names_an_illegal_move() -> None:
     with pytest.raises(IllegalTransition, match="CLOSED -> CONNECTED"):
         lifecycle.move(exec_client.ClientState.CONNECTED)
 
+
+
+async def test_a_missing_pong_counts_as_a_cut_and_the_session_resumes(server: Any, nursery: trio.Nursery) -> None:
+    target_port = int(server.url.rsplit(":", 1)[1])
+    proxy = await nursery.start(StallProxy(target_port).serve)
+    notes: list[str] = []
+    interval, timeout = 0.2, 0.3
+    async with exec_client.open_client(
+        proxy.url, token=server.token, ping_interval=interval, ping_timeout=timeout, on_resume=notes.append
+    ) as client:
+        with trio.fail_after(20):
+            handle = await client.start(["sh", "-c", "printf first; read go; printf second"], pipe_stdin=True)
+            assert (await anext(aiter(handle))).chunk == b"first"
+            proxy.stall()  # the server goes silent: no pong, no FIN
+        with trio.fail_after(interval + timeout + 1.0):
+            while client.state is not exec_client.ClientState.RESUMING:
+                await trio.sleep(0.01)
+        proxy.flow()
+        with trio.fail_after(20):
+            await handle.write(b"go\n")
+            await handle.close_stdin()
+            record = await handle.wait()
+            assert client.resumes == 1
+    assert (record.stdout, record.exit_code, record.failure) == (b"firstsecond", 0, None)
+    assert "no pong" in notes[0] and "resumed" in notes[-1]
+
+
+async def test_one_sync_client_serves_many_threads_at_once(server: Any) -> None:
+    def program() -> list[p.TerminalRecord]:
+        with exec_client.connect(server.url, token=server.token) as client:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                return list(pool.map(lambda n: client.run(["sh", "-c", f"echo {n}"]), range(32)))
+
+    with trio.fail_after(30):
+        records = await trio.to_thread.run_sync(program)
+    assert [record.stdout for record in records] == [f"{n}\n".encode() for n in range(32)]
+
+
+async def test_the_sync_client_works_from_the_worker_threads_of_a_running_asyncio_program(server: Any) -> None:
+    async def program() -> list[bytes]:
+        def blocking(n: int) -> bytes:
+            with exec_client.connect(server.url, token=server.token) as client:
+                return client.run(["echo", str(n)]).stdout
+
+        return list(await asyncio.gather(*(asyncio.to_thread(blocking, n) for n in range(3))))
+
+    with trio.fail_after(30):
+        outputs = await trio.to_thread.run_sync(lambda: asyncio.run(program()))
+    assert outputs == [b"0\n", b"1\n", b"2\n"]
