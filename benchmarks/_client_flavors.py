@@ -86,6 +86,8 @@ def _env(token: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("EXEC_SERVER_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["EXEC_SERVER_TOKEN"] = token
+    # As installed for users: bytecode is cached (the warm-up call writes what is missing).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -138,7 +140,7 @@ def measure(url: str, token: str, *, batches: int, per_batch: int, cold_runs: in
 
 def section(result: FlavorResult, *, batches: int, per_batch: int, cold_runs: int) -> Section:
     out = Section("Client flavors and CLI cold start")
-    table = out.table("arm", "p50 ms", "vs trio", caption=f"One-shot `{TRUE}`, {batches} alternating batches × {per_batch} calls per flavor")
+    table = out.table("flavor", "p50 ms", "vs trio", caption=f"One-shot `{TRUE}`, {batches} alternating batches × {per_batch} calls per flavor")
     for flavor in FLAVORS:
         table.add(flavor, fmt_ms(result.p50[flavor] * 1000), f"{result.p50[flavor] / result.p50['trio']:.2f}×")
     cold = out.table("command", "p50 ms", caption=f"Whole-process wall time, {cold_runs} interleaved pairs")
