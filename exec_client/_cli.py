@@ -39,6 +39,8 @@ EXIT_BROKEN_PIPE: Final = 128 + SIGPIPE_NUMBER
 SIGINT_NUMBER: Final = 2
 _PROG: Final = "exec-client"
 _STDIN_READ_BYTES: Final = 256 * 1024
+# Chunks read ahead of the command's stdin; when full, the reader thread waits.
+_STDIN_QUEUE_CHUNKS: Final = 4
 # A reader of our stdout went away: the remote command gets this long to end after SIGTERM.
 _BROKEN_PIPE_GRACE: Final = 0.5
 
@@ -288,24 +290,45 @@ async def _forward_signals(handle: ProcessHandle) -> None:
 
 
 async def _forward_stdin(handle: ProcessHandle) -> None:
-    """Copy our stdin to the command's, then close it (EOF)."""
+    """Copy our stdin to the command's, then close it (EOF).
+
+    Read by a daemon thread, not a non-blocking fd (our stdin may be shared with the
+    shell) nor a worker thread (the interpreter waits for those at exit, and a stdin that
+    never ends — ``sleep 100 | exec-client run -- true`` — must not keep us alive).
+    """
+    import threading
+
     import anyio
+    import anyio.from_thread
+    import anyio.lowlevel
 
     import protocol as p
 
     from ._errors import ExecClientError
 
-    fd = sys.stdin.fileno()
+    send, receive = anyio.create_memory_object_stream[bytes](_STDIN_QUEUE_CHUNKS)
+    token = anyio.lowlevel.current_token()
+
+    def reader() -> None:
+        try:
+            while data := os.read(sys.stdin.fileno(), _STDIN_READ_BYTES):
+                anyio.from_thread.run(send.send, data, token=token)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.RunFinishedError):
+            pass
+        finally:
+            try:
+                anyio.from_thread.run_sync(send.close, token=token)
+            except anyio.RunFinishedError:
+                pass
+
+    threading.Thread(target=reader, name="exec-client stdin", daemon=True).start()
     try:
-        while True:
-            # A thread, not a non-blocking fd: our stdin may be shared with the shell.
-            data = await anyio.to_thread.run_sync(os.read, fd, _STDIN_READ_BYTES, abandon_on_cancel=True)
-            if not data:
-                break
-            if await handle.write(data) is not p.WriteStatus.ACCEPTED:
-                return  # the command closed its stdin or exited; stop reading ours
+        async with receive:
+            async for data in receive:
+                if await handle.write(data) is not p.WriteStatus.ACCEPTED:
+                    return  # the command closed its stdin or exited; stop reading ours
         await handle.close_stdin()
-    except (OSError, ExecClientError):
+    except ExecClientError:
         pass  # the record tells what happened to the command
 
 

@@ -393,3 +393,21 @@ async def test_no_resume_fails_at_once_without_resuming(serve_fake: ServeFake, t
     assert done.returncode == 255
     assert "session resume is off" in one_line(done.stderr)
     assert fake.connections == 1
+
+
+async def test_a_stdin_that_never_ends_does_not_keep_the_cli_alive(server: Any, tmp_path: Path) -> None:
+    env = cli_env({"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}, tmp_path)
+    with trio.fail_after(30):
+        # Like `sleep 100 | exec-client run -- true`: our stdin stays open and silent.
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "exec_client", "run", "--", "true"], env=env, stdin=subprocess.PIPE
+        )
+        assert process.stdin is not None
+        try:
+            with trio.fail_after(15):
+                assert await process.wait() == 0
+        finally:
+            await process.stdin.aclose()
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
