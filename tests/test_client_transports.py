@@ -22,10 +22,12 @@ from client_flavors import FLAVORS, Flavor
 from exec_server._auth import presented_token, token_matches
 from exec_server._websocket import WebSocketTransport
 
-SERVER_STDIO: Final = [
-    sys.executable, "-m", "exec_server", "serve", "--listen", "stdio",
-    "--sandbox", "none", "--audit-denials", "off", "--log-level", "WARNING",
-]  # fmt: skip
+def server_stdio(directory: Path) -> list[str]:
+    """The spawned server's command (its token file stays in ``directory``, not in $HOME)."""
+    return [
+        sys.executable, "-m", "exec_server", "serve", "--listen", "stdio", "--token-file", str(directory / "token"),
+        "--sandbox", "none", "--audit-denials", "off", "--log-level", "WARNING",
+    ]  # fmt: skip
 
 
 async def _serve_ws_on(server: Any, listener: trio.abc.Listener[Any], *, task_status: trio.TaskStatus[None]) -> None:
@@ -110,7 +112,7 @@ def stdio_flavor(request: pytest.FixtureRequest) -> Flavor:
 
 async def test_stdio_to_a_spawned_server(stdio_flavor: Flavor, tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with stdio_flavor.open(None, None, command=SERVER_STDIO) as client:  # type: ignore[arg-type]
+        async with stdio_flavor.open(None, None, command=server_stdio(tmp_path)) as client:  # type: ignore[arg-type]
             record = await client.run(["sh", "-c", "echo over stdio; echo err >&2; exit 5"], stdin=b"x")
             piped = await client.run(["cat"], stdin=b"\x00\x01 binary-safe through JSON")
     assert (record.exit_code, record.stdout, record.stderr, record.failure) == (5, b"over stdio\n", b"err\n", None)
@@ -124,10 +126,15 @@ async def test_a_command_that_cannot_start_is_a_connection_failure() -> None:
                 pass  # pragma: no cover
 
 
-async def test_a_spawned_server_that_dies_fails_the_records_promptly() -> None:
+async def test_a_spawned_server_that_dies_fails_the_records_promptly(tmp_path: Path) -> None:
     with trio.fail_after(20):
-        async with exec_client.open_client(command=SERVER_STDIO) as client:
-            handle = await client.start(["sh", "-c", "kill -KILL $PPID; sleep 30"])  # the server itself
+        async with exec_client.open_client(command=server_stdio(tmp_path)) as client:
+            # On a line of stdin the command kills its parent, the server itself.
+            handle = await client.start(["sh", "-c", "read go; kill -KILL $PPID; sleep 30"], pipe_stdin=True)
+            try:
+                await handle.write(b"go\n")
+            except exec_client.ConnectionLost:
+                pass  # the server may die before it answers
             record = await handle.wait()
     assert record.failure is not None and "exited" in record.failure
 
@@ -183,12 +190,12 @@ async def sshd(tmp_path: Path) -> AsyncIterator[tuple[int, list[str]]]:
 
 
 @pytest.mark.skipif(SSHD is None or shutil.which("ssh") is None, reason="needs openssh-server and ssh")
-async def test_ssh_runs_the_server_over_stdio(sshd: tuple[int, list[str]]) -> None:
+async def test_ssh_runs_the_server_over_stdio(sshd: tuple[int, list[str]], tmp_path: Path) -> None:
     port, options = sshd
     user = os.environ.get("USER") or "root"
     with trio.fail_after(60):
         async with exec_client.open_client(
-            f"ssh://{user}@127.0.0.1:{port}", command=SERVER_STDIO, ssh_options=options
+            f"ssh://{user}@127.0.0.1:{port}", command=server_stdio(tmp_path), ssh_options=options
         ) as client:
             record = await client.run("echo over ssh; hostname >/dev/null")
             assert client.info.server_name
