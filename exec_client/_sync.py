@@ -10,8 +10,9 @@ terminates the remote process as a cancelled ``run`` does, before the interrupt 
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -20,8 +21,8 @@ import anyio.from_thread
 
 import protocol as p
 
-from ._client import Client, ClientState, ListedProcess, ServerInfo, open_client
-from ._handle import HandleState, ProcessHandle
+from ._client import Client, ClientState, Command, ListedProcess, ServerInfo, StdinSource, open_client
+from ._handle import HandleState, OutputCallback, ProcessHandle
 
 T = TypeVar("T")
 
@@ -163,13 +164,76 @@ class SyncClient(AbstractContextManager["SyncClient"]):
     def resumes(self) -> int:
         return self._client.resumes
 
-    def run(self, command: str | Sequence[str], **kwargs: Any) -> p.TerminalRecord:
-        """``Client.run``: run to completion; Ctrl-C terminates the remote process."""
-        return self._loop.call(self._client.run, command, **kwargs)
+    def run(
+        self,
+        command: Command,
+        *,
+        shell: bool | None = None,
+        check: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        stdin: StdinSource | None = None,
+        timeout: float | None = None,
+        sandbox: p.SandboxPolicy | Mapping[str, Any] | str | None = None,
+        max_output_bytes: int | None = p.DEFAULT_MAX_OUTPUT_BYTES,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> p.TerminalRecord:
+        """``Client.run`` (same arguments): run to completion; Ctrl-C terminates the remote process."""
+        return self._loop.call(
+            self._client.run,
+            command,
+            shell=shell,
+            check=check,
+            cwd=cwd,
+            env=env,
+            inherit_env=inherit_env,
+            stdin=stdin,
+            timeout=timeout,
+            sandbox=sandbox,
+            max_output_bytes=max_output_bytes,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
 
-    def start(self, command: str | Sequence[str], **kwargs: Any) -> SyncProcessHandle:
-        """``Client.start``: start and return a handle at once."""
-        return SyncProcessHandle(self._loop, self._loop.call(self._client.start, command, **kwargs))
+    def start(
+        self,
+        command: Command,
+        *,
+        shell: bool | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        stdin: StdinSource | None = None,
+        pipe_stdin: bool = False,
+        timeout: float | None = None,
+        sandbox: p.SandboxPolicy | Mapping[str, Any] | str | None = None,
+        max_output_bytes: int | None = p.DEFAULT_MAX_OUTPUT_BYTES,
+        stream_output: bool = True,
+        process_id: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> SyncProcessHandle:
+        """``Client.start`` (same arguments): start and return a handle at once."""
+        handle = self._loop.call(
+            self._client.start,
+            command,
+            shell=shell,
+            cwd=cwd,
+            env=env,
+            inherit_env=inherit_env,
+            stdin=stdin,
+            pipe_stdin=pipe_stdin,
+            timeout=timeout,
+            sandbox=sandbox,
+            max_output_bytes=max_output_bytes,
+            stream_output=stream_output,
+            process_id=process_id,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
+        return SyncProcessHandle(self._loop, handle)
 
     def attach(self, process_id: str, *, stream_output: bool = True) -> SyncProcessHandle:
         return SyncProcessHandle(self._loop, self._loop.call(self._client.attach, process_id, stream_output=stream_output))
@@ -179,6 +243,12 @@ class SyncClient(AbstractContextManager["SyncClient"]):
 
     def list_processes(self) -> tuple[p.ProcessInfo, ...]:
         return self._loop.call(self._client.list_processes)
+
+    def detach(self) -> None:
+        """``Client.detach``: leave the session detached on the server, then close."""
+        if not self._closed:
+            self._loop.call(self._client.detach)
+        self.close()
 
     def close(self) -> None:
         """Close the session and stop its event-loop thread. Idempotent."""

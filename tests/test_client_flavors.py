@@ -161,3 +161,14 @@ async def test_attach_from_a_new_client_of_the_same_session(flavor: Flavor, serv
             old = await started.wait()
     assert (record.stdout, record.exit_code, record.failure) == (b"earlylate now\n", 0, None)
     assert old.failure is not None and "taken over" in old.failure
+
+
+def test_the_sync_client_takes_the_async_clients_arguments() -> None:
+    import inspect
+
+    for name in ("run", "start", "attach", "list", "list_processes", "detach"):
+        async_params = inspect.signature(getattr(exec_client.Client, name)).parameters
+        sync_params = inspect.signature(getattr(exec_client.SyncClient, name)).parameters
+        assert [(p.name, p.kind, p.default) for p in async_params.values()] == [
+            (p.name, p.kind, p.default) for p in sync_params.values()
+        ], name
