@@ -30,9 +30,9 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_URL": "._client",
     "Client": "._client",
     "ClientState": "._client",
-    "ListedProcess": "._client",
-    "ServerInfo": "._client",
-    "new_process_id": "._client",
+    "ListedProcess": "._info",
+    "ServerInfo": "._info",
+    "new_process_id": "._arguments",
     "open_client": "._client",
     "decode_frame": "._core",
     "HandleState": "._handle",
@@ -90,9 +90,9 @@ if TYPE_CHECKING:
     from ._client import DEFAULT_URL as DEFAULT_URL
     from ._client import Client as Client
     from ._client import ClientState as ClientState
-    from ._client import ListedProcess as ListedProcess
-    from ._client import ServerInfo as ServerInfo
-    from ._client import new_process_id as new_process_id
+    from ._arguments import new_process_id as new_process_id
+    from ._info import ListedProcess as ListedProcess
+    from ._info import ServerInfo as ServerInfo
     from ._client import open_client as open_client
     from ._core import decode_frame as decode_frame
     from ._errors import CommandFailed as CommandFailed

@@ -31,17 +31,16 @@ import enum
 import logging
 import math
 import os
-import shlex
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 import anyio
 import anyio.abc
-import attrs
 
 import protocol as p
 
+from ._arguments import Command, StdinSource, check_failed, check_stdin, command_argv, new_process_id, sandbox_policy
 from ._connection import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, CloseInfo, Connection
 from ._core import Backoff, GiveUp, after_close
 from ._errors import (
@@ -56,6 +55,7 @@ from ._errors import (
     UnknownProcess,
 )
 from ._handle import OutputCallback, ProcessHandle
+from ._info import ListedProcess, ServerInfo
 from ._lifecycle import Lifecycle
 from ._transport import CommandTarget, Target, TransportClosed, open_transport, parse_target
 
@@ -81,10 +81,6 @@ RELEASE_DRAIN_SECONDS: Final = 1.0
 # Reads of a file object given as stdin, in a worker thread.
 STDIN_FILE_READ_BYTES: Final = 256 * 1024
 
-StdinSource: TypeAlias = "bytes | bytearray | memoryview | str | AsyncIterable[bytes | str] | Any"
-Command: TypeAlias = "str | Sequence[str]"
-
-
 class ClientState(enum.Enum):
     """Where the client's session stands."""
 
@@ -103,122 +99,6 @@ _TRANSITIONS: Final = {
     _S.LOST: frozenset({_S.CLOSED}),
     _S.CLOSED: frozenset[ClientState](),
 }
-
-
-@attrs.frozen(kw_only=True)
-class ServerInfo:
-    """What ``initialize`` said, decoded leniently so that older servers still work."""
-
-    session_id: str
-    server_name: str
-    server_version: str
-    protocol_version: int
-    push_events: bool
-    lossless: bool
-    release: bool
-    binary_output: bool
-    sandbox: dict[str, Any]
-    limits: dict[str, Any]
-    resumed: bool
-
-    @property
-    def detached_session_ttl_ms(self) -> int | None:
-        value = self.limits.get("detachedSessionTtlMs")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    @classmethod
-    def from_result(cls, raw: Any) -> ServerInfo:
-        """Decode an ``initialize`` result; only ``sessionId`` is required.
-
-        Raises:
-            ProtocolViolation: the result is not an object or has no string ``sessionId``.
-        """
-        if not isinstance(raw, dict) or not isinstance(raw.get("sessionId"), str):
-            raise ProtocolViolation("malformed initialize result: no sessionId")
-        capabilities = raw.get("capabilities")
-        capabilities = capabilities if isinstance(capabilities, dict) else {}
-        limits = raw.get("limits")
-        sandbox = capabilities.get("sandbox")
-        version = raw.get("protocolVersion")
-        return cls(
-            session_id=raw["sessionId"],
-            server_name=str(raw.get("serverName", "")),
-            server_version=str(raw.get("serverVersion", "")),
-            protocol_version=version if isinstance(version, int) else p.PROTOCOL_VERSION,
-            push_events=capabilities.get("pushEvents") is True,
-            lossless=capabilities.get("lossless") is True,
-            release=capabilities.get("release") is True,
-            binary_output=capabilities.get("binaryOutput") is True,
-            sandbox=sandbox if isinstance(sandbox, dict) else {},
-            limits=limits if isinstance(limits, dict) else {},
-            resumed=raw.get("resumed") is True,
-        )
-
-
-@attrs.frozen(kw_only=True)
-class ListedProcess:
-    """One process of ``Client.list()``: what the server says, and the session it belongs to."""
-
-    process_id: str
-    pid: int
-    argv: tuple[str, ...]
-    state: p.ProcessState
-    next_seq: int
-    session_id: str
-
-
-def new_process_id() -> str:
-    """A fresh processId: unique, and within the protocol's ``[A-Za-z0-9._:-]{1,128}``."""
-    return f"exec-{os.urandom(16).hex()}"  # os.urandom: uuid costs ~15 ms to import
-
-
-def command_argv(command: Command, shell: bool | None) -> tuple[str, ...]:
-    """A str runs through ``sh -c`` (``shell=False`` with a str is a ``TypeError``); a list is exec'd.
-
-    Raises:
-        TypeError: a str with ``shell=False``, or a list holding something that is not a str.
-    """
-    if isinstance(command, str):
-        if shell is False:
-            raise TypeError("a str command runs through sh -c; pass a list of arguments with shell=False")
-        return ("sh", "-c", command)
-    if isinstance(command, bytes | bytearray) or not isinstance(command, Sequence):
-        raise TypeError(f"command must be a str or a list of str, not {type(command).__name__}")
-    argv = tuple(command)
-    for arg in argv:
-        if not isinstance(arg, str):
-            raise TypeError(f"every argument must be a str, not {type(arg).__name__}: {arg!r}")
-    return ("sh", "-c", shlex.join(argv)) if shell else argv
-
-
-def check_stdin(stdin: object) -> None:
-    """Reject a stdin the client cannot send, before anything starts.
-
-    Raises:
-        TypeError: not bytes, str, a binary/text file object, or an async iterable.
-    """
-    if stdin is None or isinstance(stdin, bytes | bytearray | memoryview | str):
-        return
-    if callable(getattr(stdin, "read", None)) or hasattr(stdin, "__aiter__"):
-        return
-    raise TypeError(
-        f"stdin must be bytes, str, a file object or an async iterable of bytes/str, not {type(stdin).__name__}"
-    )
-
-
-def _sandbox_policy(sandbox: p.SandboxPolicy | Mapping[str, Any] | str | None) -> p.SandboxPolicy | None:
-    if sandbox is None or isinstance(sandbox, p.SandboxPolicy):
-        return sandbox
-    if isinstance(sandbox, str):
-        return p.SandboxPolicy(mode=p.SandboxMode(sandbox))
-    try:
-        return p.structure(dict(sandbox), p.SandboxPolicy)  # type: ignore[no-any-return]
-    except p.ProtocolError as exc:
-        raise ValueError(f"invalid sandbox policy: {exc.message}") from None
-
-
-def _failed(record: p.TerminalRecord) -> bool:
-    return bool(record.failure is not None or record.exit_code != 0 or record.timed_out or record.sandbox_denied)
 
 
 class Client:
@@ -345,7 +225,7 @@ class Client:
             if handle.record is None:
                 await self._terminate_quietly(handle.process_id)
             raise
-        if check and _failed(record):
+        if check and check_failed(record):
             raise CommandFailed(record)
         return record
 
@@ -390,7 +270,7 @@ class Client:
             inherit_env=inherit_env,
             pipe_stdin=pipe_stdin or stdin is not None,
             timeout_ms=math.ceil(timeout * 1000) if timeout is not None else None,
-            sandbox=_sandbox_policy(sandbox),
+            sandbox=sandbox_policy(sandbox),
         )
         handle = self._new_handle(process_id, argv, stream_output, max_output_bytes, on_stdout, on_stderr)
         try:

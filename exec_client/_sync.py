@@ -21,8 +21,10 @@ import anyio.from_thread
 
 import protocol as p
 
-from ._client import Client, ClientState, Command, ListedProcess, ServerInfo, StdinSource, open_client
+from ._arguments import Command, StdinSource
+from ._client import Client, ClientState, open_client
 from ._handle import HandleState, OutputCallback, ProcessHandle
+from ._info import ListedProcess, ServerInfo
 
 T = TypeVar("T")
 
