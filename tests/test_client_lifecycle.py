@@ -184,3 +184,50 @@ async def test_the_sync_client_works_from_the_worker_threads_of_a_running_asynci
     with trio.fail_after(30):
         outputs = await trio.to_thread.run_sync(lambda: asyncio.run(program()))
     assert outputs == [b"0\n", b"1\n", b"2\n"]
+
+
+# --- the sans-io core: synchronous round trips ----------------------------------------------
+
+
+def test_the_request_tracker_correlates_answers_and_classifies_everything_else() -> None:
+    tracker = _core.RequestTracker()
+    first, frame = tracker.request(p.EmptyParams(), "process/list")
+    assert first == 1 and '"method":"process/list"' in frame.replace(" ", "")
+    second, _ = tracker.request(p.SignalParams(process_id="x", signal=p.SignalName.KILL))
+    raw, _ = tracker.request(p.EmptyParams(), "process/list", raw=True)
+
+    answered = tracker.receive('{"jsonrpc":"2.0","id":1,"result":{"processes":[]}}')
+    assert answered == _core.Answer(1, result=p.ListResult(processes=()))
+    refused = tracker.receive('{"jsonrpc":"2.0","id":2,"error":{"code":-32001,"message":"unknown process"}}')
+    assert isinstance(refused, _core.Answer) and isinstance(refused.error, exec_client.UnknownProcess)
+    assert tracker.receive('{"jsonrpc":"2.0","id":3,"result":{"any":1}}') == _core.Answer(raw, result={"any": 1})
+    assert tracker.outstanding == 0
+    # A late answer (its caller gave up) is ignored; a call the client does not know
+    # names no process, so there is nothing to repair.
+    assert isinstance(tracker.receive('{"jsonrpc":"2.0","id":2,"result":{"delivered":true}}'), _core.Ignored)
+    assert tracker.receive('{"jsonrpc":"2.0","id":9,"method":"x","params":{}}') == _core.Unreadable(
+        None, "method not found: x"
+    )
+    # A broken event names its process, so that process can repair it by a read.
+    broken = tracker.receive('{"jsonrpc":"2.0","method":"process/output","params":{"processId":"p1","seq":"x"}}')
+    assert isinstance(broken, _core.Unreadable) and broken.process_id == "p1"
+    assert isinstance(tracker.receive("not json"), _core.Unreadable)
+    event = tracker.receive(p.encode_notification(p.ClosedEvent(process_id="p1", seq=3)))
+    assert event == _core.Event(p.Notification("process/closed", p.ClosedEvent(process_id="p1", seq=3)))
+
+
+def test_a_malformed_result_is_a_protocol_violation() -> None:
+    tracker = _core.RequestTracker()
+    request_id, _ = tracker.request(p.SignalParams(process_id="x", signal=p.SignalName.KILL))
+    answer = tracker.receive(f'{{"jsonrpc":"2.0","id":{request_id},"result":{{"delivered":"yes"}}}}')
+    assert isinstance(answer, _core.Answer) and isinstance(answer.error, exec_client.ProtocolViolation)
+
+
+def test_the_handle_lifecycle_names_an_illegal_move() -> None:
+    from exec_client._handle import _TRANSITIONS, HandleState
+
+    lifecycle = Lifecycle("process p1", HandleState.STARTING, _TRANSITIONS)
+    lifecycle.move(HandleState.RUNNING)
+    lifecycle.move(HandleState.COMPLETE)
+    with pytest.raises(IllegalTransition, match="process p1: illegal transition COMPLETE -> RUNNING"):
+        lifecycle.move(HandleState.RUNNING)
