@@ -358,6 +358,15 @@ async def _stream(handle: ProcessHandle) -> None:
         _note(str(exc))
 
 
+def _stdin_usable() -> bool:
+    """Whether we have a stdin at all (a daemon may run us with fd 0 closed)."""
+    try:
+        os.fstat(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
 def _silence_stdout() -> None:
     """After EPIPE: point fd 1 at /dev/null so the interpreter's final flush stays quiet."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -391,7 +400,7 @@ async def _run_command(client: Client, args: argparse.Namespace, command: list[s
 
     import protocol as p
 
-    forward_stdin = not args.no_stdin and (args.stdin or not os.isatty(sys.stdin.fileno()))
+    forward_stdin = not args.no_stdin and _stdin_usable() and (args.stdin or not os.isatty(sys.stdin.fileno()))
     handle = await client.start(
         command,
         cwd=args.cwd,  # sent as given: a relative one is resolved on the server

@@ -411,3 +411,16 @@ async def test_a_stdin_that_never_ends_does_not_keep_the_cli_alive(server: Any, 
             if process.returncode is None:
                 process.kill()
             await process.wait()
+
+
+async def test_runs_with_no_stdin_at_all(server: Any, tmp_path: Path) -> None:
+    env = cli_env({"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}, tmp_path)
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            ["sh", "-c", f"exec {sys.executable} -m exec_client run -- echo ok <&-"],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"ok\n", b"")
