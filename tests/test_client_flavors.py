@@ -73,6 +73,20 @@ async def test_start_and_stream_chunks_and_lines(flavor: Flavor, server: Any) ->
     assert lines == ["a", "b", "c"]
 
 
+async def test_output_callbacks_see_every_chunk_in_order(flavor: Flavor, server: Any) -> None:
+    out: list[bytes] = []
+    err: list[bytes] = []
+    with trio.fail_after(30):
+        async with flavor.open(server.url, server.token) as client:
+            record = await client.run(
+                ["sh", "-c", "for i in 1 2 3; do echo out$i; echo err$i >&2; done"],
+                on_stdout=out.append,
+                on_stderr=err.append,
+            )
+    assert b"".join(out) == record.stdout == b"out1\nout2\nout3\n"
+    assert b"".join(err) == record.stderr == b"err1\nerr2\nerr3\n"
+
+
 async def test_stdin_as_bytes_str_and_file_and_bad_types_start_nothing(flavor: Flavor, server: Any) -> None:
     with trio.fail_after(30):
         async with flavor.open(server.url, server.token) as client:
