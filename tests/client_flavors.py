@@ -288,7 +288,12 @@ class _SyncClient:
         )
         assert process.stdout is not None and process.stderr is not None
         try:
-            assert await process.stdout.receive_some(100) == b"connected\n"
+            first = b""
+            while not first.endswith(b"\n") and (piece := await process.stdout.receive_some(100)):
+                first += piece
+            if first != b"connected\n":
+                await process.wait()
+                raise AssertionError(f"the sync child did not connect: {await process.stderr.receive_some(65536)!r}")
             await trio.sleep(after)  # the run is in flight: this is the user's Ctrl-C moment
             process.send_signal(signal.SIGINT)
             await process.wait()
