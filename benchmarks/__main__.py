@@ -16,7 +16,7 @@ from typing import Any, Final, TypeVar
 import attrs
 import trio
 
-from . import _codex, _concurrency, _latency, _memory, _peers, _sandbox_overhead, _throughput
+from . import _client_flavors, _codex, _concurrency, _latency, _memory, _peers, _sandbox_overhead, _throughput
 from ._profile import profiling
 from ._report import Section, Target, plot_cdf, render
 from ._servers import server_process
@@ -41,6 +41,9 @@ class Plan:
     overhead_runs: int
     overhead_calls: int
     ballast_bytes: int
+    flavor_batches: int
+    flavor_per_batch: int
+    cold_runs: int
 
 
 FULL: Final = Plan(
@@ -54,6 +57,9 @@ FULL: Final = Plan(
     overhead_runs=3,
     overhead_calls=100,
     ballast_bytes=1024 * MIB,
+    flavor_batches=6,
+    flavor_per_batch=50,
+    cold_runs=20,
 )
 QUICK: Final = Plan(
     protocols=(_latency.Protocol("seed (quick)", 1, 5),),
@@ -66,6 +72,9 @@ QUICK: Final = Plan(
     overhead_runs=1,
     overhead_calls=5,
     ballast_bytes=64 * MIB,
+    flavor_batches=1,
+    flavor_per_batch=5,
+    cold_runs=3,
 )
 
 
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report path (the CDF PNG goes next to it)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="record py-spy profiles of server and client into DIR")
     parser.add_argument("--audit-denials", choices=["auto", "on", "off"], default="off", help="the server's --audit-denials")
-    parser.add_argument("--skip", action="append", default=[], choices=["latency", "throughput", "concurrency", "memory", "sandbox", "peers", "codex"])
+    parser.add_argument("--skip", action="append", default=[], choices=["latency", "client", "throughput", "concurrency", "memory", "sandbox", "peers", "codex"])
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     report = Report()
@@ -128,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                     last = latency.by_protocol[plan.protocols[-1].label]
                     cdf.update({r.name: r.samples for r in last})
                     targets += _latency_targets(last, plan.protocols[-1].label)
+            if "client" not in args.skip:
+                counts = {"batches": plan.flavor_batches, "per_batch": plan.flavor_per_batch, "cold_runs": plan.cold_runs}
+                flavors = report.attempt("client flavors", lambda: _client_flavors.measure(server.url, server.token, **counts))
+                if flavors is not None:
+                    report.sections.append(_client_flavors.section(flavors, **counts))
+                    targets += _client_flavor_targets(flavors)
             if "throughput" not in args.skip:
                 with profiling(args.profile, "throughput", roles):
                     throughput = report.attempt(
@@ -237,6 +252,21 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(render("Benchmark results", command, targets, report.sections, preamble))
     print(f"benchmarks: wrote {args.out}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _client_flavor_targets(result: _client_flavors.FlavorResult) -> list[Target]:
+    return [
+        Target(
+            "asyncio client one-shot p50 ≤ 1.2× the trio client's (no trio imported)",
+            f"{result.asyncio_over_trio:.2f}× ({result.p50['asyncio'] * 1000:.2f} vs {result.p50['trio'] * 1000:.2f} ms)",
+            result.asyncio_over_trio <= 1.2,
+        ),
+        Target(
+            "`exec-client run -- /usr/bin/true` ≤ 4× a bare `python3 -c pass`",
+            f"{result.cold_over_bare:.2f}× ({result.cold_p50 * 1000:.0f} vs {result.bare_p50 * 1000:.0f} ms)",
+            result.cold_over_bare <= 4,
+        ),
+    ]
 
 
 def _latency_targets(results: list[_latency.ArmResult], label: str) -> list[Target]:

@@ -1,78 +1,120 @@
-"""``exec-client run [options] -- CMD ARGS…``: run one command through an exec server.
+"""``exec-client``: run one command through an exec server, like ``ssh host cmd``.
 
-Streams the command's stdout/stderr to our own as chunks arrive and exits with its exit
-code (a signal's ``128+N`` is what ``exitCode`` already holds). ``--json`` prints only the
-terminal record. Exit 255: connection/auth failure or a record with ``failure`` set; 127/126
-when the program is missing / not executable; 2 for usage errors.
+``exec-client run [options] -- CMD ARGS…`` streams the command's stdout/stderr to ours as
+chunks arrive, forwards our stdin when it is not a terminal (``-n``: never), and exits
+with the command's exit code (a signal's ``128+N`` is what ``exitCode`` already holds).
+``--json`` prints exactly one record, a failure to start included. ``ps`` and ``kill``
+act on the processes of a session (``--session``, e.g. the ``sessionId`` of a ``--json``
+record). Exit statuses: 255 connection/auth failure or a record with ``failure``; 127/126
+program missing / not executable; 125 the working directory is missing; 141 our stdout
+closed (``| head``); 2 usage errors.
+
+Imports are deferred to the code that needs them: a build tool calls this once per
+command, and interpreter start-up is most of its cost.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import importlib.metadata
-import json
 import os
-import signal
 import sys
-from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-import trio
+if TYPE_CHECKING:
+    import protocol as p
 
-import protocol as p
+    from ._client import Client
+    from ._errors import SpawnFailed
+    from ._handle import ProcessHandle
 
-from ._client import DEFAULT_URL, Client, open_client
-from ._errors import ConnectionFailed, ConnectionLost, ExecClientError, OutputOverrun, ServerError, SpawnFailed
-from ._handle import ProcessHandle
-
+DEFAULT_URL: Final = "ws://127.0.0.1:8765"
 DEFAULT_TOKEN_FILE: Final = "~/.config/exec-server/token"
 EXIT_CLIENT_FAILURE: Final = 255
 EXIT_USAGE: Final = 2
 EXIT_NOT_FOUND: Final = 127
 EXIT_NOT_EXECUTABLE: Final = 126
+EXIT_BAD_CWD: Final = 125
+SIGPIPE_NUMBER: Final = 13
+EXIT_BROKEN_PIPE: Final = 128 + SIGPIPE_NUMBER
+SIGINT_NUMBER: Final = 2
 _PROG: Final = "exec-client"
 _STDIN_READ_BYTES: Final = 256 * 1024
+# Chunks read ahead of the command's stdin; when full, the reader thread waits.
+_STDIN_QUEUE_CHUNKS: Final = 4
+# A reader of our stdout went away: the remote command gets this long to end after SIGTERM.
+_BROKEN_PIPE_GRACE: Final = 0.5
 
 
 class _UsageError(Exception):
     pass
 
 
+class _BrokenPipe(Exception):
+    pass
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        help=f"server: ws://HOST:PORT, wss://HOST:PORT, unix:/PATH or ssh://[USER@]HOST[:PORT] "
+        f"(env EXEC_SERVER_URL; default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"file holding the token (env EXEC_SERVER_TOKEN / EXEC_SERVER_TOKEN_FILE; default {DEFAULT_TOKEN_FILE})",
+    )
+    parser.add_argument("--ca-file", metavar="PATH", help="trust only this CA bundle for wss:// (default: system CAs)")
+    parser.add_argument("--no-resume", action="store_true", help="do not resume the session after a connection loss")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_PROG, description="Run commands through an exec server.")
-    parser.add_argument("--version", action="version", version=f"{_PROG} {importlib.metadata.version('exec-server')}")
+    parser.add_argument("--version", action="version", version=f"{_PROG} {_version()}")
     commands = parser.add_subparsers(dest="subcommand", required=True)
     run = commands.add_parser(
         "run",
         help="run one command and exit with its exit code",
         usage=f"{_PROG} run [options] -- CMD [ARGS...]",
         epilog="exit status: the command's exit code (128+N if killed by signal N); 127/126 if the "
-        "program is missing/not executable; 255 if the server cannot be reached, refuses the token, "
-        "or the record could not be completed; 2 for usage errors",
+        "program is missing/not executable; 125 if the working directory is missing; 141 if our "
+        "stdout was closed; 255 if the server cannot be reached, refuses the token, or the record "
+        "could not be completed; 2 for usage errors",
     )
-    run.add_argument("--url", help=f"server URL (env EXEC_SERVER_URL; default {DEFAULT_URL})")
-    run.add_argument(
-        "--token-file",
-        metavar="PATH",
-        help=f"file holding the token (env EXEC_SERVER_TOKEN / EXEC_SERVER_TOKEN_FILE; default {DEFAULT_TOKEN_FILE})",
-    )
-    run.add_argument("--json", action="store_true", help="print only the terminal record as JSON")
+    _add_connection_options(run)
+    run.add_argument("--json", action="store_true", help="print only the terminal record as JSON (always one)")
+    run.add_argument("--binary", action="store_true", help="with --json: stdout/stderr as base64 (binary-safe)")
     run.add_argument("--timeout", type=float, metavar="S", help="kill the command's tree after S seconds")
-    run.add_argument("--cwd", metavar="DIR", help="working directory on the server host")
+    run.add_argument("--cwd", metavar="DIR", help="working directory on the server host (relative: to the server's)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set an environment variable")
-    run.add_argument(
-        "--sandbox",
-        choices=[mode.value for mode in p.SandboxMode],
-        help="sandbox mode (default: the server's)",
-    )
+    run.add_argument("--sandbox", choices=["none", "readOnly", "workspaceWrite"], help="sandbox mode (default: the server's)")
     run.add_argument("--network", action="store_true", help="allow network access inside the sandbox (alone: readOnly + network)")
-    run.add_argument("--stdin", action="store_true", help="forward our stdin to the command (else it gets none)")
+    stdin = run.add_mutually_exclusive_group()
+    stdin.add_argument("-n", "--no-stdin", action="store_true", help="never forward our stdin (the command reads EOF)")
+    stdin.add_argument("--stdin", action="store_true", help="forward our stdin even when it is a terminal")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
+    ps = commands.add_parser("ps", help="list the processes of a session (takes the session over)")
+    _add_connection_options(ps)
+    ps.add_argument("--session", required=True, metavar="ID", help="the session (a --json record's sessionId)")
+    kill = commands.add_parser("kill", help="terminate a process of a session (takes the session over)")
+    _add_connection_options(kill)
+    kill.add_argument("--session", required=True, metavar="ID", help="the session (a --json record's sessionId)")
+    kill.add_argument("--signal", default="terminate", choices=["terminate", "kill", "interrupt", "hangup"])
+    kill.add_argument("process_id", metavar="PROCESS_ID")
     return parser
 
 
 def _resolve_token(token_file: str | None) -> str:
+    from pathlib import Path
+
+    from ._errors import ConnectionFailed
+
     if token_file is None:
         token = os.environ.get("EXEC_SERVER_TOKEN")
         if token:
@@ -90,7 +132,17 @@ def _resolve_token(token_file: str | None) -> str:
     return token
 
 
+def _url(args: argparse.Namespace) -> str:
+    return str(args.url or os.environ.get("EXEC_SERVER_URL") or DEFAULT_URL)
+
+
+def _needs_token(url: str) -> bool:
+    return not url.startswith("ssh://")
+
+
 def _sandbox(args: argparse.Namespace) -> p.SandboxPolicy | None:
+    import protocol as p
+
     if args.sandbox is None and not args.network:
         return None
     # --network alone keeps the sandbox (read-only) and opens only the network.
@@ -110,9 +162,19 @@ def _env(pairs: list[str]) -> dict[str, str] | None:
     return env
 
 
-def record_json(record: p.TerminalRecord) -> dict[str, Any]:
-    """The record as JSON data: camelCase names, output as UTF-8 text with replacement."""
-    return {
+def _output(data: bytes, binary: bool) -> str:
+    if binary:
+        import base64
+
+        return base64.b64encode(data).decode("ascii")
+    return data.decode("utf-8", errors="replace")
+
+
+def record_json(record: p.TerminalRecord, *, binary: bool = False, session_id: str | None = None) -> dict[str, Any]:
+    """The record as JSON data: camelCase names, output as UTF-8 text (or base64 if ``binary``)."""
+    import protocol as p
+
+    data: dict[str, Any] = {
         "processId": record.process_id,
         "argv": list(record.argv),
         "exitCode": record.exit_code,
@@ -122,8 +184,9 @@ def record_json(record: p.TerminalRecord) -> dict[str, Any]:
         "denials": [{"blocker": d.blocker, "target": d.target} for d in record.denials],
         "sandboxDeniedSource": record.sandbox_denied_source,
         "limitExceeded": record.limit_exceeded,
-        "stdout": record.stdout.decode("utf-8", errors="replace"),
-        "stderr": record.stderr.decode("utf-8", errors="replace"),
+        "stdout": _output(record.stdout, binary),
+        "stderr": _output(record.stderr, binary),
+        "outputEncoding": "base64" if binary else "utf-8",
         "stdoutOmittedBytes": record.stdout_omitted_bytes,
         "stderrOmittedBytes": record.stderr_omitted_bytes,
         "outputLost": record.output_lost,
@@ -135,6 +198,43 @@ def record_json(record: p.TerminalRecord) -> dict[str, Any]:
         "readCalls": record.read_calls,
         "failure": record.failure,
     }
+    if session_id is not None:
+        data["sessionId"] = session_id
+    return data
+
+
+def _failure_json(command: list[str], failure: str, *, binary: bool) -> dict[str, Any]:
+    """The one ``--json`` record of a command that never ran."""
+    return {
+        "processId": None,
+        "argv": command,
+        "exitCode": None,
+        "signal": None,
+        "timedOut": False,
+        "sandboxDenied": None,
+        "denials": [],
+        "sandboxDeniedSource": None,
+        "stdout": "",
+        "stderr": "",
+        "outputEncoding": "base64" if binary else "utf-8",
+        "stdoutOmittedBytes": 0,
+        "stderrOmittedBytes": 0,
+        "outputLost": False,
+        "stdoutLostBytes": 0,
+        "stderrLostBytes": 0,
+        "durationMs": None,
+        "usage": None,
+        "completion": None,
+        "readCalls": 0,
+        "failure": failure,
+    }
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _note(message: str) -> None:
@@ -171,36 +271,78 @@ def _report(record: p.TerminalRecord) -> None:
 
 async def _forward_signals(handle: ProcessHandle) -> None:
     """Ctrl-C interrupts the remote command (not us); SIGTERM/SIGHUP terminate/hang it up."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
+    import signal
+
+    import anyio
+
+    from ._errors import ExecClientError
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
         async for signum in received:
             try:
                 if signum == signal.SIGINT:
-                    await handle.signal(p.SignalName.INTERRUPT)
+                    await handle.signal("interrupt")
                 elif signum == signal.SIGTERM:
                     await handle.terminate()
                 else:
-                    await handle.signal(p.SignalName.HANGUP)
+                    await handle.signal("hangup")
             except ExecClientError:
                 pass
 
 
 async def _forward_stdin(handle: ProcessHandle) -> None:
-    """Copy our stdin to the command's, then close it (EOF)."""
-    fd = sys.stdin.fileno()
+    """Copy our stdin to the command's, then close it (EOF).
+
+    Read by a daemon thread, not a non-blocking fd (our stdin may be shared with the
+    shell) nor a worker thread (the interpreter waits for those at exit, and a stdin that
+    never ends — ``sleep 100 | exec-client run -- true`` — must not keep us alive).
+    """
+    import threading
+
+    import anyio
+    import anyio.from_thread
+    import anyio.lowlevel
+
+    import protocol as p
+
+    from ._errors import ExecClientError
+
+    send, receive = anyio.create_memory_object_stream[bytes](_STDIN_QUEUE_CHUNKS)
+    token = anyio.lowlevel.current_token()
+
+    def reader() -> None:
+        try:
+            while data := os.read(sys.stdin.fileno(), _STDIN_READ_BYTES):
+                anyio.from_thread.run(send.send, data, token=token)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.RunFinishedError):
+            pass
+        finally:
+            try:
+                anyio.from_thread.run_sync(send.close, token=token)
+            except anyio.RunFinishedError:
+                pass
+
+    threading.Thread(target=reader, name="exec-client stdin", daemon=True).start()
     try:
-        while True:
-            # A thread, not a non-blocking fd: our stdin may be shared with the shell.
-            data = await trio.to_thread.run_sync(os.read, fd, _STDIN_READ_BYTES, abandon_on_cancel=True)
-            if not data:
-                break
-            if await handle.write(data) is not p.WriteStatus.ACCEPTED:
-                return  # the command closed its stdin or exited; stop reading ours
+        async with receive:
+            async for data in receive:
+                if await handle.write(data) is not p.WriteStatus.ACCEPTED:
+                    return  # the command closed its stdin or exited; stop reading ours
         await handle.close_stdin()
-    except (OSError, ExecClientError):
+    except ExecClientError:
         pass  # the record tells what happened to the command
 
 
 async def _stream(handle: ProcessHandle) -> None:
+    """Our stdout/stderr get every chunk as it arrives.
+
+    Raises:
+        _BrokenPipe: our stdout's reader went away (``| head``).
+    """
+    import protocol as p
+
+    from ._errors import OutputOverrun
+
     out = sys.stdout.buffer
     err = sys.stderr.buffer
     try:
@@ -208,97 +350,189 @@ async def _stream(handle: ProcessHandle) -> None:
             target = out if chunk.stream is p.Stream.STDOUT else err
             # A blocking write is deliberate: if our stdout is slow, the whole client
             # pauses and TCP pushes back on the server, which repairs any drop by a read.
-            target.write(chunk.chunk)
-            target.flush()
+            try:
+                target.write(chunk.chunk)
+                target.flush()
+            except BrokenPipeError:
+                raise _BrokenPipe from None
     except OutputOverrun as exc:
         _note(str(exc))
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _stdin_usable() -> bool:
+    """Whether we have a stdin at all (a daemon may run us with fd 0 closed)."""
+    try:
+        os.fstat(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _silence_stdout() -> None:
+    """After EPIPE: point fd 1 at /dev/null so the interpreter's final flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _open(args: argparse.Namespace, url: str, **kwargs: Any) -> Any:
+    from ._client import open_client
+
+    token = _resolve_token(args.token_file) if _needs_token(url) else None
+    return open_client(
+        url,
+        token=token,
+        ca_file=args.ca_file,
+        resume=not args.no_resume,
+        on_resume=_note,
+        client_name="exec-client-cli",
+        **kwargs,
+    )
+
+
+async def _run(args: argparse.Namespace, command: list[str]) -> int:
+    url = _url(args)
+    async with _open(args, url) as client:
+        return await _run_command(client, args, command)
+
+
+async def _run_command(client: Client, args: argparse.Namespace, command: list[str]) -> int:
+    import anyio
+
+    import protocol as p
+
+    forward_stdin = not args.no_stdin and _stdin_usable() and (args.stdin or not os.isatty(sys.stdin.fileno()))
+    handle = await client.start(
+        command,
+        cwd=args.cwd,  # sent as given: a relative one is resolved on the server
+        env=_env(args.env),
+        timeout=args.timeout,
+        sandbox=_sandbox(args),
+        stream_output=not args.json,
+        pipe_stdin=forward_stdin,
+        # Streaming mode prints every byte as it arrives; the record need not keep them.
+        max_output_bytes=p.DEFAULT_MAX_OUTPUT_BYTES if args.json else 0,
+    )
+    broken_pipe = False
+    async with anyio.create_task_group() as group:
+        group.start_soon(_forward_signals, handle)
+        if forward_stdin:
+            group.start_soon(_forward_stdin, handle)
+        if not args.json:
+            try:
+                await _stream(handle)
+            except _BrokenPipe:
+                broken_pipe = True
+                _silence_stdout()
+                await handle.terminate(grace=_BROKEN_PIPE_GRACE)
+        record = await handle.wait()
+        group.cancel_scope.cancel()
+    if broken_pipe:
+        return EXIT_BROKEN_PIPE
+    if args.json:
+        _print_json(record_json(record, binary=args.binary, session_id=client.session_id))
+    _report(record)
+    return _exit_code(record)
+
+
+async def _ps(args: argparse.Namespace) -> int:
+    async with _open(args, _url(args), session_id=args.session) as client:
+        listed = await client.list()
+        await client.detach()  # the session stays (detached, for its TTL) rather than ending
+    for entry in listed:
+        sys.stdout.write(f"{entry.process_id}\t{entry.pid}\t{entry.state.value}\t{' '.join(entry.argv)}\n")
+    sys.stdout.flush()
+    return 0
+
+
+async def _kill(args: argparse.Namespace) -> int:
+    import protocol as p
+
+    async with _open(args, _url(args), session_id=args.session) as client:
+        if args.signal == "terminate":
+            result: p.TerminateResult = await client.call(p.TerminateParams(process_id=args.process_id, grace_ms=2000))
+            running = result.running
+        else:
+            signalled: p.SignalResult = await client.call(
+                p.SignalParams(process_id=args.process_id, signal=p.SignalName(args.signal))
+            )
+            running = signalled.delivered
+        await client.detach()
+    if not running:
+        _note(f"{args.process_id} was not running")
+    return 0
+
+
+def _spawn_exit(exc: SpawnFailed, command: list[str], cwd: str | None) -> tuple[int, str]:
+    import errno
+
+    what = exc.strerror or exc.message
+    if cwd is not None and "cwd" in exc.message:
+        return EXIT_BAD_CWD, f"cannot start {command[0]!r}: the working directory {cwd!r} on the server: {what}"
+    message = f"cannot start {command[0]!r}: {what}"
+    if exc.errno == errno.ENOENT:
+        return EXIT_NOT_FOUND, message
+    if exc.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM):
+        return EXIT_NOT_EXECUTABLE, message
+    return EXIT_CLIENT_FAILURE, message
+
+
+def _command_of(args: argparse.Namespace) -> list[str]:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise _UsageError("no command given (usage: exec-client run [options] -- CMD [ARGS...])")
-    url = args.url or os.environ.get("EXEC_SERVER_URL") or DEFAULT_URL
-    token = _resolve_token(args.token_file)
-    cwd = os.path.abspath(args.cwd) if args.cwd else None
-    env = _env(args.env)
-    sandbox = _sandbox(args)
-    async with open_client(url, token=token, client_name="exec-client-cli") as client:
-        return await _run_command(client, args, command, cwd=cwd, env=env, sandbox=sandbox)
+    return command
 
 
-async def _run_command(
-    client: Client,
-    args: argparse.Namespace,
-    command: list[str],
-    *,
-    cwd: str | None,
-    env: dict[str, str] | None,
-    sandbox: p.SandboxPolicy | None,
-) -> int:
-    handle = await client.start(
-        command,
-        cwd=cwd,
-        env=env,
-        timeout=args.timeout,
-        sandbox=sandbox,
-        stream_output=not args.json,
-        pipe_stdin=args.stdin,
-        # Streaming mode prints every byte as it arrives; the record need not keep them.
-        max_output_bytes=p.DEFAULT_MAX_OUTPUT_BYTES if args.json else 0,
-    )
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_forward_signals, handle)
-        if args.stdin:
-            nursery.start_soon(_forward_stdin, handle)
-        if not args.json:
-            await _stream(handle)
-        record = await handle.wait()
-        nursery.cancel_scope.cancel()
-    if args.json:
-        sys.stdout.write(json.dumps(record_json(record), ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-    _report(record)
-    return _exit_code(record)
+def _dispatch(args: argparse.Namespace) -> int:
+    import anyio
 
-
-def _spawn_exit(exc: SpawnFailed, command: list[str]) -> int:
-    what = exc.strerror or exc.message
-    _note(f"cannot start {command[0]!r}: {what}")
-    if exc.errno == errno.ENOENT:
-        return EXIT_NOT_FOUND
-    if exc.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM):
-        return EXIT_NOT_EXECUTABLE
-    return EXIT_CLIENT_FAILURE
+    if args.subcommand == "ps":
+        return anyio.run(_ps, args)
+    if args.subcommand == "kill":
+        return anyio.run(_kill, args)
+    return anyio.run(_run, args, _command_of(args))
 
 
 def run_cli(argv: list[str]) -> int:
     """Run the CLI with ``argv`` (without the program name); return the exit status."""
     args = _parser().parse_args(argv)
+    json_mode = args.subcommand == "run" and args.json
+    command = [c for c in getattr(args, "command", []) if c != "--"]
     try:
-        return trio.run(_run, args)
+        return _run_guarded(args, command, json_mode)
+    except KeyboardInterrupt:
+        _note("interrupted")
+        return 128 + SIGINT_NUMBER
+
+
+def _run_guarded(args: argparse.Namespace, command: list[str], json_mode: bool) -> int:
+    def fail(code: int, message: str) -> int:
+        if json_mode:
+            _print_json(_failure_json(command, message, binary=args.binary))
+        _note(message)
+        return code
+
+    try:
+        return _dispatch(args)
     except _UsageError as exc:
         _note(str(exc))
         return EXIT_USAGE
-    except ValueError as exc:  # invalid arguments caught by the message validators
+    except (ValueError, TypeError) as exc:  # invalid arguments caught by the message validators
         _note(f"invalid arguments: {exc}")
         return EXIT_USAGE
-    except SpawnFailed as exc:
-        return _spawn_exit(exc, [c for c in args.command if c != "--"][:1] or ["?"])
-    except (ConnectionFailed, ConnectionLost) as exc:
-        _note(str(exc))
-        return EXIT_CLIENT_FAILURE
-    except ServerError as exc:
-        _note(f"server error: {exc}")
-        return EXIT_CLIENT_FAILURE
-    except ExecClientError as exc:
-        _note(str(exc))
-        return EXIT_CLIENT_FAILURE
-    except KeyboardInterrupt:
-        _note("interrupted")
-        return 128 + signal.SIGINT
+    except Exception as exc:
+        from ._errors import ExecClientError, ServerError, SpawnFailed
+
+        if isinstance(exc, SpawnFailed):
+            return fail(*_spawn_exit(exc, command or ["?"], getattr(args, "cwd", None)))
+        if isinstance(exc, ServerError):
+            return fail(EXIT_CLIENT_FAILURE, f"server error: {exc}")
+        if isinstance(exc, ExecClientError):
+            return fail(EXIT_CLIENT_FAILURE, str(exc))
+        raise
 
 
 def main() -> NoReturn:

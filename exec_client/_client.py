@@ -1,30 +1,50 @@
-"""``Client`` and ``open_client``: a session with an exec server, and auto-resume.
+"""``Client`` and ``open_client``: a session with an exec server, on asyncio or trio, and auto-resume.
 
-The client owns a nursery holding the connection's reader, one driver task per
-in-flight process, and (after a connection loss) the resume task. When the connection
-drops, the client reconnects with backoff within the session's detached TTL, sends
-``initialize{resumeSessionId}``, and tells every in-flight assembler to catch up with a
-read from its last contiguous seq. If it cannot, every in-flight record ends with
-``failure`` set.
+Written once on anyio, so the same class serves ``asyncio.run`` programs and trio ones
+(the sync facade in ``_sync.py`` drives it from a private event-loop thread). The client
+owns a task group holding the connection's reader and keepalive, one driver task per
+in-flight process, the releases, and (after a connection loss) the resume task. When the
+connection drops, the client reconnects with backoff within the session's detached TTL,
+sends ``initialize{resumeSessionId}``, and tells every in-flight assembler to catch up
+with a read from its last contiguous seq. If it cannot, or the server shut down (1001),
+every in-flight record ends with ``failure`` set.
+
+State table (``Client.state``; transitions only through ``_lifecycle.move``):
+
+==========  ==========================================  ==================================
+state       meaning                                     leaves on
+==========  ==========================================  ==================================
+CONNECTING  ``open_client`` is connecting               initialized -> CONNECTED;
+                                                        failed -> CLOSED
+CONNECTED   a live connection carries the session       dropped -> RESUMING; 1001/4001 or
+                                                        resume off -> LOST; aclose -> CLOSED
+RESUMING    reconnecting within the session TTL         resumed -> CONNECTED; refused or
+                                                        TTL spent -> LOST; aclose -> CLOSED
+LOST        the session is over; records have failure   aclose -> CLOSED
+CLOSED      closed by us                                (terminal)
+==========  ==========================================  ==================================
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import os
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-import attrs
-import trio
+import anyio
+import anyio.abc
 
 import protocol as p
 
-from ._connection import CloseInfo, Connection
+from ._arguments import Command, StdinSource, check_failed, check_stdin, command_argv, new_process_id, sandbox_policy
+from ._connection import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, CloseInfo, Connection
+from ._core import Backoff, GiveUp, after_close
 from ._errors import (
+    CommandFailed,
     ConnectionFailed,
     ConnectionLost,
     DuplicateProcess,
@@ -32,137 +52,100 @@ from ._errors import (
     InitializeRefused,
     ProtocolViolation,
     ServerError,
+    UnknownProcess,
 )
-from ._handle import ProcessHandle
+from ._handle import OutputCallback, ProcessHandle
+from ._info import ListedProcess, ServerInfo
+from ._lifecycle import Lifecycle
+from ._transport import CommandTarget, Target, TransportClosed, open_transport, parse_target
+
+logger: Final = logging.getLogger("exec_client")
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8765"
-CLIENT_VERSION: Final = "0.1.0"
+CLIENT_VERSION: Final = "0.2.0"
 # A hole in a process's seqs waits this long for a late (reordered) event before a read.
 GAP_GRACE_SECONDS: Final = 0.05
 CONNECT_TIMEOUT_SECONDS: Final = 10.0
 # Resume backoff: quick first retries (a blip), capped so we still try often within the TTL.
 RESUME_FIRST_DELAY: Final = 0.05
 RESUME_MAX_DELAY: Final = 1.0
-# Stop trying a little before the server forgets the session, so the last attempt can land.
-RESUME_TTL_FRACTION: Final = 0.9
-# Close codes after which resuming is pointless: taken over by another connection, or the
-# server is going away (its sessions do not survive it).
+# Each resume attempt is short, so a server that accepts TCP and then says nothing
+# cannot eat the whole TTL in one attempt.
 RESUME_ATTEMPT_SECONDS: Final = 1.5
-_NO_RESUME_CODES: Final = {4001: "session taken over by another connection", 1001: "server shutting down"}
-_TERMINATE_ON_CANCEL_SECONDS: Final = 5.0
-_RELEASE_TIMEOUT_SECONDS: Final = 10.0
-_RELEASE_DRAIN_SECONDS: Final = 1.0
-
+# A retried request (idempotent calls across a resume) backs off between tries.
+RETRY_FIRST_DELAY: Final = 0.01
+RETRY_MAX_DELAY: Final = 0.5
+TERMINATE_ON_CANCEL_SECONDS: Final = 5.0
+RELEASE_TIMEOUT_SECONDS: Final = 10.0
+RELEASE_DRAIN_SECONDS: Final = 1.0
+# Reads of a file object given as stdin, in a worker thread.
+STDIN_FILE_READ_BYTES: Final = 256 * 1024
 
 class ClientState(enum.Enum):
-    """Where the client's session stands (derived from one place: ``Client.state``)."""
+    """Where the client's session stands."""
 
+    CONNECTING = "connecting"
     CONNECTED = "connected"
     RESUMING = "resuming"  # the connection dropped; reconnecting within the session TTL
     LOST = "lost"  # the session could not be resumed; in-flight records have ``failure``
     CLOSED = "closed"  # closed by us
 
 
-@attrs.frozen(kw_only=True)
-class ServerInfo:
-    """What ``initialize`` said, decoded leniently so that older servers still work."""
-
-    session_id: str
-    server_name: str
-    server_version: str
-    protocol_version: int
-    push_events: bool
-    lossless: bool
-    release: bool
-    binary_output: bool
-    sandbox: dict[str, Any]
-    limits: dict[str, Any]
-    resumed: bool
-
-    @property
-    def detached_session_ttl_ms(self) -> int | None:
-        value = self.limits.get("detachedSessionTtlMs")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    @classmethod
-    def from_result(cls, raw: Any) -> ServerInfo:
-        """Decode an ``initialize`` result; only ``sessionId`` is required.
-
-        Raises:
-            ProtocolViolation: the result is not an object or has no string ``sessionId``.
-        """
-        if not isinstance(raw, dict) or not isinstance(raw.get("sessionId"), str):
-            raise ProtocolViolation("malformed initialize result: no sessionId")
-        capabilities = raw.get("capabilities")
-        capabilities = capabilities if isinstance(capabilities, dict) else {}
-        limits = raw.get("limits")
-        sandbox = capabilities.get("sandbox")
-        version = raw.get("protocolVersion")
-        return cls(
-            session_id=raw["sessionId"],
-            server_name=str(raw.get("serverName", "")),
-            server_version=str(raw.get("serverVersion", "")),
-            protocol_version=version if isinstance(version, int) else p.PROTOCOL_VERSION,
-            push_events=capabilities.get("pushEvents") is True,
-            lossless=capabilities.get("lossless") is True,
-            release=capabilities.get("release") is True,
-            binary_output=capabilities.get("binaryOutput") is True,
-            sandbox=sandbox if isinstance(sandbox, dict) else {},
-            limits=limits if isinstance(limits, dict) else {},
-            resumed=raw.get("resumed") is True,
-        )
-
-
-def new_process_id() -> str:
-    """A fresh processId: unique, and within the protocol's ``[A-Za-z0-9._:-]{1,128}``."""
-    return f"exec-{uuid.uuid4().hex}"
-
-
-def _sandbox_policy(sandbox: p.SandboxPolicy | Mapping[str, Any] | str | None) -> p.SandboxPolicy | None:
-    if sandbox is None or isinstance(sandbox, p.SandboxPolicy):
-        return sandbox
-    if isinstance(sandbox, str):
-        return p.SandboxPolicy(mode=p.SandboxMode(sandbox))
-    try:
-        return p.structure(dict(sandbox), p.SandboxPolicy)  # type: ignore[no-any-return]
-    except p.ProtocolError as exc:
-        raise ValueError(f"invalid sandbox policy: {exc.message}") from None
+_S = ClientState
+_TRANSITIONS: Final = {
+    _S.CONNECTING: frozenset({_S.CONNECTED, _S.CLOSED}),
+    _S.CONNECTED: frozenset({_S.RESUMING, _S.LOST, _S.CLOSED}),
+    _S.RESUMING: frozenset({_S.CONNECTED, _S.LOST, _S.CLOSED}),
+    _S.LOST: frozenset({_S.CLOSED}),
+    _S.CLOSED: frozenset[ClientState](),
+}
 
 
 class Client:
-    """A session with an exec server. Create it with ``open_client``."""
+    """A session with an exec server. Create it with ``open_client`` (or ``connect``, sync)."""
 
     def __init__(
         self,
-        nursery: trio.Nursery,
-        url: str,
-        token: str,
+        task_group: anyio.abc.TaskGroup,
+        target: Target,
+        token: str | None,
         *,
         delivery: p.Delivery,
         client_name: str,
         connect_timeout: float,
         gap_grace: float,
-        auto_resume: bool,
+        resume: bool,
         binary_output: bool,
+        ca_file: str | None,
+        ping_interval: float | None,
+        ping_timeout: float,
+        on_resume: Callable[[str], object] | None,
     ) -> None:
-        self.url = url
-        self._nursery = nursery
+        self.url = target.url
+        self.gap_grace = gap_grace
+        self._task_group = task_group
+        self._target = target
         self._token = token
         self._delivery = delivery
         self._client_name = client_name
         self._connect_timeout = connect_timeout
-        self._gap_grace = gap_grace
-        self._auto_resume = auto_resume
+        # A spawned server's session lives and dies with that process: nothing to resume.
+        self._resume = resume and not isinstance(target, CommandTarget)
         self._binary_output = binary_output
+        self._ca_file = ca_file
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._on_resume = on_resume
         self._connection: Connection | None = None
         self._info: ServerInfo | None = None
         self._handles: dict[str, ProcessHandle] = {}
-        self._failed: str | None = None  # set once: the session is gone for good
-        self._closing = False
-        self._state_changed = trio.Event()
+        self._failure: str | None = None
+        self._state_changed = anyio.Event()
+        self._lifecycle = Lifecycle("client", ClientState.CONNECTING, _TRANSITIONS, self._wake)
         self.resumes = 0  # how many times the session was resumed (for diagnostics)
-        self._releasing = 0
-        self._releases_done = trio.Event()
+        self._releases_pending = 0
+        self._releases_idle = anyio.Event()
+        self._releases_idle.set()
 
     # --- public API ----------------------------------------------------------------------
 
@@ -178,36 +161,38 @@ class Client:
 
     @property
     def state(self) -> ClientState:
-        if self._closing:
-            return ClientState.CLOSED
-        if self._failed is not None:
-            return ClientState.LOST
-        if self._connection is not None and not self._connection.is_closed:
-            return ClientState.CONNECTED
-        return ClientState.RESUMING
+        return self._lifecycle.state
 
     async def run(
         self,
-        argv: Sequence[str],
+        command: Command,
         *,
+        shell: bool | None = None,
+        check: bool = False,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         inherit_env: bool = True,
-        stdin: bytes | None = None,
+        stdin: StdinSource | None = None,
         timeout: float | None = None,
         sandbox: p.SandboxPolicy | Mapping[str, Any] | str | None = None,
         max_output_bytes: int | None = p.DEFAULT_MAX_OUTPUT_BYTES,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
     ) -> p.TerminalRecord:
         """Run a command to completion and return its terminal record.
 
         Args:
-            argv: the command, executed directly (no shell).
-            cwd: absolute working directory on the server host.
+            command: a list is executed directly; a str runs through ``sh -c``.
+            shell: ``True`` runs a list through ``sh -c`` too; ``False`` refuses a str.
+            check: raise ``CommandFailed`` on a non-zero exit, a timeout, a sandbox denial
+                or a failure.
+            cwd: working directory on the server host (a relative one is resolved there).
             env: environment variables (added to the server's unless ``inherit_env=False``).
-            stdin: bytes written to the command's stdin, then EOF (``None``: no stdin).
+            stdin: bytes, str (UTF-8), a file object or an async iterable, then EOF.
             timeout: seconds after which the server kills the whole tree (``timedOut``).
             sandbox: a ``SandboxPolicy``, its wire dict, a mode name, or ``None`` (server default).
             max_output_bytes: per-stream cap of kept output; beyond it head + tail are kept.
+            on_stdout, on_stderr: called with each chunk as it arrives, in order.
 
         Returns:
             The ``TerminalRecord``; a record with ``failure`` set if the session was lost.
@@ -215,11 +200,14 @@ class Client:
         Raises:
             ServerError: the server refused the start (``SpawnFailed``, ``SandboxUnavailable``...).
             ConnectionLost: the session was already lost.
+            CommandFailed: with ``check=True``, as above.
+            TypeError, ValueError: invalid arguments (nothing was started).
 
         If cancelled before the record is complete, the process tree is terminated.
         """
         handle = await self.start(
-            argv,
+            command,
+            shell=shell,
             cwd=cwd,
             env=env,
             inherit_env=inherit_env,
@@ -228,32 +216,36 @@ class Client:
             sandbox=sandbox,
             max_output_bytes=max_output_bytes,
             stream_output=False,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
         )
         try:
-            return await handle.wait()
+            record = await handle.wait()
         except BaseException:
             if handle.record is None:
-                with trio.CancelScope(shield=True), trio.move_on_after(_TERMINATE_ON_CANCEL_SECONDS):
-                    try:
-                        await handle.terminate()
-                    except ExecClientError:
-                        pass
+                await self._terminate_quietly(handle.process_id)
             raise
+        if check and check_failed(record):
+            raise CommandFailed(record)
+        return record
 
     async def start(
         self,
-        argv: Sequence[str],
+        command: Command,
         *,
+        shell: bool | None = None,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         inherit_env: bool = True,
-        stdin: bytes | None = None,
+        stdin: StdinSource | None = None,
         pipe_stdin: bool = False,
         timeout: float | None = None,
         sandbox: p.SandboxPolicy | Mapping[str, Any] | str | None = None,
         max_output_bytes: int | None = p.DEFAULT_MAX_OUTPUT_BYTES,
         stream_output: bool = True,
         process_id: str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
     ) -> ProcessHandle:
         """Start a command and return its ``ProcessHandle`` at once.
 
@@ -265,65 +257,166 @@ class Client:
         Raises:
             ServerError: the server refused the start.
             ConnectionLost: the session is lost.
-            ValueError: invalid arguments (e.g. a relative cwd).
+            TypeError, ValueError: invalid arguments (nothing was started).
         """
+        check_stdin(stdin)
+        argv = command_argv(command, shell)
         process_id = process_id or new_process_id()
         params = p.StartParams(
             process_id=process_id,
-            argv=tuple(argv),
+            argv=argv,
             cwd=os.fspath(cwd) if cwd is not None else None,
             env=dict(env) if env is not None else None,
             inherit_env=inherit_env,
             pipe_stdin=pipe_stdin or stdin is not None,
             timeout_ms=math.ceil(timeout * 1000) if timeout is not None else None,
-            sandbox=_sandbox_policy(sandbox),
+            sandbox=sandbox_policy(sandbox),
         )
-        assembler = p.Assembler(
-            process_id, params.argv, push_events=self.info.push_events, max_output_bytes=max_output_bytes
-        )
-        handle = ProcessHandle(self, assembler, stream_output=stream_output)
-        # Registered before the request: the first events follow the start response at once.
-        self._handles[process_id] = handle
+        handle = self._new_handle(process_id, argv, stream_output, max_output_bytes, on_stdout, on_stderr)
         try:
             result = await self._start(params)
-        except BaseException:
-            self._handles.pop(process_id, None)
+        except BaseException as exc:
+            self._forget(handle)
+            handle.abandoned()
+            if not isinstance(exc, ExecClientError):
+                # Cancelled (or interrupted) with the start on the wire: it may be running.
+                await self._terminate_quietly(process_id)
             raise
-        handle.pid = result.pid
-        handle.sandbox_type = result.sandbox_type
-        self._nursery.start_soon(handle._drive)
+        handle.started(result)
+        self._task_group.start_soon(handle.drive)
         if stdin is not None:
-            if stdin:
-                await handle.write(stdin)
-            if not pipe_stdin:
-                await handle.close_stdin()
+            try:
+                await self._feed_stdin(handle, stdin, keep_open=pipe_stdin)
+            except BaseException:
+                if handle.record is None:
+                    await self._terminate_quietly(process_id)
+                raise
+        return handle
+
+    async def attach(self, process_id: str, *, stream_output: bool = True) -> ProcessHandle:
+        """A handle on a process of this session that another client started (after a resume).
+
+        Its record is caught up with a read from the first seq, then follows the pushes.
+
+        Raises:
+            UnknownProcess: the session has no such process.
+        """
+        for listed in await self.list():
+            if listed.process_id == process_id:
+                break
+        else:
+            raise UnknownProcess(p.ErrorCode.UNKNOWN_PROCESS, f"unknown process {process_id!r} in this session")
+        handle = self._new_handle(process_id, listed.argv, stream_output, p.DEFAULT_MAX_OUTPUT_BYTES, None, None)
+        handle.started(p.StartResult(process_id=process_id, pid=listed.pid, sandbox_type="unknown"))
+        self._task_group.start_soon(self._drive_attached, handle)
         return handle
 
     async def list_processes(self) -> tuple[p.ProcessInfo, ...]:
         """The session's processes (``process/list``)."""
-        result: p.ListResult = await self._call(p.EmptyParams(), "process/list", retry=True)
+        result: p.ListResult = await self.call(p.EmptyParams(), "process/list", retry=True)
         return result.processes
+
+    async def list(self) -> tuple[ListedProcess, ...]:
+        """The session's processes, each with the session it belongs to."""
+        session_id = self.session_id
+        return tuple(
+            ListedProcess(
+                process_id=info.process_id,
+                pid=info.pid,
+                argv=info.argv,
+                state=info.state,
+                next_seq=info.next_seq,
+                session_id=session_id,
+            )
+            for info in await self.list_processes()
+        )
 
     async def aclose(self) -> None:
         """Close the connection; in-flight records end with ``failure`` set. Idempotent."""
-        if self._closing:
+        if self.state is ClientState.CLOSED:
             return
         # Let releases already on the wire land, so the server frees those records now.
-        with trio.move_on_after(_RELEASE_DRAIN_SECONDS):
-            while self._releasing:
-                await self._releases_done.wait()
-        self._closing = True
+        with anyio.move_on_after(RELEASE_DRAIN_SECONDS, shield=True):
+            await self._releases_idle.wait()
+        self._lifecycle.move(ClientState.CLOSED)
         for handle in list(self._handles.values()):
-            handle._lost("client closed")
+            handle.lost("client closed")
         if self._connection is not None:
             await self._connection.aclose()
-        self._set_state()
-        self._nursery.cancel_scope.cancel()
+        self._task_group.cancel_scope.cancel()
+
+    async def detach(self) -> None:
+        """Drop the connection without a closing handshake and close the client.
+
+        The server then keeps the session detached for its TTL, as after a cut, so that
+        another client can resume it (``open_client(session_id=...)``) and ``attach``.
+        """
+        if self.state is ClientState.CLOSED:
+            return
+        self._lifecycle.move(ClientState.CLOSED)
+        for handle in list(self._handles.values()):
+            handle.lost("client detached")
+        if self._connection is not None:
+            await self._connection.abort("detached by the client")
+        self._task_group.cancel_scope.cancel()
+
+    # --- what handles call (HandleHost) ------------------------------------------------------
+
+    async def call(
+        self, params: Any, method: str | None = None, *, retry: bool = False, wait_for_resume: bool = True
+    ) -> Any:
+        """One request on the current connection.
+
+        ``retry``: resend after a resume if the connection dropped (idempotent calls only),
+        after a short bounded backoff. ``wait_for_resume``: while resuming, wait for it
+        (else raise ``ConnectionLost``).
+        """
+        backoff = Backoff(RETRY_FIRST_DELAY, RETRY_MAX_DELAY)
+        while True:
+            connection = await self._usable_connection(wait=wait_for_resume)
+            try:
+                return await connection.request(params, method)
+            except ConnectionLost:
+                if not retry:
+                    raise
+            await anyio.sleep(backoff.next())
+
+    def record_complete(self, handle: ProcessHandle, *, release: bool) -> None:
+        """A handle's record converged: forget it, and free it on the server."""
+        self._forget(handle)
+        if release and self._info is not None and self._info.release and self.state is not ClientState.CLOSED:
+            self._releases_pending += 1
+            self._releases_idle = anyio.Event()
+            self._task_group.start_soon(self._release, handle.process_id)
 
     # --- requests ----------------------------------------------------------------------
 
+    def _new_handle(
+        self,
+        process_id: str,
+        argv: tuple[str, ...],
+        stream_output: bool,
+        max_output_bytes: int | None,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+    ) -> ProcessHandle:
+        if self.state is ClientState.LOST:
+            raise ConnectionLost(self._failure or "session lost")
+        if self.state is ClientState.CLOSED:
+            raise ConnectionLost("client closed")
+        assembler = p.Assembler(process_id, argv, push_events=self.info.push_events, max_output_bytes=max_output_bytes)
+        handle = ProcessHandle(self, assembler, stream_output=stream_output, on_stdout=on_stdout, on_stderr=on_stderr)
+        # Registered before the request: the first events follow the start response at once.
+        self._handles[process_id] = handle
+        return handle
+
+    async def _drive_attached(self, handle: ProcessHandle) -> None:
+        handle.resumed()  # nothing seen yet: catch up from seq 0
+        await handle.drive()
+
     async def _start(self, params: p.StartParams) -> p.StartResult:
         resent = False
+        backoff = Backoff(RETRY_FIRST_DELAY, RETRY_MAX_DELAY)
         while True:
             connection = await self._usable_connection(wait=True)
             try:
@@ -340,69 +433,95 @@ class Client:
                     if info.process_id == params.process_id:
                         return p.StartResult(process_id=info.process_id, pid=info.pid, sandbox_type="unknown")
                 raise
+            await anyio.sleep(backoff.next())
 
-    async def _call(
-        self, params: Any, method: str | None = None, *, retry: bool = False, wait_for_resume: bool = True
-    ) -> Any:
-        """One request on the current connection.
+    async def _feed_stdin(self, handle: ProcessHandle, stdin: Any, *, keep_open: bool) -> None:
+        if isinstance(stdin, bytes | bytearray | memoryview | str):
+            data = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+            if data:
+                await handle.write(data)
+            if not keep_open:
+                await handle.close_stdin()
+            return
+        # A stream may be endless (interactive): feed it in the background.
+        self._task_group.start_soon(self._pump_stdin, handle, stdin, keep_open)
 
-        ``retry``: resend after a resume if the connection dropped (idempotent calls only).
-        ``wait_for_resume``: while resuming, wait for it (else raise ``ConnectionLost``).
-        """
-        while True:
-            connection = await self._usable_connection(wait=wait_for_resume)
+    async def _pump_stdin(self, handle: ProcessHandle, source: Any, keep_open: bool) -> None:
+        try:
+            if hasattr(source, "__aiter__"):
+                async for piece in source:
+                    if await handle.write(piece) is not p.WriteStatus.ACCEPTED:
+                        return
+            else:
+                while True:
+                    piece = await anyio.to_thread.run_sync(source.read, STDIN_FILE_READ_BYTES, abandon_on_cancel=True)
+                    if not piece:
+                        break
+                    if await handle.write(piece) is not p.WriteStatus.ACCEPTED:
+                        return
+            if not keep_open:
+                await handle.close_stdin()
+        except (ExecClientError, OSError) as exc:
+            logger.warning("exec_client: stdin of %s: %s", handle.process_id, exc)
+
+    async def _terminate_quietly(self, process_id: str) -> None:
+        with anyio.move_on_after(TERMINATE_ON_CANCEL_SECONDS, shield=True):
             try:
-                return await connection.request(params, method)
-            except ConnectionLost:
-                if not retry:
-                    raise
+                await self.call(p.TerminateParams(process_id=process_id, grace_ms=0), wait_for_resume=False)
+            except ExecClientError:
+                pass
 
     async def _release(self, process_id: str) -> None:
-        """Release a completed record; the caller counted it in ``_releasing`` already."""
         try:
-            if not self.info.release:
-                return
-            with trio.move_on_after(_RELEASE_TIMEOUT_SECONDS):
-                await self._call(p.ReleaseParams(process_id=process_id), retry=True)
+            with anyio.move_on_after(RELEASE_TIMEOUT_SECONDS):
+                await self.call(p.ReleaseParams(process_id=process_id), retry=True)
         except ExecClientError:
             pass  # best effort: the server expires the record anyway
         finally:
-            self._releasing -= 1
-            if not self._releasing:
-                self._releases_done.set()
-                self._releases_done = trio.Event()
+            self._releases_pending -= 1
+            if not self._releases_pending:
+                self._releases_idle.set()
 
     async def _usable_connection(self, *, wait: bool) -> Connection:
         while True:
-            if self._failed is not None:
-                raise ConnectionLost(self._failed)
-            if self._closing:
+            state = self.state
+            if state is ClientState.LOST:
+                raise ConnectionLost(self._failure or "session lost")
+            if state is ClientState.CLOSED:
                 raise ConnectionLost("client closed")
             connection = self._connection
-            if connection is not None and not connection.is_closed:
+            if state is ClientState.CONNECTED and connection is not None and not connection.is_closed:
                 return connection
             if not wait:
                 raise ConnectionLost("connection lost; resuming the session")
             await self._state_changed.wait()
 
-    def _set_state(self) -> None:
+    def _wake(self, old: ClientState, new: ClientState) -> None:
         self._state_changed.set()
-        self._state_changed = trio.Event()
+        self._state_changed = anyio.Event()
 
     # --- connection lifecycle ---------------------------------------------------------------
 
     async def _connect(self, resume_session_id: str | None = None) -> tuple[Connection, ServerInfo]:
-        connection = await Connection.open(
-            self._nursery,
-            self.url,
+        transport = await open_transport(
+            self._target,
             self._token,
+            ca_file=self._ca_file,
+            timeout=self._connect_timeout,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+        )
+        connection = await Connection.open(
+            self._task_group,
+            transport,
+            self.url,
             on_notification=self._on_notification,
             on_closed=self._on_closed,
             on_unreadable=self._on_unreadable,
-            timeout=self._connect_timeout,
+            ping_interval=self._ping_interval,
+            ping_timeout=self._ping_timeout,
         )
         try:
-            with trio.fail_after(self._connect_timeout):
+            with anyio.fail_after(self._connect_timeout):
                 raw = await connection.request(
                     p.InitializeParams(
                         client_name=self._client_name,
@@ -410,7 +529,7 @@ class Client:
                         protocol_version=p.PROTOCOL_VERSION,
                         resume_session_id=resume_session_id,
                         delivery=self._delivery,
-                        binary_output=self._binary_output,
+                        binary_output=self._binary_output and connection.supports_binary,
                     ),
                     raw=True,
                 )
@@ -420,59 +539,73 @@ class Client:
             await connection.aclose()
             # Reachable and answering: its refusal is final (e.g. an unknown session).
             raise InitializeRefused(f"initialize failed at {self.url}: {exc}") from None
-        except (ProtocolViolation, ConnectionLost, trio.TooSlowError) as exc:
+        except (ProtocolViolation, ConnectionLost, TimeoutError) as exc:
             await connection.aclose()
-            detail = "no answer" if isinstance(exc, trio.TooSlowError) else str(exc)
+            detail = "no answer" if isinstance(exc, TimeoutError) else str(exc)
             raise ConnectionFailed(f"initialize failed at {self.url}: {detail}") from None
         except BaseException:
             await connection.aclose()
             raise
         return connection, info
 
-    async def _open(self) -> None:
-        self._connection, self._info = await self._connect()
+    async def _open(self, session_id: str | None) -> None:
+        try:
+            self._connection, self._info = await self._connect(resume_session_id=session_id)
+        except BaseException:
+            self._lifecycle.move(ClientState.CLOSED)
+            raise
+        if session_id is not None and not self._info.resumed:
+            await self._connection.aclose()
+            self._lifecycle.move(ClientState.CLOSED)
+            raise InitializeRefused(f"the server at {self.url} no longer has session {session_id}")
+        self._lifecycle.move(ClientState.CONNECTED)
 
     def _on_notification(self, notification: p.Notification) -> None:
         event = notification.params
         if isinstance(event, p.OutputEvent | p.ExitedEvent | p.ClosedEvent):
             handle = self._handles.get(event.process_id)
             if handle is not None:
-                handle._on_event(event)
+                handle.on_event(event)
 
     def _on_unreadable(self, process_id: str) -> None:
         handle = self._handles.get(process_id)
         if handle is not None:
-            handle._on_unreadable()
+            handle.on_unreadable()
 
     def _on_closed(self, connection: Connection, info: CloseInfo) -> None:
-        if connection is not self._connection or info.by_us or self._closing:
+        if connection is not self._connection or info.by_us or self.state is not ClientState.CONNECTED:
             return
-        self._set_state()
         ttl_ms = self._info.detached_session_ttl_ms if self._info is not None else None
-        no_resume = _NO_RESUME_CODES.get(info.code) if info.code is not None else None
-        if no_resume is not None:
-            self._give_up(f"connection closed: {no_resume}")
-        elif not self._auto_resume or not ttl_ms:
-            self._give_up(f"connection lost ({info.reason}); session resume is off")
-        else:
-            self._nursery.start_soon(self._resume, info, ttl_ms / 1000)
+        decision = after_close(info.code, info.reason, resume=self._resume, ttl_ms=ttl_ms)
+        if isinstance(decision, GiveUp):
+            self._give_up(decision.reason)
+            return
+        self._lifecycle.move(ClientState.RESUMING)
+        self._notify_resume(f"connection to {self.url} lost ({info.reason}); resuming the session")
+        self._task_group.start_soon(self._resume_session, info, decision.seconds)
 
-    async def _resume(self, lost: CloseInfo, ttl: float) -> None:
-        deadline = trio.current_time() + ttl * RESUME_TTL_FRACTION
-        delay = RESUME_FIRST_DELAY
+    def _notify_resume(self, message: str) -> None:
+        logger.info("exec_client: %s", message)
+        if self._on_resume is not None:
+            try:
+                self._on_resume(message)
+            except Exception:
+                logger.exception("exec_client: on_resume callback failed")
+
+    async def _resume_session(self, lost: CloseInfo, seconds: float) -> None:
+        deadline = anyio.current_time() + seconds
+        backoff = Backoff(RESUME_FIRST_DELAY, RESUME_MAX_DELAY)
         last_error = lost.reason
         session_id = self.info.session_id
-        while not self._closing:
+        while self.state is ClientState.RESUMING:
             try:
-                # Each attempt is short: trio-websocket can wait out its whole timeout on a
-                # server that closes the TCP connection before the handshake.
-                attempt = min(RESUME_ATTEMPT_SECONDS, max(0.0, deadline - trio.current_time()))
-                with trio.fail_after(attempt):
+                attempt = min(RESUME_ATTEMPT_SECONDS, max(0.0, deadline - anyio.current_time()))
+                with anyio.fail_after(attempt):
                     connection, info = await self._connect(resume_session_id=session_id)
             except InitializeRefused as exc:
                 self._give_up(f"connection lost ({lost.reason}); the server refused the resume: {exc}")
                 return
-            except (ConnectionFailed, trio.TooSlowError) as exc:
+            except (ConnectionFailed, TimeoutError, TransportClosed) as exc:
                 if isinstance(exc, ConnectionFailed):
                     last_error = str(exc)
             else:
@@ -480,90 +613,126 @@ class Client:
                     await connection.aclose()
                     self._give_up(f"connection lost ({lost.reason}); the server no longer has the session")
                     return
+                if self.state is not ClientState.RESUMING:
+                    await connection.aclose()
+                    return
                 if not connection.is_closed:
                     self._connection, self._info = connection, info
                     self.resumes += 1
-                    self._set_state()
+                    self._lifecycle.move(ClientState.CONNECTED)
+                    self._notify_resume(f"session {session_id} resumed on a new connection")
                     for handle in list(self._handles.values()):
-                        handle._resumed()
+                        handle.resumed()
                     return
                 # It dropped again before we adopted it: back off and try again.
                 last_error = connection.close_info.reason if connection.close_info else "connection closed"
-            if trio.current_time() + delay >= deadline:
+            delay = backoff.next()
+            if anyio.current_time() + delay >= deadline:
                 break
-            await trio.sleep(delay)
-            delay = min(delay * 2, RESUME_MAX_DELAY)
-        self._give_up(f"connection lost ({lost.reason}); could not resume within {ttl:g} s: {last_error}")
+            await anyio.sleep(delay)
+        self._give_up(f"connection lost ({lost.reason}); could not resume within {seconds:g} s: {last_error}")
 
     def _give_up(self, reason: str) -> None:
-        if self._failed is None:
-            self._failed = reason
+        if self.state in (ClientState.CONNECTED, ClientState.RESUMING):
+            self._failure = reason
+            self._lifecycle.move(ClientState.LOST)
         for handle in list(self._handles.values()):
-            handle._lost(reason)
-        self._set_state()
+            handle.lost(reason)
 
     def _forget(self, handle: ProcessHandle) -> None:
         if self._handles.get(handle.process_id) is handle:
             del self._handles[handle.process_id]
 
 
+# Reads are capped at 4 MiB of payload (READ_MAX_BYTES), i.e. ~5.4 MiB after base64 and
+# JSON; 64 MiB leaves room for servers with larger limits without being unbounded.
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+
+
 @asynccontextmanager
 async def open_client(
-    url: str = DEFAULT_URL,
+    url: str | None = None,
     *,
-    token: str,
+    token: str | None = None,
+    command: Sequence[str] | None = None,
+    ssh_options: Sequence[str] = (),
+    ca_file: str | None = None,
     delivery: p.Delivery | str = p.Delivery.LOSSLESS,
     client_name: str = "exec-client",
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     gap_grace: float = GAP_GRACE_SECONDS,
-    auto_resume: bool = True,
+    resume: bool = True,
+    auto_resume: bool | None = None,
     binary_output: bool = True,
+    ping_interval: float | None = PING_INTERVAL_SECONDS,
+    ping_timeout: float = PING_TIMEOUT_SECONDS,
+    on_resume: Callable[[str], object] | None = None,
+    session_id: str | None = None,
 ) -> AsyncIterator[Client]:
-    """Connect to an exec server and open a session.
+    """Connect to an exec server and open a session (on asyncio or trio).
 
     Args:
-        url: ``ws://host:port`` of the server.
-        token: the bearer token.
+        url: ``ws://host:port``, ``wss://host:port``, ``unix:/path`` or
+            ``ssh://[user@]host[:port]`` (runs ``command``, default ``exec-server serve
+            --listen stdio``, through ``ssh``). Default ``ws://127.0.0.1:8765``, or none
+            when ``command`` is given.
+        token: the bearer token (WebSocket targets; a spawned server needs none).
+        command: spawn this server locally and speak to it on its stdin/stdout (with no
+            ``url``), or the remote command for ``ssh://``.
+        ssh_options: extra ``ssh`` arguments (``-i KEY``, ``-o ...``).
+        ca_file: trust only this CA bundle for ``wss://`` (default: the system CAs).
         delivery: ``"lossless"`` (default: a command that outpaces this client is slowed
             down rather than having its output evicted) or ``"bestEffort"`` (output
             events may be dropped and are repaired from retention; see protocol doc §8).
         client_name: reported at ``initialize``.
-        connect_timeout: seconds for the TCP connect, the handshake and ``initialize``.
+        connect_timeout: seconds for the connect, the handshake and ``initialize``.
         gap_grace: seconds a hole in a process's seqs may wait for a reordered event.
-        auto_resume: reconnect and resume the session after a connection loss.
-        binary_output: ask for output events as binary frames (no base64; several times
-            faster for bulk output). A server that does not offer it keeps sending text
-            frames, which the client reads just the same.
+        resume: reconnect and resume the session after a connection loss
+            (``auto_resume`` is the old name).
+        binary_output: ask for output events as binary frames (no base64).
+        ping_interval, ping_timeout: keepalive; a missing pong counts as a cut (``None``: off).
+        on_resume: called with a one-line message when the client starts resuming and
+            when it resumed (also logged on the ``exec_client`` logger).
+        session_id: resume this session (e.g. to ``attach`` to its processes).
 
     Raises:
         ConnectionFailed: unreachable, refused, or a bad token.
+        InitializeRefused: the server no longer has ``session_id``.
     """
+    if auto_resume is not None:
+        resume = auto_resume
+    target = parse_target(url if url is not None or command else DEFAULT_URL, command=command, ssh_options=ssh_options)
     body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as task_group:
         client = Client(
-            nursery,
-            url,
+            task_group,
+            target,
             token,
             delivery=p.Delivery(delivery),
             client_name=client_name,
             connect_timeout=connect_timeout,
             gap_grace=gap_grace,
-            auto_resume=auto_resume,
+            resume=resume,
             binary_output=binary_output,
+            ca_file=ca_file,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            on_resume=on_resume,
         )
         try:
-            await client._open()
+            await client._open(session_id)
         except BaseException as exc:
             body_error = exc
+            task_group.cancel_scope.cancel()
         else:
             try:
                 yield client
             except BaseException as exc:
-                # Re-raised below, outside the nursery, so callers see the exception
+                # Re-raised below, outside the task group, so callers see the exception
                 # itself rather than an ExceptionGroup (our tasks never raise).
                 body_error = exc
-        finally:
-            with trio.CancelScope(shield=True):
-                await client.aclose()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await client.aclose()
     if body_error is not None:
         raise body_error

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno as errno_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from protocol import TerminalRecord
 
 
 class ExecClientError(Exception):
@@ -22,6 +25,23 @@ class InitializeRefused(ConnectionFailed):
 
 class ConnectionLost(ExecClientError):
     """The connection dropped and the session could not be resumed."""
+
+
+class CommandFailed(ExecClientError):
+    """``check=True``: the command exited non-zero, timed out, was denied by the sandbox, or
+    its record could not be completed. ``record`` is the whole terminal record."""
+
+    def __init__(self, record: TerminalRecord) -> None:
+        if record.failure is not None:
+            why = f"failed: {record.failure}"
+        elif record.timed_out:
+            why = "timed out"
+        elif record.sandbox_denied:
+            why = f"was denied by the sandbox (exit {record.exit_code})"
+        else:
+            why = f"exited with {record.exit_code}"
+        super().__init__(f"command {list(record.argv)!r} {why}")
+        self.record = record
 
 
 class ProtocolViolation(ExecClientError):

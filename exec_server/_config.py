@@ -25,7 +25,7 @@ from .sandbox import SandboxSettings, _ceilings
 
 MIB: Final = 1024 * 1024
 SERVER_NAME: Final = "exec-server"
-_FALLBACK_VERSION: Final = "0.1.0"
+_FALLBACK_VERSION: Final = "0.2.0"
 
 
 def _version() -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import os
 import secrets
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -405,7 +406,8 @@ class Session:
             policy = server.sandbox.resolve(params.sandbox, max_mode=max_mode)
         except SandboxUnavailable as exc:
             raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
-        cwd = params.cwd or server.default_cwd
+        # A relative cwd is the server's business: resolved against its own directory.
+        cwd = os.path.join(server.default_cwd, params.cwd) if params.cwd else server.default_cwd
         marker = f"{server.id}:{secrets.token_hex(8)}"
         env = _spawn.build_env(params.env, params.inherit_env, marker, _tree.TREE_MARKER_VAR)
         _spawn.check_spawnable(params.argv[0], cwd, env)

@@ -95,6 +95,13 @@ class Completion(str, enum.Enum):
     RECOVERED = "recovered"
     POLLED = "polled"
 
+    # A record prints ``completion='pushed'``: the wire word, not ``<Completion.PUSHED...>``.
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
 
 class AssemblerState(enum.Enum):
     RECEIVING = "receiving"

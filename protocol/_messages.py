@@ -71,11 +71,12 @@ def _between(low: int, high: int) -> Any:
     return check
 
 
-def _absolute_path(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+def _path(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    # A relative path is resolved on the server (against its working directory).
     if value is None:
         return
-    if not os.path.isabs(value) or "\0" in value:
-        raise FieldError(attribute.name, "must be an absolute path")
+    if not value or "\0" in value:
+        raise FieldError(attribute.name, "must be a non-empty path without NUL")
 
 
 def _absolute_paths(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -278,7 +279,7 @@ class EmptyResult:
 class StartParams:
     process_id: str = attrs.field(validator=_process_id)
     argv: tuple[str, ...] = attrs.field(validator=_argv)
-    cwd: str | None = attrs.field(default=None, validator=_absolute_path)
+    cwd: str | None = attrs.field(default=None, validator=_path)
     env: dict[str, str] | None = attrs.field(default=None, validator=_env)
     inherit_env: bool = True
     pipe_stdin: bool = False

@@ -48,6 +48,7 @@ def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     for heading in (
         "## Targets",
         "## Completion latency",
+        "## Client flavors and CLI cold start",
         "## Throughput",
         "## Concurrency",
         "## Server memory",

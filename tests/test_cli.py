@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,17 +20,22 @@ from protocol import SandboxMode
 REPO: Path = Path(__file__).resolve().parent.parent
 
 
-async def exec_client(
-    args: list[str], *, env: dict[str, str] | None = None, home: Path, stdin: bytes = b""
-) -> trio.CompletedProcess[bytes]:
-    """Run ``python -m exec_client`` with a clean token environment and HOME."""
+def cli_env(env: dict[str, str] | None, home: Path) -> dict[str, str]:
     base = {key: value for key, value in os.environ.items() if not key.startswith("EXEC_SERVER_")}
     base["HOME"] = str(home)  # no ~/.config/exec-server/token unless a test writes one
     base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
     base.update(env or {})
+    return base
+
+
+async def exec_client(
+    args: list[str], *, env: dict[str, str] | None = None, home: Path, stdin: bytes = b"", cwd: Path | None = None
+) -> trio.CompletedProcess[bytes]:
+    """Run ``python -m exec_client`` with a clean token environment and HOME."""
     return await trio.run_process(
         [sys.executable, "-m", "exec_client", *args],
-        env=base,
+        env=cli_env(env, home),
+        cwd=cwd,
         stdin=stdin,
         capture_stdout=True,
         capture_stderr=True,
@@ -239,4 +245,182 @@ async def test_failure_record_exits_255_with_the_failure(serve_fake: ServeFake, 
     record = json.loads(done.stdout)
     assert (record["exitCode"], record["stdout"]) == (None, "partial\n")
     assert "no longer has the session" in record["failure"]
-    assert "exec-client: failure:" in one_line(done.stderr)
+    # While it tries to resume, the CLI says so; then the failure, one line each.
+    lines = done.stderr.decode().splitlines()
+    assert "Traceback" not in done.stderr.decode()
+    assert len(lines) == 2 and "resuming the session" in lines[0] and lines[1].startswith("exec-client: failure:")
+
+
+# --- the ssh-like habits: stdin, pipes, cwd, --json, ps/kill, --version, --no-resume ---------
+
+
+async def test_piped_stdin_is_forwarded_by_default_and_n_turns_it_off(server: Any, tmp_path: Path) -> None:
+    env = {"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}
+    with trio.fail_after(30):
+        piped = await exec_client(["run", "--", "cat"], env=env, home=tmp_path, stdin=b"hi\n")
+        off = await exec_client(["run", "-n", "--", "cat"], env=env, home=tmp_path, stdin=b"hi\n")
+    assert (piped.returncode, piped.stdout, piped.stderr) == (0, b"hi\n", b"")
+    assert (off.returncode, off.stdout, off.stderr) == (0, b"", b"")
+
+
+async def test_a_closed_stdout_ends_quietly_with_141_and_terminates_the_command(server: Any, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    env = cli_env({"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}, tmp_path)
+    with trio.fail_after(30):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "exec_client", "run", "-n", "--", "sh", "-c", f"echo $$ > {pid_file}; exec seq 1 1000000000"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        assert await process.stdout.receive_some(16)  # what `head -c 16` would take
+        await process.stdout.aclose()  # ... and then it exits
+        pid = int(pid_file.read_text())
+        stderr = b""
+        while chunk := await process.stderr.receive_some(65536):
+            stderr += chunk
+        await process.wait()
+        await process.stderr.aclose()
+        while True:  # the remote seq is terminated, not left blocked on a full pipe
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            await trio.sleep(0.02)
+    assert process.returncode == 141
+    assert stderr == b""
+
+
+async def test_a_missing_cwd_says_so(server: Any, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--cwd", "/nonexistent/dir", "--", "ls"],
+            env={"EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+        )
+    assert done.returncode == 125
+    assert "working directory '/nonexistent/dir'" in one_line(done.stderr)
+
+
+async def test_a_relative_cwd_is_resolved_on_the_server_not_here(server: Any, tmp_path: Path) -> None:
+    # The in-process server's working directory is this test run's; the CLI runs in
+    # tmp_path, where no "tests" directory exists.
+    expected = Path(server.server.default_cwd) / "tests"
+    assert expected.is_dir() and not (tmp_path / "tests").exists()
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--cwd", "tests", "--", "pwd"],
+            env={"EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+            cwd=tmp_path,
+        )
+    assert (done.returncode, done.stdout) == (0, f"{expected}\n".encode()), done.stderr
+
+
+async def test_json_prints_one_record_even_when_the_start_fails(server: Any, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        missing = await exec_client(
+            ["run", "--url", server.url, "--json", "--", "/nonexistent/program"],
+            env={"EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+        )
+        refused = await exec_client(
+            ["run", "--url", server.url, "--json", "--", "true"], env={"EXEC_SERVER_TOKEN": "wrong"}, home=tmp_path
+        )
+    assert missing.returncode == 127 and missing.stdout.decode().count("\n") == 1
+    record = json.loads(missing.stdout)
+    assert (record["exitCode"], record["argv"]) == (None, ["/nonexistent/program"])
+    assert "cannot start '/nonexistent/program'" in record["failure"]
+    assert refused.returncode == 255
+    assert "authentication failed" in json.loads(refused.stdout)["failure"]
+
+
+async def test_json_binary_base64_keeps_every_byte(server: Any, tmp_path: Path) -> None:
+    import base64
+
+    payload = bytes(range(256))
+    source = tmp_path / "bytes"
+    source.write_bytes(payload)
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", server.url, "--json", "--binary", "--", "cat", str(source)],
+            env={"EXEC_SERVER_TOKEN": server.token},
+            home=tmp_path,
+        )
+    record = json.loads(done.stdout)
+    assert record["outputEncoding"] == "base64"
+    assert base64.b64decode(record["stdout"]) == payload
+
+
+async def test_ps_and_kill_act_on_a_session(server: Any, tmp_path: Path) -> None:
+    import exec_client as api
+
+    env = {"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}
+    with trio.fail_after(30):
+        async with api.open_client(server.url, token=server.token, resume=False) as owner:
+            handle = await owner.start(["sleep", "30"])
+            session = owner.session_id
+            listed = await exec_client(["ps", "--session", session], env=env, home=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert handle.process_id in listed.stdout.decode() and "sleep 30" in listed.stdout.decode()
+        killed = await exec_client(["kill", "--session", session, handle.process_id], env=env, home=tmp_path)
+        assert (killed.returncode, killed.stderr) == (0, b"")
+        assert handle.pid is not None
+        while True:
+            try:
+                os.kill(handle.pid, 0)
+            except ProcessLookupError:
+                break
+            await trio.sleep(0.02)
+
+
+async def test_version(tmp_path: Path) -> None:
+    import exec_client as api
+
+    with trio.fail_after(30):
+        done = await exec_client(["--version"], home=tmp_path)
+    assert (done.returncode, done.stdout) == (0, f"exec-client {api.__version__}\n".encode())
+
+
+async def test_no_resume_fails_at_once_without_resuming(serve_fake: ServeFake, tmp_path: Path) -> None:
+    events = make_events("x", [("stdout", b"partial\n"), ("exit", 0), ("close",)])
+    fake = await serve_fake(FakeProcessScript(ScriptedProcess(events), push=[1, "drop"]))
+    with trio.fail_after(30):
+        done = await exec_client(
+            ["run", "--url", fake.url, "--no-resume", "--", "prog"], env={"EXEC_SERVER_TOKEN": FAKE_TOKEN}, home=tmp_path
+        )
+    assert done.returncode == 255
+    assert "session resume is off" in one_line(done.stderr)
+    assert fake.connections == 1
+
+
+async def test_a_stdin_that_never_ends_does_not_keep_the_cli_alive(server: Any, tmp_path: Path) -> None:
+    env = cli_env({"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}, tmp_path)
+    with trio.fail_after(30):
+        # Like `sleep 100 | exec-client run -- true`: our stdin stays open and silent.
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "exec_client", "run", "--", "true"], env=env, stdin=subprocess.PIPE
+        )
+        assert process.stdin is not None
+        try:
+            with trio.fail_after(15):
+                assert await process.wait() == 0
+        finally:
+            await process.stdin.aclose()
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+
+async def test_runs_with_no_stdin_at_all(server: Any, tmp_path: Path) -> None:
+    env = cli_env({"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}, tmp_path)
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            ["sh", "-c", f"exec {sys.executable} -m exec_client run -- echo ok <&-"],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"ok\n", b"")

@@ -163,15 +163,21 @@ class DropProxy:
 
     async def _handle(self, downstream: trio.SocketStream) -> None:
         self.accepted += 1
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        with trio.CancelScope() as scope:
-            self._scopes.append(scope)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, downstream, upstream)
-                nursery.start_soon(self._pump, upstream, downstream)
-        # Cut: close both sides without any WebSocket close frame.
-        await downstream.aclose()
-        await upstream.aclose()
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        except BaseException:
+            await trio.aclose_forcefully(downstream)
+            raise
+        try:
+            with trio.CancelScope() as scope:
+                self._scopes.append(scope)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, downstream, upstream)
+                    nursery.start_soon(self._pump, upstream, downstream)
+        finally:
+            # Cut (or the test's end): close both sides without any WebSocket close frame.
+            await trio.aclose_forcefully(downstream)
+            await trio.aclose_forcefully(upstream)
 
     async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
         try:

@@ -878,7 +878,7 @@ def test_process_id_rules_hold_for_objects_built_in_code() -> None:
     with pytest.raises(ValueError):
         p.StartParams(process_id="a", argv=())
     with pytest.raises(ValueError):
-        p.StartParams(process_id="a", argv=("ls",), cwd="relative")
+        p.StartParams(process_id="a", argv=("ls",), cwd="with\0nul")
 
 
 @pytest.mark.parametrize("cwd", ["/", "/tmp", "/tmp/../x", "//host", "/with space/ü"])
@@ -888,9 +888,16 @@ def test_absolute_cwd_is_accepted(cwd: str) -> None:
     assert message.params.cwd == cwd
 
 
-@pytest.mark.parametrize("cwd", ["", ".", "tmp", "./tmp", "../tmp", "~/x", "~", "/tmp\0x"], ids=ascii)
-def test_relative_cwd_is_rejected(cwd: str) -> None:
-    assert params_errors("process/start", {**START_OK, "cwd": cwd}) == ["must be an absolute path @ $.params.cwd"]
+@pytest.mark.parametrize("cwd", [".", "tmp", "./tmp", "../tmp", "~/x"], ids=ascii)
+def test_relative_cwd_is_passed_on_for_the_server_to_resolve(cwd: str) -> None:
+    message = p.decode(request_text("process/start", {**START_OK, "cwd": cwd}))
+    assert isinstance(message, p.Request)
+    assert message.params.cwd == cwd
+
+
+@pytest.mark.parametrize("cwd", ["", "/tmp\0x", "x\0"], ids=ascii)
+def test_empty_or_nul_cwd_is_rejected(cwd: str) -> None:
+    assert params_errors("process/start", {**START_OK, "cwd": cwd}) == ["must be a non-empty path without NUL @ $.params.cwd"]
 
 
 @pytest.mark.parametrize(

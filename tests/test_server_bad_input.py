@@ -88,7 +88,7 @@ async def test_unknown_method(client: RawClient) -> None:
         ("process/start", {"processId": "a", "argv": ["true"], "pipeStdin": "yes"}, ["$.params.pipeStdin"]),
         ("process/start", {"processId": "a", "argv": ["true"], "timeoutMs": 1.5}, ["$.params.timeoutMs"]),
         ("process/start", {"processId": "a", "argv": ["true"], "env": {"A": 1}}, ["$.params.env"]),
-        ("process/start", {"processId": "a", "argv": ["true"], "cwd": "relative/dir"}, ["$.params.cwd"]),
+        ("process/start", {"processId": "a", "argv": ["true"], "cwd": ""}, ["$.params.cwd"]),
         ("process/start", {"processId": "a", "argv": []}, ["$.params.argv"]),
         ("process/start", {"processId": "a", "argv": ["true"], "sandbox": {"mode": "nope"}}, ["$.params.sandbox.mode"]),
         ("process/start", {"processId": "a", "argv": ["true"], "bogus": 1}, ["$.params.bogus"]),

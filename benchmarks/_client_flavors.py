@@ -1,0 +1,165 @@
+"""The client on each event loop, and the CLI's cold start, measured side by side in one run.
+
+- **One-shot latency per flavor**: ``/usr/bin/true`` through ``exec_client`` from a trio
+  program, an ``asyncio.run`` program that never imports trio (it asserts so), and the sync
+  client. Each flavor is a child process of its own (its own interpreter, as a user's
+  program would be), against the same server; the children run in alternating batches so
+  machine drift lands on every arm alike. Each child times ``client.run`` itself.
+- **Cold start**: the whole ``exec-client run -- /usr/bin/true`` (interpreter start, imports,
+  connect, run, exit) next to a bare ``python3 -c pass``, interleaved.
+
+Run alone: ``python -m benchmarks._client_flavors`` (starts its own server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Final
+
+import attrs
+
+from ._report import Section, fmt_ms
+from ._servers import REPO_ROOT
+
+FLAVORS: Final = ("trio", "asyncio", "sync")
+TRUE: Final = "/usr/bin/true"
+
+# The child program: time N one-shot runs on one client and print the samples as JSON.
+_CHILD: Final = r"""
+import json, sys, time
+flavor, url, token, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+samples = []
+if flavor == "sync":
+    import exec_client
+    with exec_client.connect(url, token=token, client_name="bench-sync") as client:
+        client.run(["/usr/bin/true"])  # warm-up
+        for _ in range(count):
+            start = time.perf_counter()
+            record = client.run(["/usr/bin/true"])
+            samples.append(time.perf_counter() - start)
+            assert record.exit_code == 0 and record.failure is None, record
+else:
+    import exec_client
+
+    async def main():
+        async with exec_client.open_client(url, token=token, client_name="bench-" + flavor) as client:
+            await client.run(["/usr/bin/true"])  # warm-up
+            for _ in range(count):
+                start = time.perf_counter()
+                record = await client.run(["/usr/bin/true"])
+                samples.append(time.perf_counter() - start)
+                assert record.exit_code == 0 and record.failure is None, record
+
+    if flavor == "asyncio":
+        import asyncio
+        asyncio.run(main())
+        assert "trio" not in sys.modules, "the asyncio program imported trio"
+    else:
+        import trio
+        trio.run(main)
+print(json.dumps(samples))
+"""
+
+
+@attrs.frozen
+class FlavorResult:
+    p50: dict[str, float]
+    cold_p50: float
+    bare_p50: float
+    samples: dict[str, list[float]]
+
+    @property
+    def asyncio_over_trio(self) -> float:
+        return self.p50["asyncio"] / self.p50["trio"]
+
+    @property
+    def cold_over_bare(self) -> float:
+        return self.cold_p50 / self.bare_p50
+
+
+def _env(token: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EXEC_SERVER_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["EXEC_SERVER_TOKEN"] = token
+    # As installed for users: bytecode is cached (the warm-up call writes what is missing).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def _flavor_batch(flavor: str, url: str, token: str, count: int) -> list[float]:
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, flavor, url, token, str(count)],
+        env=_env(token),
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{flavor} arm failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    samples: list[float] = json.loads(done.stdout)
+    return samples
+
+
+def _wall(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=60)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} exited {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}")
+    return elapsed
+
+
+def measure(url: str, token: str, *, batches: int, per_batch: int, cold_runs: int) -> FlavorResult:
+    """Alternate the flavors' batches (rotating who goes first), then the cold-start pairs."""
+    samples: dict[str, list[float]] = {flavor: [] for flavor in FLAVORS}
+    for batch in range(batches):
+        order = FLAVORS[batch % len(FLAVORS) :] + FLAVORS[: batch % len(FLAVORS)]
+        for flavor in order:
+            samples[flavor] += _flavor_batch(flavor, url, token, per_batch)
+    env = _env(token)
+    cli = [sys.executable, "-m", "exec_client", "run", "--url", url, "--", TRUE]
+    bare = [sys.executable, "-c", "pass"]
+    cold: list[float] = []
+    plain: list[float] = []
+    _wall(cli, env)  # page cache and .pyc files warm, like a build tool's second call
+    for _ in range(cold_runs):
+        cold.append(_wall(cli, env))
+        plain.append(_wall(bare, env))
+    return FlavorResult(
+        p50={flavor: statistics.median(values) for flavor, values in samples.items()},
+        cold_p50=statistics.median(cold),
+        bare_p50=statistics.median(plain),
+        samples=samples,
+    )
+
+
+def section(result: FlavorResult, *, batches: int, per_batch: int, cold_runs: int) -> Section:
+    out = Section("Client flavors and CLI cold start")
+    table = out.table("flavor", "p50 ms", "vs trio", caption=f"One-shot `{TRUE}`, {batches} alternating batches × {per_batch} calls per flavor")
+    for flavor in FLAVORS:
+        table.add(flavor, fmt_ms(result.p50[flavor] * 1000), f"{result.p50[flavor] / result.p50['trio']:.2f}×")
+    cold = out.table("command", "p50 ms", caption=f"Whole-process wall time, {cold_runs} interleaved pairs")
+    cold.add(f"`exec-client run -- {TRUE}`", fmt_ms(result.cold_p50 * 1000))
+    cold.add("`python3 -c pass`", fmt_ms(result.bare_p50 * 1000))
+    out.note(
+        f"asyncio/trio p50 ratio {result.asyncio_over_trio:.2f}× (target ≤ 1.2×); the asyncio child asserts "
+        f"that trio was never imported. CLI cold start {result.cold_over_bare:.2f}× bare Python (target ≤ 4×)."
+    )
+    return out
+
+
+def main() -> None:
+    from ._servers import server_process
+
+    with server_process() as server:
+        result = measure(server.url, server.token, batches=6, per_batch=50, cold_runs=20)
+    print(section(result, batches=6, per_batch=50, cold_runs=20).render())
+
+
+if __name__ == "__main__":
+    main()
