@@ -25,7 +25,8 @@ _SCRIPT: Final = r"""
 trap '' INT TERM HUP
 if IFS= read -r _; then exit 0; fi
 for d in /proc/[0-9]*; do
-    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -q "^$1"; then
+    # The braces: a process gone meanwhile makes the redirection itself fail, quietly.
+    if { tr '\0' '\n' < "$d/environ"; } 2>/dev/null | grep -q "^$1"; then
         kill -9 "${d#/proc/}" 2>/dev/null
     fi
 done

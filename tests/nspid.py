@@ -47,3 +47,18 @@ def host_pid(ns_pid: int, launched: int) -> int:
     if len(found) != 1:
         raise LookupError(f"pid {ns_pid} of the namespace of {launched}: {found or 'not found'}")
     return found[0]
+
+
+def descendant_running(*argv: str) -> int | None:
+    """The host pid of this test's descendant whose command line is exactly ``argv``, if
+    one runs (one only: give each a distinct argument); None when there is none."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if tuple(child.cmdline()) == argv:
+                found.append(child.pid)
+        except psutil.Error:
+            continue
+    if len(found) > 1:
+        raise LookupError(f"more than one process runs {argv}: {found}")
+    return found[0] if found else None

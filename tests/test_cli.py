@@ -16,6 +16,7 @@ import trio
 from exec_server.sandbox import SandboxSettings
 from fake_server import FAKE_TOKEN, FakeProcessScript, FakeServer, ScriptedProcess, make_events
 from protocol import SandboxMode
+from nspid import descendant_running
 
 REPO: Path = Path(__file__).resolve().parent.parent
 
@@ -265,18 +266,21 @@ async def test_piped_stdin_is_forwarded_by_default_and_n_turns_it_off(server: An
 
 async def test_a_closed_stdout_ends_quietly_with_141_and_terminates_the_command(server: Any, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
+    # Found from the host by its distinct command line ($$ is a pid of the command's namespace).
+    seq = ("seq", "1", f"100000000{os.getpid()}")
     env = cli_env({"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}, tmp_path)
     with trio.fail_after(30):
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "exec_client", "run", "-n", "--", "sh", "-c", f"echo $$ > {pid_file}; exec seq 1 1000000000"],
+            [sys.executable, "-m", "exec_client", "run", "-n", "--", "sh", "-c", f"echo $$ > {pid_file}; exec {' '.join(seq)}"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         assert process.stdout is not None and process.stderr is not None
         assert await process.stdout.receive_some(16)  # what `head -c 16` would take
+        pid = descendant_running(*seq)
+        assert pid is not None
         await process.stdout.aclose()  # ... and then it exits
-        pid = int(pid_file.read_text())
         stderr = b""
         while chunk := await process.stderr.receive_some(65536):
             stderr += chunk

@@ -18,6 +18,7 @@ import exec_client
 import protocol as p
 from client_flavors import FLAVORS, Flavor
 from test_delivery_support import StallProxy
+from nspid import descendant_running
 
 # How long a terminated process may take to disappear from the host.
 GONE_WITHIN_S = 10.0
@@ -123,8 +124,14 @@ async def test_cancel_kills_the_remote_process(flavor: Flavor, server: Any, tmp_
     with trio.fail_after(30):
         async with flavor.open(server.url, server.token) as client:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.cancelled_run, ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"], 1.0)
-                pid = await pid_from(pid_file)
+                # A distinct sleep, found from the host: the $$ a command prints is a pid of
+                # its own PID namespace.
+                sleep = ("sleep", f"30.{os.getpid()}{sum(map(ord, flavor.name))}")
+                nursery.start_soon(client.cancelled_run, ["sh", "-c", f"echo $$ > {pid_file}; exec {' '.join(sleep)}"], 1.0)
+                await pid_from(pid_file)
+                while (found := descendant_running(*sleep)) is None:
+                    await trio.sleep(0.02)
+                pid = found
             with trio.fail_after(GONE_WITHIN_S):
                 await wait_gone(pid)
 
