@@ -2,10 +2,12 @@
 
 Our sandbox reads everywhere and writes only where a policy says (docs/protocol.md §
 sandbox). So a profile maps when it reads the whole file system, writes a set of roots
-that contains the command's cwd (our ``workspaceWrite`` always makes cwd writable), and
-has no read-only carve-out inside a writable root that exists (our policy has no way to
-say "writable except .git" yet). A carve-out that does not exist and that Codex marks
-``missing_path_behavior: skip`` is skipped, as Codex itself does. ``tmpdir`` needs nothing:
+that contains the command's cwd (our ``workspaceWrite`` always makes cwd writable). A
+read-only carve-out inside a writable root (Codex's ``.git``, ``.codex``, ``.agents``,
+``.aws``) becomes one of our ``readOnlySubpaths``, relative to the root that holds it: ours
+apply below every writable root, which is as narrow or narrower, never wider. A carve-out
+that does not exist and that Codex marks ``missing_path_behavior: skip`` is skipped, as Codex
+itself does; an unreadable carve-out inside a writable root is refused. ``tmpdir`` needs nothing:
 every ``workspaceWrite`` command gets a private ``TMPDIR``.
 """
 
@@ -16,6 +18,7 @@ from typing import Final
 
 from protocol import ErrorCode, ProtocolError, SandboxMode, SandboxPolicy
 from protocol import _codex as c
+from protocol._messages import MAX_READ_ONLY_SUBPATHS
 
 SLASH_TMP: Final = "/tmp"
 
@@ -83,22 +86,34 @@ def policy_for(
         readable_everywhere = True
     if not readable_everywhere:
         raise _unavailable("a profile that does not read the whole file system cannot be enforced here (reads are never restricted)")
+    carve_outs: list[str] = []
     for target, entry in narrower:
         # A read-only (or unreadable) carve-out: harmless outside every writable root (we
         # never restrict reads, and "none" inside them is not expressible either).
-        covered = any(_inside(target, root) for root in writable)
-        if entry.access is c.Access.READ and not covered:
+        covering = [root for root in writable if _inside(target, root) and target != root]
+        if entry.access is c.Access.READ and not covering:
             continue
         if entry.skip_if_missing and not os.path.lexists(target):
             continue  # Codex skips a missing carve-out too
-        what = "read-only" if entry.access is c.Access.READ else "unreadable"
-        raise _unavailable(f"{what} carve-out {target!r} inside a writable root cannot be enforced here")
+        if entry.access is not c.Access.READ:
+            raise _unavailable(f"unreadable carve-out {target!r} inside a writable root cannot be enforced here")
+        relative = os.path.relpath(target, covering[0])
+        if relative not in carve_outs:
+            carve_outs.append(relative)
+    if len(carve_outs) > MAX_READ_ONLY_SUBPATHS:
+        raise _unavailable(f"more than {MAX_READ_ONLY_SUBPATHS} read-only carve-outs cannot be enforced here")
     if not writable:
         return SandboxPolicy(mode=SandboxMode.READ_ONLY, network=network)
     base = profile.cwd or cwd
     if not any(_inside(base, root) for root in writable):
         # Our workspaceWrite always makes cwd writable: that would widen this profile.
         raise _unavailable(f"cwd {base!r} is not writable in this profile, and our workspaceWrite makes it writable")
-    return SandboxPolicy(mode=SandboxMode.WORKSPACE_WRITE, writable_roots=tuple(dict.fromkeys(writable)), network=network)
+    return SandboxPolicy(
+        mode=SandboxMode.WORKSPACE_WRITE,
+        writable_roots=tuple(dict.fromkeys(writable)),
+        network=network,
+        # Exactly the profile's carve-outs (none: none, not our defaults).
+        read_only_subpaths=tuple(carve_outs),
+    )
 
 

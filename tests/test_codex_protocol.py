@@ -180,15 +180,19 @@ def test_workspace_write_profile_maps_to_workspace_write_with_tmp(tmp_path: Any)
         _entry("project_roots", "read", ".codex", skip=True),
         cwd=workspace,
     )
-    assert _policy(raw, cwd=workspace) == SandboxPolicy(mode=SandboxMode.WORKSPACE_WRITE, writable_roots=(workspace, "/tmp"))
+    # Exactly the profile's carve-outs: none exist, so none (not our defaults).
+    assert _policy(raw, cwd=workspace) == SandboxPolicy(
+        mode=SandboxMode.WORKSPACE_WRITE, writable_roots=(workspace, "/tmp"), read_only_subpaths=()
+    )
 
 
-def test_an_existing_read_only_carve_out_is_refused_not_widened(tmp_path: Any) -> None:
+def test_an_existing_read_only_carve_out_becomes_a_read_only_subpath(tmp_path: Any) -> None:
     workspace = str(tmp_path)
     os.mkdir(os.path.join(workspace, ".git"))
     raw = _profile(_entry("root", "read"), _entry("project_roots", "write"), _entry("project_roots", "read", ".git", skip=True), cwd=workspace)
-    with pytest.raises(ProtocolError, match="read-only carve-out .*\\.git"):
-        _policy(raw, cwd=workspace)
+    assert _policy(raw, cwd=workspace) == SandboxPolicy(
+        mode=SandboxMode.WORKSPACE_WRITE, writable_roots=(workspace,), read_only_subpaths=(".git",)
+    )
 
 
 def test_a_profile_that_restricts_reads_is_refused() -> None:

@@ -265,11 +265,16 @@ async def test_a_sandboxed_write_outside_is_denied_and_reported(sandboxed_codex:
     assert not (outside / "escaped.txt").exists()
 
 
-async def test_an_existing_read_only_carve_out_is_refused_not_widened(sandboxed_codex: RawClient, workspace: Path) -> None:
+async def test_an_existing_git_dir_stays_read_only_in_a_writable_workspace(sandboxed_codex: RawClient, workspace: Path) -> None:
     (workspace / ".git").mkdir()
+    script = f"echo in > ok.txt; echo x > {workspace}/.git/config"
     with trio.fail_after(TIMEOUT):
-        error = await _error(sandboxed_codex, "process/start", _start("git", ["true"], workspace, sandbox=_profile(workspace, write=True)))
-    assert error["code"] == -32603 and ".git" in error["message"]
+        await _result(sandboxed_codex, "process/start", _start("git", ["sh", "-c", script], workspace, sandbox=_profile(workspace, write=True)))
+        events = await sandboxed_codex.events_for("git")
+    exited = next(e for e in events if e.kind == "exited").params
+    assert exited["exitCode"] != 0 and exited["sandboxDenied"] is True
+    assert (workspace / "ok.txt").read_text() == "in\n"
+    assert not (workspace / ".git" / "config").exists()
 
 
 async def test_a_null_sandbox_gets_the_servers_default_policy(sandboxed_codex: RawClient, workspace: Path) -> None:
