@@ -243,11 +243,44 @@ def _user_exists(name: str) -> bool:
     return subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode == 0
 
 
+# What `exec-server serve` imports: this tree's packages and their dependencies.
+_SERVER_MODULES: Final = (
+    "protocol", "exec_server", "exec_client", "attr", "attrs", "cattrs", "trio", "trio_websocket", "wsproto",
+    "h11", "outcome", "sniffio", "sortedcontainers", "idna", "psutil", "prometheus_client", "typing_extensions",
+)  # fmt: skip
+
+
+def _copy_for_the_test_user(home: Path) -> Path:
+    import importlib
+
+    target = Path(tempfile.mkdtemp(prefix="exec-view-site-"))
+    target.chmod(0o755)
+    import importlib.metadata
+
+    owners = importlib.metadata.packages_distributions()
+    for name in _SERVER_MODULES:
+        module = importlib.import_module(name)
+        source = Path(module.__file__ or "")
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, target / source.parent.name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target / source.name)
+        for dist in owners.get(name, ()):  # their metadata too: some read their own version
+            info = importlib.metadata.distribution(dist).locate_file("")
+            for found in Path(str(info)).glob(f"{dist.replace('-', '_')}-*.dist-info"):
+                if not (target / found.name).exists():
+                    shutil.copytree(found, target / found.name)
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644 | (path.stat().st_mode & 0o111))
+    return target
+
+
 @contextlib.asynccontextmanager
 async def user_server(home: Path) -> AsyncIterator[tuple[Client, str]]:
     """``exec-server serve`` run by the test user, with this tree and the venv's packages."""
-    site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
-    repo = Path(__file__).resolve().parents[1]
+    # The test user may not read this interpreter's site-packages or this checkout (under a
+    # 0700 /root, as CI has them): it gets a copy of what the server imports.
+    site = _copy_for_the_test_user(home)
     config = home / ".config" / "exec-view"
     config.mkdir(parents=True, exist_ok=True, mode=0o700)
     for path in (config.parent, config):
@@ -256,7 +289,7 @@ async def user_server(home: Path) -> AsyncIterator[tuple[Client, str]]:
     token.write_text(secrets.token_urlsafe(32) + "\n")
     shutil.chown(token, TEST_USER, TEST_USER)
     token.chmod(0o600)
-    argv = ["runuser", "-u", TEST_USER, "--", "env", f"PYTHONPATH={repo}:{site}", f"HOME={home}"]
+    argv = ["runuser", "-u", TEST_USER, "--", "env", f"PYTHONPATH={site}", f"HOME={home}"]
     argv += ["/usr/bin/python3", "-m", "exec_server", "serve", "--listen", "ws://127.0.0.1:0"]
     argv += ["--token-file", str(token), "--sandbox", "workspaceWrite", "--audit-denials", "off"]
     process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
@@ -278,6 +311,7 @@ async def user_server(home: Path) -> AsyncIterator[tuple[Client, str]]:
             await process.wait()
         await process.stdout.aclose()
         shutil.rmtree(config, ignore_errors=True)
+        shutil.rmtree(site, ignore_errors=True)
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to run the server as the test user")
