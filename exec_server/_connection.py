@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import trio
 
 import protocol as p
+from protocol import _codex as codex_messages
 from protocol import CloseCode, ErrorCode, ProtocolError
 
 from . import _codex, _observe
@@ -360,7 +361,9 @@ class Connection:
                         )
                         await self._enqueue(self._encode_error(error))
                         continue
-                    write_bytes = len(message.params.chunk) if isinstance(message.params, p.WriteParams) else 0
+                    # Both dialects' writes count against the same budget.
+                    writes = (p.WriteParams, codex_messages.WriteParams)
+                    write_bytes = len(message.params.chunk) if isinstance(message.params, writes) else 0
                     # One write is always let through alone, whatever its size.
                     if self._pending_write_bytes and self._pending_write_bytes + write_bytes > self._config.max_pending_write_bytes:
                         self._request_limit.release()

@@ -34,7 +34,7 @@ from ._codex_profile import (
     parse_sandbox as parse_sandbox,
 )
 from ._file_uri import path_from_uri as path_from_uri, uri_from_path as uri_from_path
-from ._messages import FieldError, _argv, _env, _process_id
+from ._messages import FieldError, _argv, _env, _process_id, _write_id
 
 # --- codes ------------------------------------------------------------------------------
 
@@ -195,7 +195,7 @@ class ReadResult:
 class WriteParams:
     process_id: str = attrs.field(validator=_process_id)
     chunk: bytes
-    write_id: str | None = None
+    write_id: str | None = attrs.field(default=None, validator=_write_id)
 
 
 @attrs.frozen(kw_only=True)

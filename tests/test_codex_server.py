@@ -25,6 +25,7 @@ from rawclient import RawClient, no_leftover_processes, open_raw_client, output_
 
 from conftest import RunningServer, StartServer
 
+MIB: Final = 1024 * 1024
 NOBODY: Final = 65534
 TIMEOUT: Final = 30.0
 CODEX_NOT_FOUND: Final = -32004
@@ -88,8 +89,7 @@ async def _error(raw: RawClient, method: str, params: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def workspace() -> Iterator[Path]:
-    """Writable to whatever uid the sandbox runs a command as (here: ``nobody`` for a root
-    server and a nobody-owned workspace), so that only the sandbox decides."""
+    """Writable to any uid (the sandbox keeps the server's), so that only the sandbox decides."""
     path = Path(tempfile.mkdtemp(prefix="codex-dialect-", dir="/tmp"))
     path.chmod(0o777)
     if os.geteuid() == 0:
@@ -200,6 +200,35 @@ async def test_pipe_stdin_and_process_write(codex: RawClient, tmp_path: Path) ->
         events = await codex.events_for("cat")
     assert written == {"status": "accepted"}
     assert output_of(events) == b"line\n"
+
+
+async def test_a_codex_write_id_is_bounded_like_ours(codex: RawClient, tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        await _result(codex, "process/start", _start("ids", ["sleep", "30"], tmp_path, pipeStdin=True))
+        chunk = base64.b64encode(b"x").decode()
+        error = await _error(codex, "process/write", {"processId": "ids", "chunk": chunk, "writeId": "w" * 129})
+        assert error["code"] == -32602 and "writeId" in error["message"]
+        await _result(codex, "process/terminate", {"processId": "ids"})
+        await codex.events_for("ids")
+
+
+async def test_codex_writes_count_against_the_pending_write_budget(
+    start_server: StartServer, tmp_path: Path, no_leftover_processes: None
+) -> None:
+    """A command that never reads its stdin: writes past the pipe wait, and past the
+    connection's budget the next one is refused at once, in Codex's dialect as in ours."""
+    server = await start_server(max_pending_write_bytes=2 * MIB)
+    async for raw in _codex_client(server):
+        with trio.fail_after(TIMEOUT):
+            await _result(raw, "process/start", _start("deaf", ["sleep", "30"], tmp_path, pipeStdin=True))
+            chunk = base64.b64encode(b"\0" * (3 * MIB // 2)).decode()
+            first = await raw.send_request("process/write", {"processId": "deaf", "chunk": chunk})
+            second = await raw.send_request("process/write", {"processId": "deaf", "chunk": chunk})
+            refused = await raw.response(second)
+            assert "error" in refused and "process/write in flight" in refused["error"]["message"], refused
+            await _result(raw, "process/terminate", {"processId": "deaf"})
+            await raw.response(first)  # it ends with the process
+            await raw.events_for("deaf")
 
 
 async def test_interrupt_is_delivered_and_answered_empty(codex: RawClient, tmp_path: Path) -> None:
