@@ -59,6 +59,8 @@ DEFAULT_ENV_EXCLUDES: Final = ("*KEY*", "*SECRET*", "*TOKEN*")
 SLASH_TMP: Final = "/tmp"
 
 Enqueue = Callable[[str], Awaitable[None]]
+# The connection's bounded read answer: (params, encode the result) -> queued.
+AnswerRead = Callable[["p.ReadParams", Callable[["p.ReadResult"], str]], Awaitable[None]]
 
 
 def _invalid(exc: p.FieldError | ValueError, field: str) -> ProtocolError:
@@ -148,7 +150,7 @@ class CodexDialect:
     def initialize_result(self, session: Session) -> c.InitializeResult:
         return c.InitializeResult(session_id=session.id, environment_info=environment_info(self._server))
 
-    async def dispatch(self, request: p.Request, session: Session, enqueue: Enqueue) -> Any:
+    async def dispatch(self, request: p.Request, session: Session, enqueue: Enqueue, answer_read: AnswerRead) -> Any:
         """Answer one request; returns the result, or None when it was already queued."""
         params = request.params
         match request.method:
@@ -162,7 +164,9 @@ class CodexDialect:
                     session.begin(process)
                 return None
             case "process/read":
-                return self._read_result(await session.read(self._read_params(params)))
+                # Through the connection's bounded path, as our own reads (room first).
+                await answer_read(self._read_params(params), lambda result: c.encode_result(request.id, self._read_result(result)))
+                return None
             case "process/write":
                 written = await session.write(p.WriteParams(process_id=params.process_id, chunk=params.chunk, write_id=params.write_id))
                 return c.WriteResult(status=written.status.value)

@@ -10,8 +10,10 @@ past ``slow_consumer_timeout`` is closed with 1008.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
@@ -427,7 +429,7 @@ class Connection:
         if session is None:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: call initialize first")
         if self._codex is not None:  # Codex dialect hook
-            return await self._codex.dispatch(request, session, self._enqueue)
+            return await self._codex.dispatch(request, session, self._enqueue, functools.partial(self._answer_read, session))
         if request.method.startswith("fs/"):  # fs/* hook: the same file operations for our clients
             if self._files is None:
                 self._files = FileOperations(self._server, max_mode=self._transport.principal.max_sandbox)
@@ -456,16 +458,7 @@ class Connection:
                     session.begin(process)  # even if cancelled: the process must be reaped
                 return None
             case "process/read":
-                process = await session.wait_readable(params)
-                # Room for the largest answer it can be is waited for before it is built.
-                limit = min(params.max_bytes or MAX_READ_BYTES, MAX_READ_BYTES)
-                try:
-                    await self._queue.put_made(
-                        limit * 4 // 3 + READ_ANSWER_OVERHEAD_BYTES,
-                        lambda: p.encode_result(request.id, session.read_now(process, params)),
-                    )
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the connection is gone: nobody to answer
+                await self._answer_read(session, params, lambda result: p.encode_result(request.id, result))
                 return None
             case "process/write":
                 return await session.write(params)
@@ -478,6 +471,18 @@ class Connection:
             case "process/list":
                 return session.list()
         raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {request.method}")
+
+    async def _answer_read(self, session: Session, params: p.ReadParams, encode: Callable[[p.ReadResult], str]) -> None:
+        """Answer a ``process/read`` (either dialect) once the queue has room for the largest
+        answer it can be: the answer is built only then, so unread answers cannot pile up."""
+        process = await session.wait_readable(params)
+        limit = min(params.max_bytes or MAX_READ_BYTES, MAX_READ_BYTES)
+        try:
+            await self._queue.put_made(
+                limit * 4 // 3 + READ_ANSWER_OVERHEAD_BYTES, lambda: encode(session.read_now(process, params))
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the connection is gone: nobody to answer
 
     async def _initialize_codex(self, dialect: _codex.CodexDialect, params: Any) -> Any:
         """Codex dialect hook: `initialize {clientName, resumeSessionId}`, always lossless

@@ -469,9 +469,6 @@ class Session:
         while len(self._tombstones) > self._config.max_tombstones:
             self._tombstones.popitem(last=False)
 
-    async def read(self, params: ReadParams) -> ReadResult:
-        return self.read_now(await self.wait_readable(params), params)
-
     async def wait_readable(self, params: ReadParams) -> ManagedProcess:
         """The long-poll half of ``process/read``: returns the process to ``read_now``."""
         process = self._process(params.process_id)
