@@ -137,19 +137,10 @@ class OutboundQueue:
         ``make`` runs only once there is room; if it raises, nothing is queued.
         """
         if not self._in_order.locked() and self._has_room_for(size, output=False):
-            # The common case, with no scheduling point: an answer whose wait just ended
-            # (a long-poll woken at shutdown) is queued before a cancellation can land.
-            item = make()
-            try:
-                self._send.send_nowait(item)
-            except trio.WouldBlock:
-                pass
-            else:
-                self._charge(item, +1)
-                return
-            async with self._in_order:
-                await self._wait_for_room(_size(item), output=False)
-                await self._send_charged(item)
+            # The common case, with no scheduling point (put's own fast path): an answer
+            # whose wait just ended (a long-poll woken at shutdown) is queued before a
+            # cancellation can land.
+            await self.put(make())
             return
         async with self._in_order:
             await self._wait_for_room(size, output=False)
