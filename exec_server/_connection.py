@@ -528,18 +528,7 @@ class Connection:
             return found
         if server.shutting_down:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down")
-        return await server.new_session(_peer_host(self._transport.peer))
-
-
-def _peer_host(peer: str) -> str | None:
-    """The key of the per-peer cap on detached sessions: the remote host without its port
-    (``[::1]:5000`` -> ``::1``), the uid of a unix-socket peer; None for stdio."""
-    if peer.startswith("unix:"):
-        return peer.split(",", 1)[0]
-    host, sep, _port = peer.rpartition(":")
-    if not sep:
-        return None  # "stdio", "unknown": nothing to count by
-    return host.strip("[]")
+        return await server.new_session(self._transport.peer_host)
 
 
 def _oversized(raw: str | bytes, size: int, limit: int) -> ProtocolError:

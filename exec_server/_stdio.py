@@ -22,6 +22,7 @@ class StdioTransport:
     # Whoever holds the pipes is the client (no token on stdio).
     principal = Principal("stdio")
     peer = "stdio"
+    peer_host: str | None = None  # one client per process: nothing to cap
 
     def __init__(self, receive_stream: trio.abc.ReceiveStream, send_stream: trio.abc.SendStream, max_line: int) -> None:
         self._receive_stream = receive_stream

@@ -31,6 +31,8 @@ class MessageTransport(Protocol):
     principal: Principal
     #: The peer's address as a log line shows it.
     peer: str
+    #: What the per-peer cap on detached sessions counts by (the remote host); None: no cap.
+    peer_host: str | None
 
     async def receive(self) -> str | bytes:
         """The next whole message. Raises ``TransportClosed`` at the end."""

@@ -107,10 +107,12 @@ class WebSocketTransport:
         *,
         principal: Principal = Principal("default"),
         peer: str = "",
+        peer_host: str | None = None,
     ) -> None:
         self._websocket = websocket
         self.principal = principal
         self.peer = peer
+        self.peer_host = peer_host
 
     async def receive(self) -> str | bytes:
         try:
@@ -249,7 +251,8 @@ class WebSocketService:
     # --- one connection ----------------------------------------------------------------
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
-        peer = peer_name(stream)
+        who = peer_of(stream)
+        peer = who.name
         released = False
 
         def release() -> None:
@@ -262,7 +265,7 @@ class WebSocketService:
             async with trio.open_nursery() as nursery:
                 try:
                     with trio.fail_after(self.options.handshake_timeout):
-                        transport = await self._handshake(stream, peer, nursery)
+                        transport = await self._handshake(stream, who, nursery)
                 except _Answered as exc:
                     _metrics.record_connection("http", exc.reason)
                     nursery.cancel_scope.cancel()
@@ -309,7 +312,7 @@ class WebSocketService:
             release()
             await _close_quietly(stream)
 
-    async def _handshake(self, stream: trio.abc.Stream, peer: str, nursery: trio.Nursery) -> WebSocketTransport:
+    async def _handshake(self, stream: trio.abc.Stream, peer: Peer, nursery: trio.Nursery) -> WebSocketTransport:
         head = await read_head(stream)
         if not head:
             raise _Refused(_NO_REQUEST)
@@ -353,7 +356,7 @@ class WebSocketService:
             await upgrade.reject(HTTP_UNAUTHORIZED, extra_headers=[(b"WWW-Authenticate", b"Bearer")], body=b"unauthorized\n")
             raise _Refused("unauthorized")
         accepted = await upgrade.accept(subprotocol=subprotocol)
-        return WebSocketTransport(accepted, principal=principal, peer=peer)
+        return WebSocketTransport(accepted, principal=principal, peer=peer.name, peer_host=peer.host)
 
     async def _answer_http(self, stream: trio.abc.Stream, request: h11.Request) -> None:
         target = request.target.split(b"?", 1)[0]
@@ -395,20 +398,37 @@ async def _close_quietly(stream: trio.abc.Stream) -> None:
             pass
 
 
-def peer_name(stream: trio.abc.Stream) -> str:
-    """``host:port`` of a TCP peer, ``unix:uid=N,pid=N`` of a unix-socket peer."""
+@attrs.frozen
+class Peer:
+    """Who is on the other end of an accepted stream.
+
+    Attributes:
+        name: as a log line shows it: ``host:port`` of a TCP peer, ``unix:uid=N,pid=N`` of a
+            unix-socket peer, ``unknown``.
+        host: what the per-peer cap on detached sessions counts by: the TCP peer's address,
+            ``unix:uid=N`` for a unix-socket peer; None when unknown.
+    """
+
+    name: str
+    host: str | None
+
+
+_UNKNOWN_PEER: Final = Peer("unknown", None)
+
+
+def peer_of(stream: trio.abc.Stream) -> Peer:
     inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
     if not isinstance(inner, trio.SocketStream):
-        return "unknown"
+        return _UNKNOWN_PEER
     sock = inner.socket
     try:
         if sock.family == socket.AF_UNIX:
             pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            return f"unix:uid={uid},pid={pid}"
+            return Peer(f"unix:uid={uid},pid={pid}", f"unix:uid={uid}")
         host, port = sock.getpeername()[:2]
     except OSError:
-        return "unknown"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return _UNKNOWN_PEER
+    return Peer(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", host)
 
 
 @attrs.frozen
