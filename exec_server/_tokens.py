@@ -27,7 +27,7 @@ from typing import Final
 
 import attrs
 
-from protocol import ErrorCode, ProtocolError, SandboxMode, SandboxPolicy
+from protocol import SandboxMode
 
 TOKEN_ENV: Final = "EXEC_SERVER_TOKEN"
 DEFAULT_TOKEN_FILE: Final = Path("~/.config/exec-server/token")
@@ -216,24 +216,3 @@ class TokenStore:
     @property
     def names(self) -> list[str]:
         return [credential.principal.name for credential in self._credentials]
-
-
-# From least to most permissive: a token's ceiling admits its own mode and those before it.
-_PERMISSIVENESS: Final = (SandboxMode.READ_ONLY, SandboxMode.WORKSPACE_WRITE, SandboxMode.NONE)
-
-
-def enforce_ceiling(principal: Principal, requested: SandboxPolicy | None, default_mode: SandboxMode) -> None:
-    """Refuse a start whose sandbox mode is above the token's own ceiling (fail closed).
-
-    Raises:
-        ProtocolError: -32006, naming the ceiling; nothing was started.
-    """
-    ceiling = principal.max_sandbox
-    if ceiling is None:
-        return
-    mode = requested.mode if requested is not None else default_mode
-    if _PERMISSIVENESS.index(mode) > _PERMISSIVENESS.index(ceiling):
-        raise ProtocolError(
-            ErrorCode.SANDBOX_UNAVAILABLE,
-            f'sandbox unavailable: token "{principal.name}" may use at most {ceiling.value!r}, not {mode.value!r}',
-        )
