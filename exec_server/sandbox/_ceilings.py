@@ -32,12 +32,6 @@ MODE_RANK: Final = {SandboxMode.READ_ONLY: 0, SandboxMode.WORKSPACE_WRITE: 1, Sa
 _SIZE_SUFFIXES: Final = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def narrowest(*modes: SandboxMode | None) -> SandboxMode:
-    """The least permissive of ``modes`` (None = no ceiling); ``none`` if all are None."""
-    present = [mode for mode in modes if mode is not None]
-    return min(present, key=MODE_RANK.__getitem__, default=SandboxMode.NONE)
-
-
 def check_mode(mode: SandboxMode, server_max: SandboxMode, caller_max: SandboxMode | None = None) -> None:
     """Refuse ``mode`` above the server's ceiling or the caller's (narrower) one.
 

@@ -99,10 +99,6 @@ class CommandLimits:
         self.launcher_args = launcher_args
         self._cgroup = cgroup
 
-    @property
-    def active(self) -> bool:
-        return bool(self.launcher_args)
-
     def verdict(self, signum: int | None, cpu_seconds: float, *, timed_out: bool = False) -> LimitVerdict:
         """Which limits the kernel says the command hit.
 
