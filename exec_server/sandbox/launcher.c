@@ -951,7 +951,8 @@ static void supervise(int launcher_fd, int server_pidfd) {
 
 /* Build the namespaces and the view, tell the command (one byte on ready_fd; end of file
  * without it means setup failed), drop every capability, then supervise. */
-static void run_init(const struct options *opt, int ready_fd, int launcher_fd, int server_pidfd) {
+static void run_init(const struct options *opt, int ready_fd, int built_fd, int launcher_fd,
+                     int server_pidfd) {
     sigset_t set;
     init_signal_set(&set);
     if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
@@ -963,6 +964,12 @@ static void run_init(const struct options *opt, int ready_fd, int launcher_fd, i
     /* Neither the init nor the launcher holds the command's stdio: EOF on stdout means the
      * command's tree let go of it, and a command that closes stdin sees writes fail. */
     quiet_std_fds();
+    /* The launcher learns the view was built: a command killed before this byte was
+     * killed by this process's failed setup (the init's exit takes the namespace down). */
+    char built = 1;
+    if (write(built_fd, &built, 1) != 1)
+        _exit(EXIT_SETUP_FAILED);
+    close(built_fd);
     /* Sandboxed, the command waits for this byte (the view is built); unsandboxed, the
      * launcher reads it before it exits, so the init never holds the pipes past the exit
      * the server sees (`closed` can follow `exited` at once). */
@@ -999,6 +1006,17 @@ static void mirror_status(int status) {
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_SETUP_FAILED);
 }
 
+/* False only when the init ended without the byte that says the view was built (end of
+ * file): the kernel killed the waiting command as the namespace's init died. An init still
+ * building (EAGAIN) means the command was killed from outside, and that is mirrored. */
+static int view_was_built(int built_fd) {
+    char byte;
+    ssize_t n;
+    while ((n = read(built_fd, &byte, 1)) < 0 && errno == EINTR) {
+    }
+    return n != 0;
+}
+
 static pid_t wait_for(pid_t pid, int *status) {
     for (;;) {
         pid_t got = waitpid(pid, status, 0);
@@ -1025,8 +1043,9 @@ static int launch(const struct options *opt, char **command_env) {
     for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++)
         sigaction(caught[i], &sa, NULL);
     enter_pid_namespace();
-    int ready[2], alive[2];
-    if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(alive, O_CLOEXEC) != 0)
+    int ready[2], alive[2], built[2];
+    if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(alive, O_CLOEXEC) != 0 ||
+        pipe2(built, O_CLOEXEC | O_NONBLOCK) != 0)
         die("pipe2");
     pid_t init = fork(); /* PID 1 of the new namespace */
     if (init < 0)
@@ -1034,10 +1053,12 @@ static int launch(const struct options *opt, char **command_env) {
     if (init == 0) {
         close(ready[0]);
         close(alive[1]);
-        run_init(opt, ready[1], alive[0], server_pidfd);
+        close(built[0]);
+        run_init(opt, ready[1], built[1], alive[0], server_pidfd);
     }
     close(ready[1]);
     close(alive[0]);
+    close(built[1]);
     if (server_pidfd >= 0)
         close(server_pidfd);
     if (opt->netns_fd >= 0)
@@ -1048,8 +1069,10 @@ static int launch(const struct options *opt, char **command_env) {
     pid_t command = fork(); /* PID 2: the command */
     if (command < 0)
         die("fork (command)");
-    if (command == 0)
+    if (command == 0) {
+        close(built[0]);
         exec_command(opt, ready[0], init_pidfd, command_env, command_cwd);
+    }
     if (opt->mode != MODE_NONE)
         close(ready[0]);
     close(init_pidfd);
@@ -1063,6 +1086,8 @@ static int launch(const struct options *opt, char **command_env) {
         while (read(ready[0], &byte, 1) < 0 && errno == EINTR) {
         }
     }
+    if (WIFSIGNALED(status) && !view_was_built(built[0]))
+        _exit(EXIT_SETUP_FAILED); /* the init's failed setup killed it; the init said why */
     mirror_status(status);
 }
 
