@@ -384,6 +384,8 @@ class Session:
         server = self._server
         if server.shutting_down:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down: no new processes")
+        if params.tty:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, "invalid params: tty: true is not supported by this server @ $.params.tty")
         if params.process_id in self.processes or params.process_id in self._tombstones:
             raise ProtocolError(ErrorCode.DUPLICATE_PROCESS, f"duplicate processId {params.process_id!r}")
         if len(self.processes) >= self._config.max_processes_per_session:

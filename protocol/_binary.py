@@ -5,7 +5,7 @@ in receives output events as binary WebSocket frames instead:
 
     offset  size  field
     0       1     frame type, 0x01 = process/output
-    1       1     stream: 0x01 stdout, 0x02 stderr
+    1       1     stream: 0x01 stdout, 0x02 stderr, 0x03 pty
     2       8     seq, unsigned big-endian
     10      1     n = length of processId in bytes (1..128)
     11      n     processId, ASCII
@@ -24,7 +24,7 @@ from ._messages import OutputEvent, Stream
 
 FRAME_OUTPUT: Final = 0x01
 _HEADER: Final = struct.Struct(">BBQB")
-_STREAM_CODES: Final = {Stream.STDOUT: 0x01, Stream.STDERR: 0x02}
+_STREAM_CODES: Final = {Stream.STDOUT: 0x01, Stream.STDERR: 0x02, Stream.PTY: 0x03}
 _STREAMS: Final = {code: stream for stream, code in _STREAM_CODES.items()}
 
 

@@ -33,6 +33,7 @@ REQUEST_METHODS: Final[dict[str, tuple[type, type]]] = {
     "process/signal": (m.SignalParams, m.SignalResult),
     "process/terminate": (m.TerminateParams, m.TerminateResult),
     "process/release": (m.ReleaseParams, m.EmptyResult),
+    "process/resize": (m.ResizeParams, m.EmptyResult),
     "process/list": (m.EmptyParams, m.ListResult),
 }
 NOTIFICATION_METHODS: Final[dict[str, type]] = {

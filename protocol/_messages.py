@@ -28,6 +28,7 @@ MAX_MEMORY_BYTES: Final = 1 << 50
 MAX_PIDS: Final = 4_194_304  # the kernel's PID_MAX_LIMIT
 MAX_CPU_SECONDS: Final = 10_000_000
 MAX_FILE_SIZE_BYTES: Final = 1 << 62
+MAX_TERMINAL_DIMENSION: Final = 10_000  # rows or cols of a pseudo-terminal (the kernel's is u16)
 MIN_OPEN_FILES: Final = 64
 MAX_OPEN_FILES: Final = 1 << 20  # the kernel's default fs.nr_open
 
@@ -144,6 +145,7 @@ class SandboxMode(str, enum.Enum):
 class Stream(str, enum.Enum):
     STDOUT = "stdout"
     STDERR = "stderr"
+    PTY = "pty"  # a tty: true process: its terminal's output (stdout and stderr merged)
 
 
 class SignalName(str, enum.Enum):
@@ -191,6 +193,14 @@ class ResourceLimits:
 
 
 @attrs.frozen(kw_only=True)
+class TerminalSize:
+    """The window size of a ``tty: true`` process's pseudo-terminal."""
+
+    rows: int = attrs.field(validator=_between(1, MAX_TERMINAL_DIMENSION))
+    cols: int = attrs.field(validator=_between(1, MAX_TERMINAL_DIMENSION))
+
+
+@attrs.frozen(kw_only=True)
 class Denial:
     """One action the sandbox blocked: ``blocker`` like ``fs.make_reg``, ``target`` a path or address."""
 
@@ -233,6 +243,8 @@ class Capabilities:
     release: bool
     sandbox: dict[str, Any]
     binary_output: bool = False
+    # process/start tty: true and process/resize (a server without it refuses tty).
+    pty: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -288,6 +300,9 @@ class StartParams:
     retain_bytes: int | None = attrs.field(default=None, validator=_positive)
     retain_after_close_ms: int | None = attrs.field(default=None, validator=_milliseconds)
     limits: ResourceLimits | None = None
+    # A pseudo-terminal as stdin/stdout/stderr and controlling terminal (output: stream "pty").
+    tty: bool = attrs.field(default=False, metadata={OMIT_IF_DEFAULT: True})
+    size: TerminalSize | None = attrs.field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
 
 @attrs.frozen(kw_only=True)
@@ -369,6 +384,15 @@ class TerminateParams:
 @attrs.frozen(kw_only=True)
 class TerminateResult:
     running: bool
+
+
+@attrs.frozen(kw_only=True)
+class ResizeParams:
+    """``process/resize``: a ``tty: true`` process's new window size (answered with ``{}``)."""
+
+    process_id: str = attrs.field(validator=_process_id)
+    rows: int = attrs.field(validator=_between(1, MAX_TERMINAL_DIMENSION))
+    cols: int = attrs.field(validator=_between(1, MAX_TERMINAL_DIMENSION))
 
 
 @attrs.frozen(kw_only=True)

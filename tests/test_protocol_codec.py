@@ -83,6 +83,8 @@ REQUESTS: Final[list[tuple[str, Any]]] = [
     ("process/terminate", p.TerminateParams(process_id="a")),
     ("process/terminate", p.TerminateParams(process_id="a", grace_ms=0)),
     ("process/release", p.ReleaseParams(process_id="a")),
+    ("process/resize", p.ResizeParams(process_id="a", rows=24, cols=80)),
+    ("process/start", p.StartParams(process_id="a", argv=("sh",), tty=True, size=p.TerminalSize(rows=50, cols=132))),
     ("process/list", p.EmptyParams()),
 ]
 
@@ -194,6 +196,7 @@ RESULTS: Final[list[tuple[str, Any]]] = [
     ("process/signal", p.SignalResult(delivered=True)),
     ("process/terminate", p.TerminateResult(running=False)),
     ("process/release", p.EmptyResult()),
+    ("process/resize", p.EmptyResult()),
     ("process/list", p.ListResult(processes=())),
     (
         "process/list",
@@ -310,6 +313,7 @@ def test_initialize_wire_names() -> None:
         "release": True,
         "sandbox": {"available": True, "types": ["landlock", "seccomp"], "nested": {"abi": 7, "x": None}},
         "binaryOutput": True,
+        "pty": False,
     }
     assert set(result["limits"]) == {
         "maxMessageBytes",
@@ -768,6 +772,7 @@ INVALID_PARAMS: Final[list[tuple[str, Any, list[str]]]] = [
     ),
     ("process/list", {"all": True}, ["unknown field @ $.params.all"]),
     ("process/release", {"processId": "a", "force": True}, ["unknown field @ $.params.force"]),
+    ("process/resize", {"processId": "a", "rows": 0, "cols": 80}, ["must be between 1 and 10000 @ $.params.rows"]),
     # missing fields (all of them are reported)
     ("process/start", {"argv": ["ls"]}, ["required field missing @ $.params.processId"]),
     (
@@ -983,7 +988,7 @@ def test_numeric_bounds_are_inclusive(params: dict[str, Any], field: str, value:
             "process/read",
             {**json.loads(p.encode_result(1, MINIMAL_READ))["result"], "chunks": [{"seq": 1, "stream": "stdin", "chunk": "!"}]},
             [
-                "expected one of 'stdout', 'stderr', got 'stdin' @ $.result.chunks[0].stream",
+                "expected one of 'stdout', 'stderr', 'pty', got 'stdin' @ $.result.chunks[0].stream",
                 "invalid base64 @ $.result.chunks[0].chunk",
             ],
         ),

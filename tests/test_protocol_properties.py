@@ -82,6 +82,7 @@ sandbox_policies = st.builds(
     writable_roots=st.lists(absolute_paths, max_size=3).map(tuple),
     network=st.booleans(),
 )
+DIMENSIONS: Final = st.integers(1, p.MAX_TERMINAL_DIMENSION)
 
 PARAMS: Final[dict[str, st.SearchStrategy[Any]]] = {
     "initialize": st.builds(
@@ -105,6 +106,8 @@ PARAMS: Final[dict[str, st.SearchStrategy[Any]]] = {
         sandbox=maybe(sandbox_policies),
         retain_bytes=maybe(POSITIVE),
         retain_after_close_ms=maybe(MILLISECONDS),
+        tty=st.booleans(),
+        size=maybe(st.builds(p.TerminalSize, rows=DIMENSIONS, cols=DIMENSIONS)),
     ),
     "process/read": st.builds(
         p.ReadParams, process_id=process_ids, after_seq=NON_NEGATIVE, max_bytes=maybe(POSITIVE), wait_ms=MILLISECONDS
@@ -113,6 +116,7 @@ PARAMS: Final[dict[str, st.SearchStrategy[Any]]] = {
     "process/signal": st.builds(p.SignalParams, process_id=process_ids, signal=st.sampled_from(p.SignalName)),
     "process/terminate": st.builds(p.TerminateParams, process_id=process_ids, grace_ms=MILLISECONDS),
     "process/release": st.builds(p.ReleaseParams, process_id=process_ids),
+    "process/resize": st.builds(p.ResizeParams, process_id=process_ids, rows=DIMENSIONS, cols=DIMENSIONS),
     "process/list": st.builds(p.EmptyParams),
 }
 
@@ -190,6 +194,7 @@ RESULTS: Final[dict[str, st.SearchStrategy[Any]]] = {
     "process/signal": st.builds(p.SignalResult, delivered=st.booleans()),
     "process/terminate": st.builds(p.TerminateResult, running=st.booleans()),
     "process/release": st.builds(p.EmptyResult),
+    "process/resize": st.builds(p.EmptyResult),
     "process/list": st.builds(
         p.ListResult,
         processes=st.lists(
