@@ -48,6 +48,8 @@ _ANSWERED_IN_ORDER: Final = frozenset(
 )
 # How long the close handshake may take once this connection is closing.
 CLOSE_TIMEOUT_SECONDS: Final = 1.0
+# The writer takes what is already queued into one write while the batch is under this.
+_WRITE_BATCH_BYTES: Final = 64 * 1024
 
 
 class ConnectionState(enum.Enum):
@@ -262,19 +264,22 @@ class Connection:
             try:
                 while True:
                     try:
-                        item = await self._queue.get()
+                        batch = [self._encoded(await self._queue.get())]
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                    if isinstance(item, str | bytes):
-                        message = item
-                    elif self._codex is not None:  # Codex dialect hook
-                        message = _codex.encode_event(item)
-                    else:
-                        message = encode_event(item, self._binary_output)
+                    # What else is queued already goes in the same write (an exited and its
+                    # closed, a burst of output), up to a bound on what the writer holds.
+                    size = len(batch[0])
+                    while size < _WRITE_BATCH_BYTES:
+                        try:
+                            batch.append(self._encoded(self._queue.get_nowait()))
+                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                            break
+                        size += len(batch[-1])
                     # A message is never cancelled half-way (that would corrupt the stream for
                     # the close frame after it): the watchdog handles a stuck write.
                     self._writing_since = trio.current_time()
-                    await self._transport.send(message)
+                    await self._transport.send(batch)
                     self._writing_since = None
             except TransportClosed:
                 self.close(CloseCode.NORMAL, "peer closed")
@@ -283,6 +288,13 @@ class Connection:
                 # Everything queued is written (or nothing more can be): on to the close.
                 if self.state in (ConnectionState.OPEN, ConnectionState.DRAINING):
                     self._move(ConnectionState.CLOSING)
+
+    def _encoded(self, item: OutboundItem) -> str | bytes:
+        if isinstance(item, str | bytes):
+            return item
+        if self._codex is not None:  # Codex dialect hook
+            return _codex.encode_event(item)
+        return encode_event(item, self._binary_output)
 
     async def _watch_for_slow_consumer(self) -> None:
         """Protocol §8: a bestEffort WebSocket whose writer is stuck past the timeout is closed

@@ -148,7 +148,14 @@ class OutboundQueue:
 
     async def get(self) -> OutboundItem:
         """The next item for the writer. Raises ``trio.EndOfChannel`` once closed and empty."""
-        item = await self._receive.receive()
+        return self._taken(await self._receive.receive())
+
+    def get_nowait(self) -> OutboundItem:
+        """The next item if one is queued now. Raises ``trio.WouldBlock`` if none is, and
+        ``trio.EndOfChannel`` (or ``trio.ClosedResourceError``) as ``get`` would."""
+        return self._taken(self._receive.receive_nowait())
+
+    def _taken(self, item: OutboundItem) -> OutboundItem:
         self._charge(item, -1)
         room, self._room = self._room, trio.Event()
         room.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Final
 
 import trio
@@ -69,10 +70,10 @@ class StdioTransport:
                 self._buffer += data[newline + 1 :]
                 return
 
-    async def send(self, message: str | bytes) -> None:
-        data = message.encode() if isinstance(message, str) else message
+    async def send(self, messages: Sequence[str | bytes]) -> None:
+        data = b"".join((message.encode() if isinstance(message, str) else message) + b"\n" for message in messages)
         try:
-            await self._send_stream.send_all(data + b"\n")
+            await self._send_stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed from None
 

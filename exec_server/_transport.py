@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -38,8 +39,11 @@ class MessageTransport(Protocol):
         """The next whole message. Raises ``TransportClosed`` at the end."""
         ...
 
-    async def send(self, message: str | bytes) -> None:
-        """Write one message. Raises ``TransportClosed`` if the peer is gone."""
+    async def send(self, messages: Sequence[str | bytes]) -> None:
+        """Write these messages, in order, with one write to the stream where it can.
+
+        Raises ``TransportClosed`` if the peer is gone.
+        """
         ...
 
     async def ping(self) -> None:
