@@ -4,10 +4,12 @@ terminal, through a real server and the raw client, with real processes and the 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import sys
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -68,3 +70,120 @@ async def test_exit_code_propagates_and_stdin_takes_process_write(client: RawCli
     assert b"hello\r\n" in out  # the terminal echoes what was typed
     assert b"got:hello\r\n" in out
     assert exited_of(events)["exitCode"] == 7
+
+
+async def test_stty_size_is_the_start_size_and_a_resize_reaches_the_foreground_group_as_sigwinch(client: RawClient) -> None:
+    script = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGWINCH, lambda *_: print('winch', *os.get_terminal_size(0), flush=True))\n"
+        "print('start', *os.get_terminal_size(0), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print('end', *os.get_terminal_size(0), flush=True)\n"
+    )
+    with trio.fail_after(10):
+        await client.start("w", [PY, "-c", script], tty=True, size={"rows": 30, "cols": 100})
+        await client.wait_output("w", b"start 100 30\r\n", "pty")
+        assert await client.call("process/resize", {"processId": "w", "rows": 50, "cols": 132}) == {}
+        await client.wait_output("w", b"winch 132 50\r\n", "pty")
+        await type_(client, "w", b"\n")
+        events = await client.events_for("w")
+    assert b"end 132 50\r\n" in output_of(events, "pty")
+    assert exited_of(events)["exitCode"] == 0
+
+
+async def test_stty_size_without_a_size_is_24_by_80(client: RawClient) -> None:
+    with trio.fail_after(10):
+        events = await client.run("s", ["stty", "size"], tty=True)
+    assert output_of(events, "pty") == b"24 80\r\n"
+
+
+async def test_resize_is_refused_for_a_pipe_process_and_an_unknown_one(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.run("pipes", ["true"])
+        error = await client.expect_error("process/resize", {"processId": "pipes", "rows": 10, "cols": 10}, -32602)
+        assert "has no terminal" in error.message
+        await client.expect_error("process/resize", {"processId": "nope", "rows": 10, "cols": 10}, -32001)
+        await client.expect_error("process/resize", {"processId": "pipes", "rows": 0, "cols": 10}, -32602)
+        await client.expect_error("process/resize", {"processId": "pipes", "rows": 10, "cols": 10001}, -32602)
+        await client.expect_error("process/start", {"processId": "big", "argv": ["true"], "tty": True, "size": {"rows": 1, "cols": 0}}, -32602)
+        # A closed tty process: nothing to resize, and no error either (a late SIGWINCH).
+        await client.run("gone", ["true"], tty=True)
+        assert await client.call("process/resize", {"processId": "gone", "rows": 10, "cols": 10}) == {}
+
+
+BASH_ENV: Any = {"PS1": "PROMPT> ", "TERM": "dumb", "HISTFILE": "/dev/null"}
+
+
+async def test_an_interactive_bash_has_job_control_and_computes(client: RawClient) -> None:
+    with trio.fail_after(15):
+        await client.start("sh", ["bash", "--norc", "--noprofile", "-i"], tty=True, env=BASH_ENV)
+        await client.wait_output("sh", b"PROMPT> ", "pty")
+        await type_(client, "sh", b"echo $((6*7))\n")
+        await client.wait_output("sh", b"\r\n42\r\n", "pty")
+        await type_(client, "sh", b"exit 3\n")
+        events = await client.events_for("sh")
+    out = output_of(events, "pty")
+    assert b"no job control" not in out and b"cannot set terminal process group" not in out, out
+    assert exited_of(events)["exitCode"] == 3
+
+
+async def _wait_for_child(client: RawClient, process_id: str, name: str) -> int:
+    """The pid of the command's descendant called ``name`` (polls /proc: there is no event for it)."""
+    pid = next(p["pid"] for p in (await client.call("process/list"))["processes"] if p["processId"] == process_id)
+    while True:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                if child.name() == name:
+                    return child.pid
+            except psutil.Error:
+                continue
+        await trio.sleep(0.02)
+
+
+async def test_interrupt_reaches_the_foreground_job_and_the_shell_returns_to_its_prompt(client: RawClient) -> None:
+    with trio.fail_after(15):  # well under the 30 s of the sleep
+        await client.start("sh", ["bash", "--norc", "--noprofile", "-i"], tty=True, env=BASH_ENV)
+        await client.wait_output("sh", b"PROMPT> ", "pty")
+        await type_(client, "sh", b"sleep 30\n")
+        sleeper = await _wait_for_child(client, "sh", "sleep")
+        assert os.getpgid(sleeper) != os.getpgid(next(p['pid'] for p in (await client.call('process/list'))['processes']))
+        result = await client.call("process/signal", {"processId": "sh", "signal": "interrupt"})
+        assert result["delivered"] is True
+        await type_(client, "sh", b"echo status=$?\n")
+        await client.wait_output("sh", b"status=130\r\n", "pty")
+        await type_(client, "sh", b"exit\n")
+        events = await client.events_for("sh")
+    assert exited_of(events)["exitCode"] == 0  # `exit` returns the status of the echo
+
+
+async def test_eof_ends_cat_after_a_partial_line_and_at_the_start_of_one(client: RawClient) -> None:
+    with trio.fail_after(10):
+        await client.start("partial", ["cat"], tty=True)
+        await type_(client, "partial", b"abc", eof=True)
+        events = await client.events_for("partial")
+        await client.start("line", ["cat"], tty=True)
+        await type_(client, "line", b"one\n")
+        await client.wait_output("line", b"one\r\none\r\n", "pty")  # the echo, then cat's copy
+        await type_(client, "line", b"", eof=True)
+        line_events = await client.events_for("line")
+    assert output_of(events, "pty") == b"abcabc"  # the echo of "abc", then cat's copy
+    assert exited_of(events)["exitCode"] == 0
+    assert exited_of(line_events)["exitCode"] == 0
+
+
+async def test_the_line_discipline_turns_newlines_into_crlf_and_raw_mode_is_binary_safe(client: RawClient) -> None:
+    size = 10 * 1024 * 1024
+    script = (
+        "import sys, tty\n"
+        "tty.setraw(0)\n"  # no \n -> \r\n, no echo, no signal characters
+        f"data = bytes(range(256)) * ({size} // 256)\n"
+        "sys.stdout.buffer.write(data)\n"
+        "sys.stdout.flush()\n"
+    )
+    with trio.fail_after(60):
+        cooked = await client.run("cooked", ["printf", "a\\nb\\n"], tty=True)
+        events = await client.run("raw", [PY, "-c", script], tty=True)
+    assert output_of(cooked, "pty") == b"a\r\nb\r\n"
+    out = output_of(events, "pty")
+    assert len(out) == size and out == bytes(range(256)) * (size // 256)
+    assert exited_of(events)["exitCode"] == 0
