@@ -7,7 +7,7 @@ import base64
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, Final
 
 import psutil
 import pytest
@@ -15,8 +15,10 @@ import trio
 
 from rawclient import (  # noqa: F401  (fixtures are used by name)
     Event,
+    PidWatch,
     RawClient,
     client,
+    is_gone,
     no_leftover_processes,
     open_raw_client,
     output_of,
@@ -187,3 +189,87 @@ async def test_the_line_discipline_turns_newlines_into_crlf_and_raw_mode_is_bina
     out = output_of(events, "pty")
     assert len(out) == size and out == bytes(range(256)) * (size // 256)
     assert exited_of(events)["exitCode"] == 0
+
+
+# --- slow consumers: the same delivery guarantees as pipes ----------------------------------
+
+FLOOD_BYTES: Final = 8 * 1024 * 1024
+
+
+def _raw_flood(size: int) -> list[str]:
+    """Wait for a line, then write ``size`` bytes in raw mode (binary-safe, no echo)."""
+    script = (
+        "import sys, tty\n"
+        "tty.setraw(0)\n"  # TCSAFLUSH: input typed before this is discarded, hence "ready"
+        "sys.stdout.buffer.write(b'ready')\n"
+        "sys.stdout.flush()\n"
+        "sys.stdin.buffer.read(1)\n"
+        f"sys.stdout.buffer.write(bytes(range(256)) * ({size} // 256))\n"
+        "sys.stdout.flush()\n"
+    )
+    return [PY, "-c", script]
+
+
+async def _wait_until_writes_stall(pid: int) -> int:
+    """Poll the producer's written-bytes counter (wchar) until it stands still for 0.5 s;
+    only measures how far it got (see tests/test_delivery.py)."""
+
+    def written() -> int:
+        with open(f"/proc/{pid}/io") as io:
+            return next(int(line.split()[1]) for line in io if line.startswith("wchar:"))
+
+    last, since = written(), trio.current_time()
+    while trio.current_time() - since < 0.5:
+        await trio.sleep(0.05)
+        now = written()
+        if now != last:
+            last, since = now, trio.current_time()
+    return last
+
+
+@pytest.mark.parametrize("delivery", ["bestEffort", "lossless"])
+async def test_a_slow_consumer_gets_the_pipe_guarantees(start_server: Any, delivery: str, no_leftover_processes: None) -> None:
+    """bestEffort: pushes may be dropped while the client does not read, the seq gaps are
+    repaired by process/read, byte-exact. lossless: nothing is dropped, the terminal (and the
+    command writing to it) waits for the client."""
+    expected = b"ready" + bytes(range(256)) * (FLOOD_BYTES // 256)
+    # A queue far smaller than the flood: bestEffort must drop, lossless must hold the command.
+    server = await start_server(outbound_queue_bytes=256 * 1024, outbound_queue_messages=64)
+    with trio.fail_after(60):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize(delivery=delivery)
+            pid = (await raw.start("flood", _raw_flood(FLOOD_BYTES), tty=True, retainBytes=2 * FLOOD_BYTES))["pid"]
+            await raw.wait_output("flood", b"ready", "pty")
+            # The writer itself (below the launcher when the command runs in a PID namespace).
+            producer = ([pid] + [c.pid for c in psutil.Process(pid).children(recursive=True) if c.name().startswith("python")])[-1]
+            watch = PidWatch(pid)
+            raw.pause()
+            await raw.send_request("process/write", {"processId": "flood", "chunk": b64(b"g")})
+            if delivery == "bestEffort":
+                await watch.wait_exited(timeout=30)  # it wrote everything while nobody read
+            else:
+                # Held by the backpressure: its writes stop short of the flood, it keeps running.
+                held_at = await _wait_until_writes_stall(producer)
+                assert 0 < held_at < FLOOD_BYTES and not is_gone(producer), held_at
+            raw.resume()
+            await watch.wait_exited(timeout=30)
+            events = await raw.events_for("flood")
+            seqs = sorted(e.seq for e in events)
+            pushed = {e.seq: e.data for e in events if e.kind == "output"}
+            missing = [seq for seq in range(1, seqs[-1]) if seq not in pushed and seq not in {e.seq for e in events if e.kind != "output"}]
+            repaired: dict[int, bytes] = {}
+            after = 0
+            while missing:
+                result = await raw.call("process/read", {"processId": "flood", "afterSeq": after})
+                for chunk in result["chunks"]:
+                    assert chunk["stream"] == "pty"
+                    repaired[chunk["seq"]] = base64.b64decode(chunk["chunk"])
+                after = result["nextSeq"] - 1
+                if result["closed"] and after >= seqs[-1] - 1:
+                    break
+    if delivery == "lossless":
+        assert seqs == list(range(1, len(seqs) + 1)), "lossless dropped a push"
+    else:
+        assert missing, "the flood fit the queue: nothing was dropped, nothing tested"
+    out = b"".join((pushed | repaired)[seq] for seq in sorted(pushed | repaired))
+    assert out == expected
