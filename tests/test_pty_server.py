@@ -6,13 +6,19 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Final
 
 import psutil
 import pytest
 import trio
 
+from exec_server.sandbox import SandboxSettings
+from protocol import SandboxMode
 from rawclient import (  # noqa: F401  (fixtures are used by name)
     Event,
     PidWatch,
@@ -273,3 +279,93 @@ async def test_a_slow_consumer_gets_the_pipe_guarantees(start_server: Any, deliv
         assert missing, "the flood fit the queue: nothing was dropped, nothing tested"
     out = b"".join((pushed | repaired)[seq] for seq in sorted(pushed | repaired))
     assert out == expected
+
+
+# --- sandboxed ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workspace() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="exec-pty-ws-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def host_pty() -> Iterator[tuple[int, str]]:
+    """A terminal of the host's (another session's, as far as a command is concerned): its
+    master and slave path. Two are opened so the one kept is never /dev/pts/0, which is also
+    the name of a sandboxed command's own terminal."""
+    pairs = [os.openpty() for _ in range(2)]
+    names = [os.ttyname(slave) for _master, slave in pairs]
+    keep = max(range(2), key=lambda i: int(names[i].rsplit("/", 1)[1]))
+    for i, (master, slave) in enumerate(pairs):
+        os.close(slave)
+        if i != keep:
+            os.close(master)
+    master = pairs[keep][0]
+    os.set_blocking(master, False)
+    yield master, names[keep]
+    os.close(master)
+
+
+def _host_pty_received(master: int) -> bytes:
+    try:
+        return os.read(master, 65536)
+    except (BlockingIOError, OSError):
+        return b""
+
+
+@pytest.mark.parametrize("audit", ["auto", "off"], ids=["kernel-audit", "heuristic"])
+async def test_a_sandboxed_tty_session_has_its_own_devpts_and_its_denials_are_reported(
+    start_server: Any, workspace: Path, audit: str, no_leftover_processes: None
+) -> None:
+    server = await start_server(sandbox=SandboxSettings(default_mode=SandboxMode.WORKSPACE_WRITE, audit_denials=audit))
+    if not server.server.sandbox.available:
+        pytest.skip(f"no kernel sandbox here: {server.server.sandbox.unavailable_reason}")
+    script = "tty; ls -1 /dev/pts; test -t 0 && test -t 1 && echo ttys; touch /etc/x"
+    with trio.fail_after(20):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize()
+            result = await raw.start("boxed", ["sh", "-c", script], tty=True, cwd=str(workspace))
+            events = await raw.events_for("boxed")
+            piped = exited_of(await raw.run("piped", ["touch", "/etc/x"], cwd=str(workspace)))
+    assert result["sandboxType"] == "landlock"
+    out = output_of(events, "pty")
+    assert out.startswith(b"/dev/pts/0\r\n0\r\nptmx\r\nttys\r\n"), out
+    assert b"/etc/x" in out and not os.path.exists("/etc/x")
+    exited = exited_of(events)
+    assert exited["exitCode"] != 0 and exited["sandboxDenied"] is True, exited
+    expected_source = server.server.sandbox.capabilities()["denialSource"]
+    assert exited["sandboxDeniedSource"] == expected_source
+    # Reported as in pipe mode. The kernel-audit source does not read output at all; the
+    # heuristic reads the terminal's output (stdout and stderr are one stream there).
+    assert exited["denials"] == piped["denials"] and piped["sandboxDenied"] is True, (exited, piped)
+    assert [d["target"] for d in exited["denials"]] == ["/etc/x"], exited["denials"]
+
+
+@pytest.mark.parametrize("tty", [True, False], ids=["tty", "pipes"])
+async def test_a_sandboxed_command_cannot_reach_a_host_terminal(
+    start_server: Any, workspace: Path, host_pty: tuple[int, str], tty: bool, no_leftover_processes: None
+) -> None:
+    """The view's /dev is its own: no host pty (read or write, root included), no console,
+    no disk; only the memory devices, /dev/tty and its own devpts."""
+    master, name = host_pty
+    server = await start_server(sandbox=SandboxSettings(default_mode=SandboxMode.READ_ONLY, audit_denials="off"))
+    if not server.server.sandbox.available:
+        pytest.skip(f"no kernel sandbox here: {server.server.sandbox.unavailable_reason}")
+    script = f"ls -1 /dev; echo intruder > {name}; cat {name}; ls -1 /dev/console /dev/tty1 /dev/vda; exit 0"
+    with trio.fail_after(20):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize()
+            events = await raw.run("probe", ["sh", "-c", script], tty=tty, cwd=str(workspace))
+    out = output_of(events, "pty") + output_of(events, "stdout") + output_of(events, "stderr")
+    listing = out.split(b"intruder")[0] if b"intruder" in out else out
+    names = set(listing.replace(b"\r", b"").split(b"\n")[:13])
+    assert names >= {b"null", b"zero", b"tty", b"pts", b"ptmx", b"shm", b"urandom"}, out
+    assert not names & {b"console", b"tty1", b"vda", b"kmsg"}, out
+    assert f"cannot create {name}".encode() in out, out  # no such file, or devpts refuses a create
+    assert f"cat: {name}: No such file or directory".encode() in out, out
+    assert out.count(b"No such file or directory") == 4, out  # the read and the three ls
+    assert _host_pty_received(master) == b""
