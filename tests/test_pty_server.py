@@ -4,12 +4,16 @@ terminal, through a real server and the raw client, with real processes and the 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import pwd
 import re
+import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,6 +23,7 @@ import trio
 
 from exec_server.sandbox import SandboxSettings
 from protocol import SandboxMode
+from test_sandbox_view import TEST_USER, _copy_for_the_test_user, _user_exists
 from rawclient import (  # noqa: F401  (fixtures are used by name)
     Event,
     PidWatch,
@@ -197,6 +202,27 @@ async def test_the_line_discipline_turns_newlines_into_crlf_and_raw_mode_is_bina
     assert exited_of(events)["exitCode"] == 0
 
 
+async def test_hangup_reaches_the_shell_behind_the_foreground_job_and_a_timeout_kills_the_tree(client: RawClient) -> None:
+    with trio.fail_after(15):
+        await client.start("sh", ["bash", "--norc", "--noprofile", "-i"], tty=True, env=BASH_ENV)
+        await client.wait_output("sh", b"PROMPT> ", "pty")
+        await type_(client, "sh", b"sleep 30\n")
+        await _wait_for_child(client, "sh", "sleep")
+        assert (await client.call("process/signal", {"processId": "sh", "signal": "hangup"}))["delivered"] is True
+        hung_up = exited_of(await client.events_for("sh"))
+        timed = exited_of(await client.run("slow", ["sh", "-c", "sleep 30"], tty=True, timeoutMs=300))
+    assert hung_up["signal"] == "SIGHUP", hung_up
+    assert timed["timedOut"] is True and timed["signal"] == "SIGKILL", timed
+
+
+async def test_binary_output_frames_carry_the_pty_stream(server: Any, no_leftover_processes: None) -> None:
+    with trio.fail_after(10):
+        async with open_raw_client(server.url, server.token) as raw:
+            await raw.initialize(binaryOutput=True)
+            events = await raw.run("bin", ["printf", "x"], tty=True)
+    assert output_of(events, "pty") == b"x"
+
+
 # --- slow consumers: the same delivery guarantees as pipes ----------------------------------
 
 FLOOD_BYTES: Final = 8 * 1024 * 1024
@@ -369,3 +395,75 @@ async def test_a_sandboxed_command_cannot_reach_a_host_terminal(
     assert f"cat: {name}: No such file or directory".encode() in out, out
     assert out.count(b"No such file or directory") == 4, out  # the read and the three ls
     assert _host_pty_received(master) == b""
+
+
+# --- a non-root server ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tester_server(home: Path) -> AsyncIterator[tuple[str, str]]:
+    """``exec-server serve`` run by the non-root test user (as tests/test_sandbox_view.py
+    does it); yields its URL and token."""
+    site = _copy_for_the_test_user(home)
+    token_path = home / "pty-token"
+    token = secrets.token_urlsafe(32)
+    token_path.write_text(token + "\n")
+    shutil.chown(token_path, TEST_USER, TEST_USER)
+    token_path.chmod(0o600)
+    argv = ["runuser", "-u", TEST_USER, "--", "env", f"PYTHONPATH={site}", f"HOME={home}"]
+    argv += ["/usr/bin/python3", "-m", "exec_server", "serve", "--listen", "ws://127.0.0.1:0", "--token-file", str(token_path)]
+    argv += ["--sandbox", "workspaceWrite", "--allow-unsandboxed", "--audit-denials", "off"]
+    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
+    assert process.stdout is not None
+    try:
+        url = b""
+        while not url.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(256)
+            assert chunk, "the test user's server exited before printing its URL"
+            url += chunk
+        yield url.decode().strip(), token
+    finally:
+        process.terminate()
+        with trio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stdout.aclose()
+        token_path.unlink(missing_ok=True)
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the server as the test user")
+async def test_a_non_root_server_gives_terminals_sandboxed_and_not(no_leftover_processes: None) -> None:
+    if not _user_exists(TEST_USER) or not os.path.exists("/usr/bin/python3"):
+        pytest.skip(f"needs a user {TEST_USER!r} (useradd -m {TEST_USER}) and /usr/bin/python3")
+    entry = pwd.getpwnam(TEST_USER)
+    home = Path(entry.pw_dir)
+    with tempfile.TemporaryDirectory(prefix="exec-pty-user-ws-") as name:
+        workspace = Path(name)
+        os.chown(workspace, entry.pw_uid, entry.pw_gid)
+        with trio.fail_after(120):
+            async with tester_server(home) as (url, token), open_raw_client(url, token) as raw:
+                init = await raw.initialize()
+                assert init["capabilities"]["pty"] is True
+                script = "tty; id -u; stty size; touch ok && echo wrote; touch /etc/x"
+                boxed = await raw.run("boxed", ["sh", "-c", script], tty=True, cwd=str(workspace), size={"rows": 40, "cols": 120})
+                free = await raw.run(
+                    "free", ["sh", "-c", "tty; id -u; test -t 0 && echo tty0"], tty=True, cwd=str(workspace), sandbox={"mode": "none"}
+                )
+                await raw.start("sh", ["bash", "--norc", "--noprofile", "-i"], tty=True, cwd=str(workspace), env=BASH_ENV)
+                await raw.wait_output("sh", b"PROMPT> ", "pty")
+                await type_(raw, "sh", b"echo $((6*7))\n")
+                await raw.wait_output("sh", b"\r\n42\r\n", "pty")
+                await type_(raw, "sh", b"", eof=True)  # ^D at an empty prompt: the shell exits
+                shell = await raw.events_for("sh")
+    out = output_of(boxed, "pty")
+    assert out.startswith(f"/dev/pts/0\r\n{entry.pw_uid}\r\n40 120\r\n".encode()), out
+    assert b"wrote\r\n" in out  # the workspace is writable
+    assert exited_of(boxed)["sandboxDenied"] is True
+    assert [d["target"] for d in exited_of(boxed)["denials"]] == ["/etc/x"]
+    free_out = output_of(free, "pty")
+    assert re.match(rf"/dev/pts/\d+\r\n{entry.pw_uid}\r\ntty0\r\n".encode(), free_out), free_out
+    assert b"no job control" not in output_of(shell, "pty")
+    assert exited_of(shell)["exitCode"] == 0
