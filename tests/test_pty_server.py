@@ -10,6 +10,7 @@ import pwd
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ import psutil
 import pytest
 import trio
 
-from exec_server.sandbox import SandboxSettings
+from exec_server.sandbox import SandboxSettings, find_launcher
 from protocol import SandboxMode
 from test_sandbox_view import TEST_USER, _copy_for_the_test_user, _user_exists
 from rawclient import (  # noqa: F401  (fixtures are used by name)
@@ -467,3 +468,29 @@ async def test_a_non_root_server_gives_terminals_sandboxed_and_not(no_leftover_p
     assert re.match(rf"/dev/pts/\d+\r\n{entry.pw_uid}\r\ntty0\r\n".encode(), free_out), free_out
     assert b"no job control" not in output_of(shell, "pty")
     assert exited_of(shell)["exitCode"] == 0
+
+
+# --- the launcher's side ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pty-size", "0:80"], "bad value for --pty-size"),
+        (["--pty-size", "24x80"], "--pty-size wants ROWS:COLS"),
+        ([], "--pty-fd needs --pty-size"),
+    ],
+)
+def test_a_bad_terminal_request_fails_the_launch_before_anything_runs(flags: list[str], message: str) -> None:
+    """Exit 125 with a one-line reason, and the server's end of the channel sees end of file
+    (no master ever comes), so the process still reaches exited and closed."""
+    launcher = find_launcher()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        argv = [launcher.path, "--pty-fd", str(theirs.fileno()), *flags, "--limits-only", "--", "true"]
+        result = subprocess.run(argv, pass_fds=(theirs.fileno(),), capture_output=True, text=True, timeout=10, check=False)
+        theirs.close()
+        ours.settimeout(10)
+        assert socket.recv_fds(ours, 1, 1)[:2] == (b"", [])
+    assert result.returncode == 125, result
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
