@@ -402,7 +402,7 @@ async def test_a_sandboxed_command_cannot_reach_a_host_terminal(
 
 
 @contextlib.asynccontextmanager
-async def tester_server(home: Path) -> AsyncIterator[tuple[str, str]]:
+async def serve_as_the_test_user(home: Path) -> AsyncIterator[tuple[str, str]]:
     """``exec-server serve`` run by the non-root test user (as tests/test_sandbox_view.py
     does it); yields its URL and token."""
     site = _copy_for_the_test_user(home)
@@ -445,7 +445,7 @@ async def test_a_non_root_server_gives_terminals_sandboxed_and_not(no_leftover_p
         workspace = Path(name)
         os.chown(workspace, entry.pw_uid, entry.pw_gid)
         with trio.fail_after(120):
-            async with tester_server(home) as (url, token), open_raw_client(url, token) as raw:
+            async with serve_as_the_test_user(home) as (url, token), open_raw_client(url, token) as raw:
                 init = await raw.initialize()
                 assert init["capabilities"]["pty"] is True
                 script = "tty; id -u; stty size; touch ok && echo wrote; touch /etc/x"
