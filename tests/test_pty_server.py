@@ -120,6 +120,8 @@ async def test_resize_is_refused_for_a_pipe_process_and_an_unknown_one(client: R
         await client.expect_error("process/resize", {"processId": "pipes", "rows": 0, "cols": 10}, -32602)
         await client.expect_error("process/resize", {"processId": "pipes", "rows": 10, "cols": 10001}, -32602)
         await client.expect_error("process/start", {"processId": "big", "argv": ["true"], "tty": True, "size": {"rows": 1, "cols": 0}}, -32602)
+        error = await client.expect_error("process/start", {"processId": "sz", "argv": ["true"], "size": {"rows": 9, "cols": 9}}, -32602)
+        assert "size needs tty: true" in error.message
         # A closed tty process: nothing to resize, and no error either (a late SIGWINCH).
         await client.run("gone", ["true"], tty=True)
         assert await client.call("process/resize", {"processId": "gone", "rows": 10, "cols": 10}) == {}
