@@ -39,10 +39,12 @@ import anyio
 import anyio.abc
 
 import protocol as p
+from protocol import _codex as codex
 
 from ._arguments import Command, StdinSource, check_failed, check_stdin, command_argv, new_process_id, sandbox_policy
 from ._connection import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, CloseInfo, Connection
 from ._core import Backoff, GiveUp, after_close
+from ._dialect import CODEX_NAME, NATIVE_NAME, CodexDialect, dialect_for
 from ._errors import (
     CommandFailed,
     ConnectionFailed,
@@ -50,6 +52,7 @@ from ._errors import (
     DuplicateProcess,
     ExecClientError,
     InitializeRefused,
+    NotSupported,
     ProtocolViolation,
     ServerError,
     UnknownProcess,
@@ -120,8 +123,10 @@ class Client:
         ping_interval: float | None,
         ping_timeout: float,
         on_resume: Callable[[str], object] | None,
+        dialect: str | None = None,
     ) -> None:
         self.url = target.url
+        self._forced_dialect = dialect
         self.gap_grace = gap_grace
         self._task_group = task_group
         self._target = target
@@ -158,6 +163,11 @@ class Client:
     @property
     def session_id(self) -> str:
         return self.info.session_id
+
+    @property
+    def dialect(self) -> str:
+        """The server's dialect: ``"exec-server"`` (ours) or ``"codex"`` (docs/protocol.md §13.3)."""
+        return self.info.dialect
 
     @property
     def state(self) -> ClientState:
@@ -260,6 +270,12 @@ class Client:
             TypeError, ValueError: invalid arguments (nothing was started).
         """
         check_stdin(stdin)
+        if stdin is not None and not pipe_stdin and self._connection is not None:
+            if not self._connection.dialect.can_close_stdin:
+                raise NotSupported(
+                    "the server speaks Codex's exec-server dialect, which cannot close a command's stdin: "
+                    "pass pipe_stdin=True to keep it open (and terminate the command when done)"
+                )
         argv = command_argv(command, shell)
         process_id = process_id or new_process_id()
         params = p.StartParams(
@@ -282,7 +298,7 @@ class Client:
                 # Cancelled (or interrupted) with the start on the wire: it may be running.
                 await self._terminate_quietly(process_id)
             raise
-        handle.started(result)
+        handle.started(pid=result.pid if isinstance(result, p.StartResult) else None, sandbox_type=result.sandbox_type)
         self._task_group.start_soon(handle.drive)
         if stdin is not None:
             try:
@@ -307,7 +323,7 @@ class Client:
         else:
             raise UnknownProcess(p.ErrorCode.UNKNOWN_PROCESS, f"unknown process {process_id!r} in this session")
         handle = self._new_handle(process_id, listed.argv, stream_output, p.DEFAULT_MAX_OUTPUT_BYTES, None, None)
-        handle.started(p.StartResult(process_id=process_id, pid=listed.pid, sandbox_type="unknown"))
+        handle.started(pid=listed.pid, sandbox_type="unknown")
         self._task_group.start_soon(self._drive_attached, handle)
         return handle
 
@@ -414,13 +430,13 @@ class Client:
         handle.resumed()  # nothing seen yet: catch up from seq 0
         await handle.drive()
 
-    async def _start(self, params: p.StartParams) -> p.StartResult:
+    async def _start(self, params: p.StartParams) -> p.StartResult | codex.StartResult:
         resent = False
         backoff = Backoff(RETRY_FIRST_DELAY, RETRY_MAX_DELAY)
         while True:
             connection = await self._usable_connection(wait=True)
             try:
-                result: p.StartResult = await connection.request(params)
+                result: p.StartResult | codex.StartResult = await connection.request(params)
                 return result
             except ConnectionLost:
                 # The start may or may not have reached the server: send it again on the
@@ -429,6 +445,9 @@ class Client:
             except DuplicateProcess:
                 if not resent:
                     raise
+                if not connection.dialect.can_list:
+                    # No process/list to ask (Codex): "duplicate" after a resend means it runs.
+                    return codex.StartResult(process_id=params.process_id, sandbox_type="unknown")
                 for info in await self.list_processes():
                     if info.process_id == params.process_id:
                         return p.StartResult(process_id=info.process_id, pid=info.pid, sandbox_type="unknown")
@@ -522,6 +541,8 @@ class Client:
         )
         try:
             with anyio.fail_after(self._connect_timeout):
+                if self._forced_dialect == CODEX_NAME:
+                    connection.use_dialect(CodexDialect(None))  # Codex's own initialize, too
                 raw = await connection.request(
                     p.InitializeParams(
                         client_name=self._client_name,
@@ -533,7 +554,8 @@ class Client:
                     ),
                     raw=True,
                 )
-                info = ServerInfo.from_result(raw)
+                dialect, info = dialect_for(raw, forced=self._forced_dialect, resume_session_id=resume_session_id)
+                connection.use_dialect(dialect)
                 await connection.notify(p.InitializedParams())
         except ServerError as exc:
             await connection.aclose()
@@ -649,6 +671,14 @@ class Client:
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 
+def _dialect_name(dialect: str | None) -> str | None:
+    if dialect is None or dialect == "auto":
+        return None
+    if dialect not in (NATIVE_NAME, CODEX_NAME):
+        raise ValueError(f"dialect must be 'auto', {NATIVE_NAME!r} or {CODEX_NAME!r}, not {dialect!r}")
+    return dialect
+
+
 @asynccontextmanager
 async def open_client(
     url: str | None = None,
@@ -668,6 +698,7 @@ async def open_client(
     ping_timeout: float = PING_TIMEOUT_SECONDS,
     on_resume: Callable[[str], object] | None = None,
     session_id: str | None = None,
+    dialect: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to an exec server and open a session (on asyncio or trio).
 
@@ -694,6 +725,12 @@ async def open_client(
         on_resume: called with a one-line message when the client starts resuming and
             when it resumed (also logged on the ``exec_client`` logger).
         session_id: resume this session (e.g. to ``attach`` to its processes).
+        dialect: ``None`` (default) detects the server's dialect from its ``initialize``
+            answer: with ``protocolVersion`` ours, without it the Codex exec-server's
+            (``codex exec-server``; docs/protocol.md §13.3), which the client then speaks:
+            same API and records, minus what Codex cannot do (a timeout, a sandbox policy,
+            closing stdin, ``list``/``attach``: ``NotSupported``). ``"codex"`` speaks Codex's
+            dialect from the first message; ``"exec-server"`` never switches.
 
     Raises:
         ConnectionFailed: unreachable, refused, or a bad token.
@@ -718,6 +755,7 @@ async def open_client(
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             on_resume=on_resume,
+            dialect=_dialect_name(dialect),
         )
         try:
             await client._open(session_id)

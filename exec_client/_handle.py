@@ -218,10 +218,10 @@ class ProcessHandle:
 
     # --- inputs from the client ------------------------------------------------------------
 
-    def started(self, result: p.StartResult) -> None:
-        """The server started it (``process/start`` answered)."""
-        self.pid = result.pid
-        self.sandbox_type = result.sandbox_type
+    def started(self, *, pid: int | None, sandbox_type: str) -> None:
+        """The server started it (``process/start`` answered; a Codex server sends no ``pid``)."""
+        self.pid = pid
+        self.sandbox_type = sandbox_type
         if self.state is HandleState.STARTING:
             self._lifecycle.move(HandleState.RUNNING)
 
