@@ -70,6 +70,9 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help=f"file holding the token (env EXEC_SERVER_TOKEN / EXEC_SERVER_TOKEN_FILE; default {DEFAULT_TOKEN_FILE})",
     )
+    parser.add_argument(
+        "--no-token", action="store_true", help="send no token (a server without authentication, e.g. codex exec-server)"
+    )
     parser.add_argument("--ca-file", metavar="PATH", help="trust only this CA bundle for wss:// (default: system CAs)")
     parser.add_argument("--no-resume", action="store_true", help="do not resume the session after a connection loss")
 
@@ -378,7 +381,7 @@ def _silence_stdout() -> None:
 def _open(args: argparse.Namespace, url: str, **kwargs: Any) -> Any:
     from ._client import open_client
 
-    token = _resolve_token(args.token_file) if _needs_token(url) else None
+    token = _resolve_token(args.token_file) if _needs_token(url) and not args.no_token else None
     return open_client(
         url,
         token=token,

@@ -420,6 +420,9 @@ class Client:
             raise ConnectionLost(self._failure or "session lost")
         if self.state is ClientState.CLOSED:
             raise ConnectionLost("client closed")
+        if process_id in self._handles:
+            # Its handle would replace the running one's, which would then never complete.
+            raise DuplicateProcess(p.ErrorCode.DUPLICATE_PROCESS, f"process {process_id!r} is already running in this session")
         assembler = p.Assembler(process_id, argv, push_events=self.info.push_events, max_output_bytes=max_output_bytes)
         handle = ProcessHandle(self, assembler, stream_output=stream_output, on_stdout=on_stdout, on_stderr=on_stderr)
         # Registered before the request: the first events follow the start response at once.
@@ -539,9 +542,11 @@ class Client:
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
         )
+        # A resume speaks the dialect the session was opened in (its errors are that dialect's).
+        forced = self._forced_dialect or (self._info.dialect if resume_session_id and self._info else None)
         try:
             with anyio.fail_after(self._connect_timeout):
-                if self._forced_dialect == CODEX_NAME:
+                if forced == CODEX_NAME:
                     connection.use_dialect(CodexDialect(None))  # Codex's own initialize, too
                 raw = await connection.request(
                     p.InitializeParams(
@@ -554,11 +559,14 @@ class Client:
                     ),
                     raw=True,
                 )
-                dialect, info = dialect_for(raw, forced=self._forced_dialect, resume_session_id=resume_session_id)
+                dialect, info = dialect_for(raw, forced=forced, resume_session_id=resume_session_id)
                 connection.use_dialect(dialect)
                 await connection.notify(p.InitializedParams())
         except ServerError as exc:
             await connection.aclose()
+            if forced == CODEX_NAME and exc.code == codex.CodexErrorCode.SESSION_ALREADY_ATTACHED:
+                # Codex has not yet seen the old connection go: worth another attempt.
+                raise ConnectionFailed(f"initialize failed at {self.url}: {exc}") from None
             # Reachable and answering: its refusal is final (e.g. an unknown session).
             raise InitializeRefused(f"initialize failed at {self.url}: {exc}") from None
         except (ProtocolViolation, ConnectionLost, TimeoutError) as exc:

@@ -213,7 +213,7 @@ class CodexDialect:
         if method == "process/start":
             return codex.decode_start_result(raw)
         if method == "process/read":
-            return codex.decode_read_result(raw, after_seq=params.after_seq)
+            return codex.decode_read_result(raw, after_seq=params.after_seq, max_bytes=params.max_bytes)
         if method == "process/write":
             return codex.decode_write_result(raw)
         if method == "process/terminate":

@@ -62,6 +62,8 @@ class CodexErrorCode(enum.IntEnum):
     INVALID_PARAMS = -32602
     INTERNAL_ERROR = -32603
     NOT_FOUND = -32004
+    # A resume of a session another connection still holds (Codex 0.169's server).
+    SESSION_ALREADY_ATTACHED = -32010
 
 
 # Our codes → Codex's: its client knows only the JSON-RPC ones and -32004.
@@ -536,6 +538,9 @@ def encode_closed(process_id: str, seq: int) -> str:
 # Codex's messages for "unknown process" and "duplicate process" (both -32600 on its wire).
 _UNKNOWN_PROCESS_PREFIX: Final = "unknown process id "
 _DUPLICATE_PROCESS_SUFFIX: Final = " already exists"
+# A read that returned this close to its maxBytes may have stopped there (no output chunk
+# of Codex's comes near 1 MiB: it keeps only 1 MiB of a process's output in all).
+READ_TRUNCATION_MARGIN: Final = 1024 * 1024
 _OS_ERROR_RE: Final = re.compile(r"^(?P<strerror>.*) \(os error (?P<errno>\d+)\)$", re.DOTALL)
 
 
@@ -674,16 +679,21 @@ def decode_start_result(raw: Any) -> StartResult:
     )
 
 
-def decode_read_result(raw: Any, *, after_seq: int) -> ReadResult_:
-    """A Codex read as our ``ReadResult``.
+def decode_read_result(raw: Any, *, after_seq: int, max_bytes: int | None) -> ReadResult_:
+    """A Codex read (of ``process/read {afterSeq, maxBytes}``) as our ``ReadResult``.
 
-    Codex's read has no ``lastSeq`` (so ``nextSeq`` vouches only for the chunks it returned,
-    and the assembler reads once more to see the end) and no ``retainedFromSeq``: Codex
-    keeps the newest 1 MiB of a process's output and evicts from the front, so the chunks a
-    read returns are a suffix of the output. Seqs missing before the first of them that
-    the exit (and, with no chunks, the close) cannot explain were evicted; the result then
-    says so with ``retainedFromSeq`` = the first seq it holds, and the record gets
-    ``output_lost`` (with an unknown count).
+    Codex's read has no ``lastSeq``: it returns every retained chunk after ``afterSeq`` up
+    to ``maxBytes``, and ``nextSeq`` is the seq after the last one it returned (or the
+    process's next seq). A read that may have stopped at ``maxBytes`` (within
+    ``READ_TRUNCATION_MARGIN`` of it) says ``lastSeq = nextSeq`` — more may follow, so the
+    assembler reads again; any other says ``lastSeq = nextSeq - 1``, so a closed process's
+    read is its terminal state (Codex pushes nothing that was dropped while no connection
+    was attached). Nor has it ``retainedFromSeq``: Codex keeps the newest 1 MiB of a
+    process's output and evicts from the front, so the chunks a read returns are a suffix
+    of the output. Seqs missing before the first of them that the exit (and, with no
+    chunks, the close) cannot explain were evicted; the result then says so with
+    ``retainedFromSeq`` = the first seq it holds, and the record gets ``output_lost``
+    (with an unknown count).
     """
     path = "$.result"
     result = _result_object(raw, "process/read")
@@ -706,6 +716,8 @@ def decode_read_result(raw: Any, *, after_seq: int) -> ReadResult_:
     first = chunks[0].seq if chunks else next_seq
     explained = (1 if exited else 0) + (1 if closed and not chunks else 0)
     evicted = first - (after_seq + 1) > explained
+    returned = sum(len(chunk.chunk) for chunk in chunks)
+    maybe_truncated = bool(chunks) and max_bytes is not None and returned + READ_TRUNCATION_MARGIN > max_bytes
     return ReadResult_(
         chunks=tuple(chunks),
         next_seq=next_seq,
@@ -715,6 +727,7 @@ def decode_read_result(raw: Any, *, after_seq: int) -> ReadResult_:
         failure=failure,
         sandbox_denied=_optional_bool(result, "sandboxDenied", path),
         retained_from_seq=first if evicted else 1,
+        last_seq=next_seq if maybe_truncated else next_seq - 1,
     )
 
 
