@@ -31,6 +31,7 @@ from exec_client._core import Answer, Event, RequestTracker
 from protocol import _codex as codex
 
 from codex_peer import codex_exec_server
+from conftest import RunningServer
 from rawclient import no_leftover_processes  # noqa: F401  (fixture used by name)
 from test_cli import exec_client as run_cli
 from test_client_server import DropProxy
@@ -294,6 +295,40 @@ async def test_forcing_the_codex_dialect_sends_codexs_own_initialize(codex_url: 
             record = await client.run(["echo", "forced"])
     assert wire[0] == "initialize"
     pushed(record, exit_code=0, stdout=b"forced\n", stderr=b"")
+
+
+async def test_the_sync_client_speaks_the_dialect_too(codex_url: str) -> None:
+    def sync() -> p.TerminalRecord:
+        with exec_client.connect(codex_url) as client:
+            assert client.info.dialect == "codex"
+            return client.run("echo sync; exit 2")
+
+    with trio.fail_after(TIMEOUT):
+        record = await trio.to_thread.run_sync(sync)
+    pushed(record, exit_code=2, stdout=b"sync\n", stderr=b"")
+
+
+# --- our own server, unchanged -------------------------------------------------------------------
+
+
+async def test_our_server_is_still_spoken_to_in_our_dialect(server: RunningServer) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with exec_client.open_client(server.url, token=server.token) as client:
+            record = await client.run(["sh", "-c", "echo ours; kill -TERM $$"])
+            assert client.dialect == "exec-server" and client.info.cwd is None
+    assert (record.exit_code, record.signal, record.stdout, record.completion) == (128 + 15, "SIGTERM", b"ours\n", "pushed")
+
+
+async def test_a_duplicate_process_id_does_not_orphan_the_running_one(server: RunningServer) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with exec_client.open_client(server.url, token=server.token) as client:
+            handle = await client.start(["sh", "-c", "read x; echo $x"], process_id="once", pipe_stdin=True)
+            with pytest.raises(exec_client.DuplicateProcess, match="already running"):
+                await client.start(["true"], process_id="once")
+            await handle.write(b"still-tracked\n")
+            await handle.close_stdin()
+            record = await handle.wait()
+    assert (record.exit_code, record.stdout, record.failure) == (0, b"still-tracked\n", None)
 
 
 # --- the dialect, sans-io, on frames recorded from codex exec-server 0.169 ----------------------
