@@ -736,7 +736,7 @@ async def open_client(
         dialect: ``None`` (default) detects the server's dialect from its ``initialize``
             answer: with ``protocolVersion`` ours, without it the Codex exec-server's
             (``codex exec-server``; docs/protocol.md §13.3), which the client then speaks:
-            same API and records, minus what Codex cannot do (a timeout, a sandbox policy,
+            same API and records, minus what Codex cannot do (a timeout, resource limits,
             closing stdin, ``list``/``attach``: ``NotSupported``). ``"codex"`` speaks Codex's
             dialect from the first message; ``"exec-server"`` never switches.
 

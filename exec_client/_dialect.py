@@ -12,8 +12,9 @@ logic and the wire and translates, nothing more:
   inherits the server's environment (ours adds to it too), ``tty``, ``arg0: null``. Answers
   and events: without our extensions (no ``pid``, ``signal``, ``timedOut``, ``lastSeq``…),
   Codex's error codes mapped onto ours. What Codex cannot do is refused before anything is
-  sent, with a one-line ``NotSupported`` (a timeout, a sandbox policy, closing stdin,
-  signals other than ``interrupt``/``kill``, ``process/list``/``release``).
+  sent, with a one-line ``NotSupported`` (a timeout, resource limits, closing stdin,
+  signals other than ``interrupt``/``kill``, ``process/list``/``release``). A sandbox
+  policy is sent as Codex's permissions profile (``permissions_profile``).
 
 Which dialect a connection speaks is decided once, by its ``initialize`` answer
 (``dialect_for``): the client always sends our ``initialize`` (Codex's server ignores the
@@ -34,6 +35,7 @@ from typing import Any, Final, Protocol
 
 import protocol as p
 from protocol import _codex as codex
+from protocol._messages import DEFAULT_READ_ONLY_SUBPATHS
 
 from ._errors import NotSupported, ProtocolViolation, ServerError
 from ._info import ServerInfo
@@ -170,18 +172,17 @@ class CodexDialect:
     def _start(self, params: p.StartParams) -> dict[str, Any]:
         if params.timeout_ms is not None:
             raise _unsupported("command timeout")
-        if params.sandbox is not None:
-            raise _unsupported("sandbox policy of ours (it takes a permissions profile; run with sandbox=None)")
         if params.limits is not None:
             raise _unsupported("resource limits")
         if params.retain_bytes is not None or params.retain_after_close_ms is not None:
             raise _unsupported("retention settings")
         if params.size is not None:
             raise _unsupported("terminal size (its PTY has a fixed one)")
+        cwd = self._cwd(params.cwd)
         return {
             "processId": params.process_id,
             "argv": list(params.argv),
-            "cwd": codex.uri_from_path(self._cwd(params.cwd)),
+            "cwd": codex.uri_from_path(cwd),
             # Ours adds env to the server's environment: Codex's does that only with an
             # envPolicy that inherits it all (its default excludes would drop *KEY*,
             # *SECRET*, *TOKEN* names, which ours keeps).
@@ -194,7 +195,7 @@ class CodexDialect:
             "tty": params.tty,
             "pipeStdin": params.pipe_stdin,
             "arg0": None,
-            "sandbox": None,
+            "sandbox": permissions_profile(params.sandbox, cwd),
         }
 
     def _cwd(self, cwd: str | None) -> str:
@@ -227,6 +228,51 @@ class CodexDialect:
 
     def error(self, method: str, code: int, message: str, data: Any) -> ServerError:
         return ServerError.from_error(*codex.translate_error(method, code, message, data))
+
+
+def _special(kind: str, access: str, subpath: str | None = None) -> dict[str, Any]:
+    value: dict[str, Any] = {"kind": kind}
+    entry: dict[str, Any] = {"path": {"type": "special", "value": value}, "access": access}
+    if subpath is not None:
+        value["subpath"] = subpath
+        entry["missing_path_behavior"] = "skip"
+    return entry
+
+
+def permissions_profile(policy: p.SandboxPolicy | None, cwd: str) -> dict[str, Any] | None:
+    """Our ``SandboxPolicy`` as the permissions profile Codex's ``process/start`` takes.
+
+    The profile is as narrow as ours or narrower, never wider: ``readOnly`` reads everywhere
+    and writes nowhere; ``workspaceWrite`` writes ``cwd`` and each writable root (Codex's
+    ``project_roots``, with our read-only carve-outs — ``.git``, ``.codex``, ``.agents`` by
+    default — as read-only ``project_roots`` subpaths, skipped when missing, as Codex's own
+    client sends them) but gets no writable ``TMPDIR`` (ours gives a private one; Codex's
+    ``tmpdir`` would be the server's shared one, wider). ``network`` is ``enabled`` or
+    ``restricted``. ``None`` (the server's default) and ``none`` send ``null``: Codex's
+    server then runs the command unsandboxed (its default).
+    """
+    if policy is None or policy.mode is p.SandboxMode.NONE:
+        return None
+    entries = [_special("root", "read")]
+    roots = [cwd]
+    if policy.mode is p.SandboxMode.WORKSPACE_WRITE:
+        roots += [root for root in policy.writable_roots if root != cwd]
+        entries.append(_special("project_roots", "write"))
+        subpaths = DEFAULT_READ_ONLY_SUBPATHS if policy.read_only_subpaths is None else policy.read_only_subpaths
+        entries += [_special("project_roots", "read", subpath) for subpath in subpaths]
+    return {
+        "permissions": {
+            "type": "managed",
+            "file_system": {"type": "restricted", "entries": entries},
+            "network": "enabled" if policy.network else "restricted",
+        },
+        "cwd": codex.uri_from_path(cwd),
+        "workspaceRoots": [codex.uri_from_path(root) for root in roots],
+        # Required by Codex 0.169 (Windows settings; these are the values its own client sends).
+        "windowsSandboxLevel": "disabled",
+        "windowsSandboxProxySettingsMode": "reconcile",
+        "useLegacyLandlock": False,
+    }
 
 
 def dialect_for(raw: Any, *, forced: str | None, resume_session_id: str | None) -> tuple[Dialect, ServerInfo]:

@@ -147,8 +147,6 @@ async def test_what_codex_cannot_do_is_refused_before_anything_starts(codex_url:
                 await client.run(["cat"], stdin=b"data")
             with pytest.raises(exec_client.NotSupported, match="no command timeout"):
                 await client.run(["true"], timeout=5)
-            with pytest.raises(exec_client.NotSupported, match="no sandbox policy of ours"):
-                await client.run(["true"], sandbox="readOnly")
             with pytest.raises(exec_client.NotSupported, match="process/list"):
                 await client.list()
             handle = await client.start(["sleep", "30"])
@@ -157,6 +155,30 @@ async def test_what_codex_cannot_do_is_refused_before_anything_starts(codex_url:
             assert await handle.terminate()
             await handle.wait()
     assert wire.count("process/start") == 1  # only the sleep
+
+
+async def test_our_sandbox_policies_run_under_codexs_sandbox(codex_url: str, tmp_path: Path) -> None:
+    workspace, extra, outside = tmp_path / "ws", tmp_path / "extra", tmp_path / "outside"
+    for path in (workspace / ".git", extra, outside):
+        path.mkdir(parents=True)
+    script = "for f in ws/a ws/.git/b extra/c outside/d; do touch $f 2>/dev/null && echo $f; done; touch outside/e"
+    with trio.fail_after(TIMEOUT):
+        async with exec_client.open_client(codex_url) as client:
+            read_only = await client.run(["sh", "-c", script], cwd=tmp_path, sandbox="readOnly")
+            workspace_write = await client.run(
+                ["sh", "-c", script.replace(" ws/", " ./").replace("extra/", "../extra/").replace("outside/", "../outside/")],
+                cwd=workspace,
+                sandbox=p.SandboxPolicy(mode=p.SandboxMode.WORKSPACE_WRITE, writable_roots=(str(extra),)),
+            )
+            handle = await client.start(["true"], sandbox="readOnly")
+            await handle.wait()
+    assert (read_only.exit_code, read_only.sandbox_denied, read_only.stdout) == (1, True, b"")
+    assert b"Read-only file system" in read_only.stderr
+    # cwd and the writable root are writable; .git (our default carve-out) and the rest are not.
+    assert (workspace_write.exit_code, workspace_write.sandbox_denied) == (1, True)
+    assert workspace_write.stdout == b"./a\n../extra/c\n"
+    assert sorted(path.name for path in tmp_path.rglob("*") if path.is_file()) == ["a", "c"]
+    assert handle.sandbox_type == "linuxSeccomp"
 
 
 async def test_terminate_kills_a_running_sleep(codex_url: str, wire: list[str]) -> None:
