@@ -91,6 +91,8 @@ class Connection:
     def use_dialect(self, dialect: Dialect) -> None:
         """Speak ``dialect`` from now on: called once, when ``initialize`` answered."""
         self._tracker.dialect = dialect
+        if dialect.acks_at_once:
+            self._transport.ack_at_once()
 
     @classmethod
     async def open(

@@ -66,6 +66,11 @@ class Dialect(Protocol):
         """``process/list`` exists."""
         ...
 
+    @property
+    def acks_at_once(self) -> bool:
+        """The peer does not set TCP_NODELAY: ACK what it sends at once (``_websocket.py``)."""
+        ...
+
     def encode_request(self, request_id: int, params: Any, method: str) -> str:
         """The frame of one call. Raises ``NotSupported`` if the peer cannot do it."""
         ...
@@ -89,6 +94,7 @@ class NativeDialect:
     name: Final = NATIVE_NAME
     can_close_stdin: Final = True
     can_list: Final = True
+    acks_at_once: Final = False
 
     def encode_request(self, request_id: int, params: Any, method: str) -> str:
         return p.encode_request(request_id, params, method)
@@ -124,6 +130,8 @@ class CodexDialect:
     name: Final = CODEX_NAME
     can_close_stdin: Final = False
     can_list: Final = False
+    # Codex's server leaves Nagle on: without quick ACKs a one-shot takes 48 ms, not 5.
+    acks_at_once: Final = True
 
     def __init__(self, server_cwd: str | None) -> None:
         self.server_cwd = server_cwd

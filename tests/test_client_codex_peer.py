@@ -311,6 +311,18 @@ async def test_the_cli_runs_a_command_on_codex_exec_server(codex_url: str, tmp_p
     assert missing.returncode == 127 and missing.stderr.count(b"\n") == 1
 
 
+
+async def test_the_cli_does_not_forward_stdin_to_codex_unless_asked(codex_url: str, tmp_path: Path) -> None:
+    # Codex cannot close a command's stdin: `cat` would wait forever after our EOF.
+    with trio.fail_after(TIMEOUT):
+        default = await run_cli(["run", "--url", codex_url, "--no-token", "--", "cat"], home=tmp_path, stdin=b"data")
+        asked = await run_cli(
+            ["run", "--url", codex_url, "--no-token", "--stdin", "--", "head", "-c", "4"], home=tmp_path, stdin=b"data"
+        )
+    assert (default.returncode, default.stdout, default.stderr) == (0, b"", b"")
+    assert (asked.returncode, asked.stdout) == (0, b"data")
+
+
 async def test_forcing_the_codex_dialect_sends_codexs_own_initialize(codex_url: str, wire: list[str]) -> None:
     with trio.fail_after(TIMEOUT):
         async with exec_client.open_client(codex_url, dialect="codex") as client:
