@@ -105,6 +105,8 @@ class NativeDialect:
         return p.decode(frame, tolerant=True)
 
     def decode_result(self, method: str, params: Any, raw: Any) -> Any:
+        if method not in p.REQUEST_METHODS:
+            return raw  # fs/*, environment/info: the caller decodes (as with raw=True)
         return p.decode_result(method, raw)
 
     def error(self, method: str, code: int, message: str, data: Any) -> ServerError:
@@ -232,6 +234,8 @@ class CodexDialect:
                 return p.SignalResult(delivered=codex.decode_terminate_result(raw).running)
             # Codex answers {}: it cannot say whether the signal found the process.
             return p.SignalResult(delivered=True)
+        if method not in p.REQUEST_METHODS:
+            return raw  # fs/*, environment/info: Codex's shapes are ours; the caller decodes
         return p.decode_result(method, raw)
 
     def error(self, method: str, code: int, message: str, data: Any) -> ServerError:

@@ -331,6 +331,18 @@ async def test_forcing_the_codex_dialect_sends_codexs_own_initialize(codex_url: 
     pushed(record, exit_code=0, stdout=b"forced\n", stderr=b"")
 
 
+async def test_fs_requests_pass_through_unchanged(codex_url: str, tmp_path: Path) -> None:
+    # The file layer sends fs/* through the connection's request path, in any dialect.
+    (tmp_path / "f.txt").write_bytes(b"file data")
+    with trio.fail_after(TIMEOUT):
+        async with exec_client.open_client(codex_url) as client:
+            read = await client.call(codex.PathParams(path=codex.uri_from_path(str(tmp_path / "f.txt"))), "fs/readFile")
+            with pytest.raises(exec_client.ServerError) as missing:
+                await client.call(codex.PathParams(path=codex.uri_from_path(str(tmp_path / "nope"))), "fs/readFile")
+    assert read == {"dataBase64": "ZmlsZSBkYXRh"}
+    assert missing.value.code == p.ErrorCode.FILE_NOT_FOUND
+
+
 async def test_the_sync_client_speaks_the_dialect_too(codex_url: str) -> None:
     def sync() -> p.TerminalRecord:
         with exec_client.connect(codex_url) as client:
