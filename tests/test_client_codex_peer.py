@@ -343,6 +343,15 @@ async def test_fs_requests_pass_through_unchanged(codex_url: str, tmp_path: Path
     assert missing.value.code == p.ErrorCode.FILE_NOT_FOUND
 
 
+async def test_codex_answers_the_keepalive_pings(codex_url: str) -> None:
+    # A missing pong would count as a cut (and a resume): Codex's server must answer them.
+    with trio.fail_after(TIMEOUT):
+        async with exec_client.open_client(codex_url, ping_interval=0.05, ping_timeout=10) as client:
+            record = await client.run(["sleep", "1"])
+            assert client.resumes == 0 and client.state is exec_client.ClientState.CONNECTED
+    pushed(record, exit_code=0, stdout=b"", stderr=b"")
+
+
 async def test_the_sync_client_speaks_the_dialect_too(codex_url: str) -> None:
     def sync() -> p.TerminalRecord:
         with exec_client.connect(codex_url) as client:
