@@ -346,8 +346,9 @@ async def test_fs_requests_pass_through_unchanged(codex_url: str, tmp_path: Path
 async def test_codex_answers_the_keepalive_pings(codex_url: str) -> None:
     # A missing pong would count as a cut (and a resume): Codex's server must answer them.
     with trio.fail_after(TIMEOUT):
-        async with exec_client.open_client(codex_url, ping_interval=0.05, ping_timeout=10) as client:
-            record = await client.run(["sleep", "1"])
+        # The command outlives the pong timeout by far: without pongs the client would resume.
+        async with exec_client.open_client(codex_url, ping_interval=0.05, ping_timeout=1.0) as client:
+            record = await client.run(["sleep", "3"])
             assert client.resumes == 0 and client.state is exec_client.ClientState.CONNECTED
     pushed(record, exit_code=0, stdout=b"", stderr=b"")
 
