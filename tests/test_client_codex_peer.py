@@ -387,6 +387,20 @@ async def test_a_duplicate_process_id_does_not_orphan_the_running_one(server: Ru
     assert (record.exit_code, record.stdout, record.failure) == (0, b"still-tracked\n", None)
 
 
+async def test_forced_codex_dialect_against_our_server_gives_the_same_record(server: RunningServer) -> None:
+    # Our server speaks Codex's dialect to a client that initializes as Codex does: the two
+    # halves of the dialect (exec_server/_codex.py and exec_client/_dialect.py) must agree.
+    script = "printf out; printf err >&2; exit 3"
+    with trio.fail_after(TIMEOUT):
+        async with exec_client.open_client(server.url, token=server.token, dialect="codex") as client:
+            assert client.dialect == "codex"
+            as_codex = await client.run(["sh", "-c", script])
+        async with exec_client.open_client(server.url, token=server.token) as client:
+            ours = await client.run(["sh", "-c", script])
+    pushed(as_codex, exit_code=3, stdout=b"out", stderr=b"err")
+    assert (ours.exit_code, ours.stdout, ours.stderr, ours.completion) == (3, b"out", b"err", "pushed")
+
+
 # --- the dialect, sans-io, on frames recorded from codex exec-server 0.169 ----------------------
 
 RECORDED: Final = [
