@@ -5,7 +5,10 @@ Codex CLI's exec-server (``codex exec-server``; field sets as its 0.169 release 
 the wire). The method names are ours, the shapes are not: ``cwd`` and paths are ``file://``
 URIs, there is no ``pid``/``signal``/``timedOut``, ``sandbox`` is a permissions profile, and
 there are ``fs/*`` methods. This module only turns text into typed messages and back; what
-the server does with them is ``exec_server/_codex.py``.
+the server does with them is ``exec_server/_codex.py``. The other direction — what a Codex
+*server* sends to our client, decoded into our own messages — is the last section
+(``decode_from_server`` and the ``decode_*_result`` functions; ``exec_client/_dialect.py``
+uses them).
 
 Decoding is strict about types and tolerant about fields: Codex's field set is fixed, and
 fields a newer Codex adds are ignored (a wrong type is still -32602). The sandbox profile is
