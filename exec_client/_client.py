@@ -127,7 +127,7 @@ class Client:
     ) -> None:
         self.url = target.url
         self._forced_dialect = dialect
-        self.gap_grace = gap_grace
+        self._gap_grace = gap_grace
         self._task_group = task_group
         self._target = target
         self._token = token
@@ -163,6 +163,18 @@ class Client:
     @property
     def session_id(self) -> str:
         return self.info.session_id
+
+    @property
+    def gap_grace(self) -> float:
+        """Seconds a hole in a process's seqs waits for a reordered event before a read.
+
+        At least the dialect's floor: Codex's server reorders events (its pipes and the
+        exit race each other) but never drops one while attached, so a hole there waits
+        longer than on ours before it costs a read.
+        """
+        connection = self._connection
+        floor = connection.dialect.min_gap_grace if connection is not None else 0.0
+        return max(self._gap_grace, floor)
 
     @property
     def dialect(self) -> str:
@@ -423,7 +435,13 @@ class Client:
         if process_id in self._handles:
             # Its handle would replace the running one's, which would then never complete.
             raise DuplicateProcess(p.ErrorCode.DUPLICATE_PROCESS, f"process {process_id!r} is already running in this session")
-        assembler = p.Assembler(process_id, argv, push_events=self.info.push_events, max_output_bytes=max_output_bytes)
+        assembler = p.Assembler(
+            process_id,
+            argv,
+            push_events=self.info.push_events,
+            in_order=self.info.in_order,
+            max_output_bytes=max_output_bytes,
+        )
         handle = ProcessHandle(self, assembler, stream_output=stream_output, on_stdout=on_stdout, on_stderr=on_stderr)
         # Registered before the request: the first events follow the start response at once.
         self._handles[process_id] = handle
@@ -725,7 +743,8 @@ async def open_client(
             events may be dropped and are repaired from retention; see protocol doc §8).
         client_name: reported at ``initialize``.
         connect_timeout: seconds for the connect, the handshake and ``initialize``.
-        gap_grace: seconds a hole in a process's seqs may wait for a reordered event.
+        gap_grace: seconds a hole in a process's seqs may wait for a reordered event
+            (at least 1 s against Codex's server, which reorders but never drops).
         resume: reconnect and resume the session after a connection loss
             (``auto_resume`` is the old name).
         binary_output: ask for output events as binary frames (no base64).

@@ -74,7 +74,8 @@ _TRANSITIONS: Final = {
 class HandleHost(Protocol):
     """What a handle needs from its client: calls on the session, and where its record goes."""
 
-    gap_grace: float
+    @property
+    def gap_grace(self) -> float: ...
 
     async def call(self, params: Any, *, retry: bool = False, wait_for_resume: bool = True) -> Any: ...
 

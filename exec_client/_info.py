@@ -30,6 +30,8 @@ class ServerInfo:
     dialect: str = "exec-server"
     # The server's working directory, when it says (Codex's environmentInfo.cwd).
     cwd: str | None = None
+    # Each process's events are pushed in seq order (ours; Codex's server reorders them).
+    in_order: bool = True
 
     @property
     def detached_session_ttl_ms(self) -> int | None:

@@ -459,6 +459,23 @@ def test_recorded_events_complete_a_record_without_a_read() -> None:
     assert (record.record.completion, record.record.read_calls, record.record.sandbox_denied) == ("pushed", 0, False)
 
 
+@pytest.mark.parametrize(("in_order", "reads"), [(False, 0), (True, 1)])
+def test_closed_before_exited_is_a_reorder_on_codex(in_order: bool, reads: int) -> None:
+    # As seen from Codex 0.169 on a 20 MB stream: stderr and the exit overtaken, closed first.
+    frames = [RECORDED[1], RECORDED[3], RECORDED[0], RECORDED[2]]
+    assembler = p.Assembler("p1", ["sh"], in_order=in_order)
+    first, behind_closed, *rest = [assembler.event(event) for event in _events(frames)]
+    if in_order:  # our server: nothing follows closed, so the hole is a loss: read at once
+        assert isinstance(behind_closed.action, p.NeedRead)
+        done = _read(assembler, behind_closed.action, RECORDED_READ)
+    else:  # Codex: wait (the gap grace) for the rest
+        assert behind_closed.action == p.Wait(hole=True)
+        done = rest[-1]
+    assert isinstance(done.action, p.Complete)
+    record = done.action.record
+    assert (record.stdout, record.stderr, record.exit_code, record.read_calls) == (b"out\n", b"err\n", 3, reads)
+
+
 def test_an_exited_without_sandbox_denied_costs_exactly_one_read() -> None:
     # An older Codex omits sandboxDenied; the read (which has it) supplies it.
     frames = [*RECORDED[:2], RECORDED[2].replace(',"sandboxDenied":false', ""), RECORDED[3]]
