@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
             "InitializeRefused",
             "InvalidParams",
             "LimitExceeded",
+            "NotSupported",
             "NotTerminal",
             "OutputOverrun",
             "ProcessReleased",
@@ -103,6 +104,7 @@ if TYPE_CHECKING:
     from ._errors import InitializeRefused as InitializeRefused
     from ._errors import InvalidParams as InvalidParams
     from ._errors import LimitExceeded as LimitExceeded
+    from ._errors import NotSupported as NotSupported
     from ._errors import NotTerminal as NotTerminal
     from ._errors import OutputOverrun as OutputOverrun
     from ._errors import ProcessReleased as ProcessReleased

@@ -70,6 +70,9 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help=f"file holding the token (env EXEC_SERVER_TOKEN / EXEC_SERVER_TOKEN_FILE; default {DEFAULT_TOKEN_FILE})",
     )
+    parser.add_argument(
+        "--no-token", action="store_true", help="send no token (a server without authentication, e.g. codex exec-server)"
+    )
     parser.add_argument("--ca-file", metavar="PATH", help="trust only this CA bundle for wss:// (default: system CAs)")
     parser.add_argument("--no-resume", action="store_true", help="do not resume the session after a connection loss")
 
@@ -97,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--network", action="store_true", help="allow network access inside the sandbox (alone: readOnly + network)")
     stdin = run.add_mutually_exclusive_group()
     stdin.add_argument("-n", "--no-stdin", action="store_true", help="never forward our stdin (the command reads EOF)")
-    stdin.add_argument("--stdin", action="store_true", help="forward our stdin even when it is a terminal")
+    stdin.add_argument(
+        "--stdin",
+        action="store_true",
+        help="forward our stdin even when it is a terminal, or to codex exec-server (which cannot close it)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
     ps = commands.add_parser("ps", help="list the processes of a session (takes the session over)")
     _add_connection_options(ps)
@@ -305,7 +312,7 @@ async def _forward_stdin(handle: ProcessHandle) -> None:
 
     import protocol as p
 
-    from ._errors import ExecClientError
+    from ._errors import ExecClientError, NotSupported
 
     send, receive = anyio.create_memory_object_stream[bytes](_STDIN_QUEUE_CHUNKS)
     token = anyio.lowlevel.current_token()
@@ -329,6 +336,8 @@ async def _forward_stdin(handle: ProcessHandle) -> None:
                 if await handle.write(data) is not p.WriteStatus.ACCEPTED:
                     return  # the command closed its stdin or exited; stop reading ours
         await handle.close_stdin()
+    except NotSupported as exc:
+        _note(f"our stdin ended, but {exc}: the command's stays open")
     except ExecClientError:
         pass  # the record tells what happened to the command
 
@@ -378,7 +387,7 @@ def _silence_stdout() -> None:
 def _open(args: argparse.Namespace, url: str, **kwargs: Any) -> Any:
     from ._client import open_client
 
-    token = _resolve_token(args.token_file) if _needs_token(url) else None
+    token = _resolve_token(args.token_file) if _needs_token(url) and not args.no_token else None
     return open_client(
         url,
         token=token,
@@ -401,7 +410,12 @@ async def _run_command(client: Client, args: argparse.Namespace, command: list[s
 
     import protocol as p
 
-    forward_stdin = not args.no_stdin and _stdin_usable() and (args.stdin or not os.isatty(sys.stdin.fileno()))
+    # Codex's dialect cannot close a command's stdin: forwarding ours by default would leave
+    # `cat` waiting forever after our EOF, so there it takes --stdin.
+    closable = client.info.dialect != "codex"
+    forward_stdin = (
+        not args.no_stdin and _stdin_usable() and (args.stdin or (closable and not os.isatty(sys.stdin.fileno())))
+    )
     handle = await client.start(
         command,
         cwd=args.cwd,  # sent as given: a relative one is resolved on the server

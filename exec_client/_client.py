@@ -39,10 +39,12 @@ import anyio
 import anyio.abc
 
 import protocol as p
+from protocol import _codex as codex
 
 from ._arguments import Command, StdinSource, check_failed, check_stdin, command_argv, new_process_id, sandbox_policy
 from ._connection import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, CloseInfo, Connection
 from ._core import Backoff, GiveUp, after_close
+from ._dialect import CODEX_NAME, NATIVE_NAME, CodexDialect, dialect_for
 from ._errors import (
     CommandFailed,
     ConnectionFailed,
@@ -50,6 +52,7 @@ from ._errors import (
     DuplicateProcess,
     ExecClientError,
     InitializeRefused,
+    NotSupported,
     ProtocolViolation,
     ServerError,
     UnknownProcess,
@@ -120,9 +123,11 @@ class Client:
         ping_interval: float | None,
         ping_timeout: float,
         on_resume: Callable[[str], object] | None,
+        dialect: str | None = None,
     ) -> None:
         self.url = target.url
-        self.gap_grace = gap_grace
+        self._forced_dialect = dialect
+        self._gap_grace = gap_grace
         self._task_group = task_group
         self._target = target
         self._token = token
@@ -158,6 +163,23 @@ class Client:
     @property
     def session_id(self) -> str:
         return self.info.session_id
+
+    @property
+    def gap_grace(self) -> float:
+        """Seconds a hole in a process's seqs waits for a reordered event before a read.
+
+        At least the dialect's floor: Codex's server reorders events (its pipes and the
+        exit race each other) but never drops one while attached, so a hole there waits
+        longer than on ours before it costs a read.
+        """
+        connection = self._connection
+        floor = connection.dialect.min_gap_grace if connection is not None else 0.0
+        return max(self._gap_grace, floor)
+
+    @property
+    def dialect(self) -> str:
+        """The server's dialect: ``"exec-server"`` (ours) or ``"codex"`` (docs/protocol.md §13.3)."""
+        return self.info.dialect
 
     @property
     def state(self) -> ClientState:
@@ -260,6 +282,12 @@ class Client:
             TypeError, ValueError: invalid arguments (nothing was started).
         """
         check_stdin(stdin)
+        if stdin is not None and not pipe_stdin and self._connection is not None:
+            if not self._connection.dialect.can_close_stdin:
+                raise NotSupported(
+                    "the server speaks Codex's exec-server dialect, which cannot close a command's stdin: "
+                    "pass pipe_stdin=True to keep it open (and terminate the command when done)"
+                )
         argv = command_argv(command, shell)
         process_id = process_id or new_process_id()
         params = p.StartParams(
@@ -282,7 +310,7 @@ class Client:
                 # Cancelled (or interrupted) with the start on the wire: it may be running.
                 await self._terminate_quietly(process_id)
             raise
-        handle.started(result)
+        handle.started(pid=result.pid if isinstance(result, p.StartResult) else None, sandbox_type=result.sandbox_type)
         self._task_group.start_soon(handle.drive)
         if stdin is not None:
             try:
@@ -307,7 +335,7 @@ class Client:
         else:
             raise UnknownProcess(p.ErrorCode.UNKNOWN_PROCESS, f"unknown process {process_id!r} in this session")
         handle = self._new_handle(process_id, listed.argv, stream_output, p.DEFAULT_MAX_OUTPUT_BYTES, None, None)
-        handle.started(p.StartResult(process_id=process_id, pid=listed.pid, sandbox_type="unknown"))
+        handle.started(pid=listed.pid, sandbox_type="unknown")
         self._task_group.start_soon(self._drive_attached, handle)
         return handle
 
@@ -404,7 +432,16 @@ class Client:
             raise ConnectionLost(self._failure or "session lost")
         if self.state is ClientState.CLOSED:
             raise ConnectionLost("client closed")
-        assembler = p.Assembler(process_id, argv, push_events=self.info.push_events, max_output_bytes=max_output_bytes)
+        if process_id in self._handles:
+            # Its handle would replace the running one's, which would then never complete.
+            raise DuplicateProcess(p.ErrorCode.DUPLICATE_PROCESS, f"process {process_id!r} is already running in this session")
+        assembler = p.Assembler(
+            process_id,
+            argv,
+            push_events=self.info.push_events,
+            in_order=self.info.in_order,
+            max_output_bytes=max_output_bytes,
+        )
         handle = ProcessHandle(self, assembler, stream_output=stream_output, on_stdout=on_stdout, on_stderr=on_stderr)
         # Registered before the request: the first events follow the start response at once.
         self._handles[process_id] = handle
@@ -414,13 +451,13 @@ class Client:
         handle.resumed()  # nothing seen yet: catch up from seq 0
         await handle.drive()
 
-    async def _start(self, params: p.StartParams) -> p.StartResult:
+    async def _start(self, params: p.StartParams) -> p.StartResult | codex.StartResult:
         resent = False
         backoff = Backoff(RETRY_FIRST_DELAY, RETRY_MAX_DELAY)
         while True:
             connection = await self._usable_connection(wait=True)
             try:
-                result: p.StartResult = await connection.request(params)
+                result: p.StartResult | codex.StartResult = await connection.request(params)
                 return result
             except ConnectionLost:
                 # The start may or may not have reached the server: send it again on the
@@ -429,6 +466,9 @@ class Client:
             except DuplicateProcess:
                 if not resent:
                     raise
+                if not connection.dialect.can_list:
+                    # No process/list to ask (Codex): "duplicate" after a resend means it runs.
+                    return codex.StartResult(process_id=params.process_id, sandbox_type="unknown")
                 for info in await self.list_processes():
                     if info.process_id == params.process_id:
                         return p.StartResult(process_id=info.process_id, pid=info.pid, sandbox_type="unknown")
@@ -520,8 +560,12 @@ class Client:
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
         )
+        # A resume speaks the dialect the session was opened in (its errors are that dialect's).
+        forced = self._forced_dialect or (self._info.dialect if resume_session_id and self._info else None)
         try:
             with anyio.fail_after(self._connect_timeout):
+                if forced == CODEX_NAME:
+                    connection.use_dialect(CodexDialect(None))  # Codex's own initialize, too
                 raw = await connection.request(
                     p.InitializeParams(
                         client_name=self._client_name,
@@ -533,10 +577,14 @@ class Client:
                     ),
                     raw=True,
                 )
-                info = ServerInfo.from_result(raw)
+                dialect, info = dialect_for(raw, forced=forced, resume_session_id=resume_session_id)
+                connection.use_dialect(dialect)
                 await connection.notify(p.InitializedParams())
         except ServerError as exc:
             await connection.aclose()
+            if forced == CODEX_NAME and exc.code == codex.CodexErrorCode.SESSION_ALREADY_ATTACHED:
+                # Codex has not yet seen the old connection go: worth another attempt.
+                raise ConnectionFailed(f"initialize failed at {self.url}: {exc}") from None
             # Reachable and answering: its refusal is final (e.g. an unknown session).
             raise InitializeRefused(f"initialize failed at {self.url}: {exc}") from None
         except (ProtocolViolation, ConnectionLost, TimeoutError) as exc:
@@ -649,6 +697,14 @@ class Client:
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 
+def _dialect_name(dialect: str | None) -> str | None:
+    if dialect is None or dialect == "auto":
+        return None
+    if dialect not in (NATIVE_NAME, CODEX_NAME):
+        raise ValueError(f"dialect must be 'auto', {NATIVE_NAME!r} or {CODEX_NAME!r}, not {dialect!r}")
+    return dialect
+
+
 @asynccontextmanager
 async def open_client(
     url: str | None = None,
@@ -668,6 +724,7 @@ async def open_client(
     ping_timeout: float = PING_TIMEOUT_SECONDS,
     on_resume: Callable[[str], object] | None = None,
     session_id: str | None = None,
+    dialect: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to an exec server and open a session (on asyncio or trio).
 
@@ -686,7 +743,8 @@ async def open_client(
             events may be dropped and are repaired from retention; see protocol doc §8).
         client_name: reported at ``initialize``.
         connect_timeout: seconds for the connect, the handshake and ``initialize``.
-        gap_grace: seconds a hole in a process's seqs may wait for a reordered event.
+        gap_grace: seconds a hole in a process's seqs may wait for a reordered event
+            (at least 1 s against Codex's server, which reorders but never drops).
         resume: reconnect and resume the session after a connection loss
             (``auto_resume`` is the old name).
         binary_output: ask for output events as binary frames (no base64).
@@ -694,6 +752,12 @@ async def open_client(
         on_resume: called with a one-line message when the client starts resuming and
             when it resumed (also logged on the ``exec_client`` logger).
         session_id: resume this session (e.g. to ``attach`` to its processes).
+        dialect: ``None`` (default) detects the server's dialect from its ``initialize``
+            answer: with ``protocolVersion`` ours, without it the Codex exec-server's
+            (``codex exec-server``; docs/protocol.md §13.3), which the client then speaks:
+            same API and records, minus what Codex cannot do (a timeout, resource limits,
+            closing stdin, ``list``/``attach``: ``NotSupported``). ``"codex"`` speaks Codex's
+            dialect from the first message; ``"exec-server"`` never switches.
 
     Raises:
         ConnectionFailed: unreachable, refused, or a bad token.
@@ -718,6 +782,7 @@ async def open_client(
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             on_resume=on_resume,
+            dialect=_dialect_name(dialect),
         )
         try:
             await client._open(session_id)

@@ -22,6 +22,7 @@ import attrs
 import protocol as p
 
 from ._core import CLOSE_NORMAL, Answer, Event, Ignored, RequestTracker, Unreadable
+from ._dialect import Dialect
 from ._errors import ConnectionLost
 from ._transport import ClientTransport, TransportClosed
 
@@ -82,6 +83,17 @@ class Connection:
     def supports_binary(self) -> bool:
         return self._transport.supports_binary
 
+    @property
+    def dialect(self) -> Dialect:
+        """How this connection's wire looks (``NATIVE`` until ``use_dialect``)."""
+        return self._tracker.dialect
+
+    def use_dialect(self, dialect: Dialect) -> None:
+        """Speak ``dialect`` from now on: called once, when ``initialize`` answered."""
+        self._tracker.dialect = dialect
+        if dialect.acks_at_once:
+            self._transport.ack_at_once()
+
     @classmethod
     async def open(
         cls,
@@ -119,6 +131,7 @@ class Connection:
             ServerError: the server answered with an error (a subclass by code).
             ConnectionLost: the connection closed before the answer.
             ProtocolViolation: the answer was malformed.
+            NotSupported: the connection's dialect cannot make this call (nothing was sent).
         """
         if self.close_info is not None:
             raise ConnectionLost(self.close_info.reason)

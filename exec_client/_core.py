@@ -8,7 +8,9 @@ copy of it.
 
 - ``RequestTracker``: ``request(params)`` numbers a call and encodes it; ``receive(frame)``
   turns one incoming frame into exactly one ``Incoming`` (an answer to a call, an event, an
-  unreadable frame of a process, or something to ignore).
+  unreadable frame of a process, or something to ignore). Its ``dialect`` (``_dialect.py``)
+  translates to and from the wire: ours, or Codex's exec-server's — the tracker, and every
+  caller above it, only ever see our messages.
 - ``after_close(...)``: what a connection's end means for the session — resume it, or give
   up with a reason (the server shut down, the session was taken over, resume is off).
 - ``Backoff``: the bounded delays between resume attempts and between request retries.
@@ -24,7 +26,8 @@ import attrs
 
 import protocol as p
 
-from ._errors import ExecClientError, ProtocolViolation, ServerError
+from ._dialect import NATIVE, Dialect
+from ._errors import ExecClientError, ProtocolViolation
 
 # WebSocket close codes the client acts on (RFC 6455 §7.4.1; 4001 is the server's own).
 CLOSE_NORMAL: Final = 1000
@@ -40,7 +43,7 @@ _METHOD_OF_PARAMS: Final[dict[type, str]] = {
 
 
 def decode_frame(frame: str | bytes) -> p.Message:
-    """Decode one transport message into a protocol message.
+    """Decode one transport message of our own protocol into a protocol message.
 
     Text frames are JSON-RPC; binary frames are the negotiated binary ``process/output``
     framing (``initialize{binaryOutput: true}``), turned into the same notification a JSON
@@ -49,9 +52,7 @@ def decode_frame(frame: str | bytes) -> p.Message:
     Raises:
         ProtocolError: the frame is not a valid protocol message.
     """
-    if isinstance(frame, bytes | bytearray):
-        return p.Notification("process/output", p.decode_binary_output(bytes(frame)))
-    return p.decode(frame, tolerant=True)
+    return NATIVE.decode_frame(frame)
 
 
 def _process_id_of(frame: str | bytes) -> str | None:
@@ -102,6 +103,7 @@ Incoming = Answer | Event | Unreadable | Ignored
 @attrs.frozen
 class _Call:
     method: str
+    params: Any
     raw: bool
 
 
@@ -111,18 +113,26 @@ class RequestTracker:
     Every call gets the next integer id; an answer is decoded to the call's result class
     (or kept as JSON data when the call asked for ``raw``). A call whose answer is no longer
     wanted is ``abandon``-ed, and its late answer is ``Ignored``.
+
+    ``dialect`` is ``NATIVE`` until the connection's ``initialize`` answer says otherwise
+    (the client then sets it, once, before any other call).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dialect: Dialect = NATIVE) -> None:
         self._ids = itertools.count(1)
         self._calls: dict[int, _Call] = {}
+        self.dialect = dialect
 
     def request(self, params: Any, method: str | None = None, *, raw: bool = False) -> tuple[int, str]:
-        """Number and encode one call; returns ``(request_id, frame)``."""
-        request_id = next(self._ids)
+        """Number and encode one call; returns ``(request_id, frame)``.
+
+        Raises:
+            NotSupported: the dialect has no way to make this call (nothing is recorded).
+        """
         method = method or _METHOD_OF_PARAMS[type(params)]
-        frame = p.encode_request(request_id, params, method)
-        self._calls[request_id] = _Call(method, raw)
+        request_id = next(self._ids)
+        frame = self.dialect.encode_request(request_id, params, method)
+        self._calls[request_id] = _Call(method, params, raw)
         return request_id, frame
 
     def abandon(self, request_id: int) -> None:
@@ -135,7 +145,7 @@ class RequestTracker:
     def receive(self, frame: str | bytes) -> Incoming:
         """Classify one incoming frame."""
         try:
-            message = decode_frame(frame)
+            message = self.dialect.decode_frame(frame)
         except p.ProtocolError as exc:
             return Unreadable(_process_id_of(frame), exc.message)
         if isinstance(message, p.Notification):
@@ -147,11 +157,11 @@ class RequestTracker:
         if call is None or not isinstance(request_id, int):
             return Ignored(f"a response to unknown id {request_id!r}")
         if isinstance(message, p.ErrorResponse):
-            return Answer(request_id, error=ServerError.from_error(message.code, message.message, message.data))
+            return Answer(request_id, error=self.dialect.error(call.method, message.code, message.message, message.data))
         if call.raw:
             return Answer(request_id, result=message.result)
         try:
-            return Answer(request_id, result=p.decode_result(call.method, message.result))
+            return Answer(request_id, result=self.dialect.decode_result(call.method, call.params, message.result))
         except p.ProtocolError as exc:
             return Answer(request_id, error=ProtocolViolation(f"malformed {call.method} result: {exc.message}"))
 

@@ -48,6 +48,13 @@ class ProtocolViolation(ExecClientError):
     """The server sent something that does not follow the protocol."""
 
 
+class NotSupported(ExecClientError):
+    """The server's dialect has no way to do what was asked (nothing was sent).
+
+    E.g. a timeout, a sandbox policy or closing stdin on Codex's exec-server.
+    """
+
+
 class OutputOverrun(ExecClientError):
     """A streaming handle was not iterated fast enough and its chunk buffer overflowed.
 

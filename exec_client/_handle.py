@@ -74,7 +74,8 @@ _TRANSITIONS: Final = {
 class HandleHost(Protocol):
     """What a handle needs from its client: calls on the session, and where its record goes."""
 
-    gap_grace: float
+    @property
+    def gap_grace(self) -> float: ...
 
     async def call(self, params: Any, *, retry: bool = False, wait_for_resume: bool = True) -> Any: ...
 
@@ -218,10 +219,10 @@ class ProcessHandle:
 
     # --- inputs from the client ------------------------------------------------------------
 
-    def started(self, result: p.StartResult) -> None:
-        """The server started it (``process/start`` answered)."""
-        self.pid = result.pid
-        self.sandbox_type = result.sandbox_type
+    def started(self, *, pid: int | None, sandbox_type: str) -> None:
+        """The server started it (``process/start`` answered; a Codex server sends no ``pid``)."""
+        self.pid = pid
+        self.sandbox_type = sandbox_type
         if self.state is HandleState.STARTING:
             self._lifecycle.move(HandleState.RUNNING)
 

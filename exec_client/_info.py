@@ -26,6 +26,12 @@ class ServerInfo:
     sandbox: dict[str, Any]
     limits: dict[str, Any]
     resumed: bool
+    # "exec-server" (ours) or "codex" (Codex's exec-server dialect; docs/protocol.md §13.3).
+    dialect: str = "exec-server"
+    # The server's working directory, when it says (Codex's environmentInfo.cwd).
+    cwd: str | None = None
+    # Each process's events are pushed in seq order (ours; Codex's server reorders them).
+    in_order: bool = True
 
     @property
     def detached_session_ttl_ms(self) -> int | None:

@@ -103,6 +103,9 @@ class StdioTransport:
                 await self._process.wait()
             await self._kill()
 
+    def ack_at_once(self) -> None:
+        pass  # a pipe has no ACKs to delay
+
     async def abort(self) -> None:
         self._set_closed("connection dropped by the client")
         with anyio.CancelScope(shield=True):

@@ -59,6 +59,10 @@ class ClientTransport(Protocol):
         """Drop the wire at once, without a closing handshake. Idempotent."""
         ...
 
+    def ack_at_once(self) -> None:
+        """From now on, acknowledge what arrives at once (TCP only; a no-op elsewhere)."""
+        ...
+
 
 @attrs.frozen(kw_only=True)
 class WebSocketTarget:

@@ -28,8 +28,9 @@ RECEIVING   push mode, no hole, no read outstanding        event beyond a hole -
                                                            without sandboxDenied -> READING
                                                            (one compatibility read)
 HOLDING     events held behind a hole (reorder buffer)     hole filled -> RECEIVING; closed
-                                                           behind the hole, buffer overflow or
-                                                           gap grace expired -> READING
+                                                           behind the hole (``in_order``),
+                                                           buffer overflow or gap grace
+                                                           expired -> READING
 READING     one process/read outstanding                   result: more retained -> READING
                                                            again; terminal state held ->
                                                            COMPLETE; else RECEIVING/HOLDING
@@ -260,6 +261,9 @@ class Assembler:
         argv: copied into the record.
         push_events: the server's ``capabilities.pushEvents``; ``False`` selects legacy
             long-polling (call ``begin()`` for the first read).
+        in_order: the server pushes each process's events in seq order (ours does), so a
+            hole behind ``closed`` is a loss, read at once. ``False`` (Codex's server, whose
+            pipes and exit race to the wire): such a hole waits the gap grace like any other.
         max_output_bytes: per-stream cap of kept output (``None``: unbounded).
         reorder_events / reorder_bytes: bounds of the reorder buffer.
         read_max_bytes: ``maxBytes`` of every read the assembler asks for.
@@ -272,6 +276,7 @@ class Assembler:
         argv: tuple[str, ...] | list[str],
         *,
         push_events: bool = True,
+        in_order: bool = True,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         reorder_events: int = REORDER_BUFFER_EVENTS,
         reorder_bytes: int = REORDER_BUFFER_BYTES,
@@ -281,6 +286,7 @@ class Assembler:
         self.process_id = process_id
         self.argv = tuple(argv)
         self.push_events = push_events
+        self.in_order = in_order
         self._reorder_events = reorder_events
         self._reorder_bytes = reorder_bytes
         self._read_max_bytes = read_max_bytes
@@ -577,7 +583,8 @@ class Assembler:
                 self._compat_read = self._request(self._contiguous, 0)
                 return self._progress(self._outstanding_action())
             elif self._repair is _Repair.UNREADABLE or (
-                self._has_hole() and (self._closed_seq is not None or self._repair is _Repair.HOLE)
+                self._has_hole()
+                and ((self._closed_seq is not None and self.in_order) or self._repair is _Repair.HOLE)
             ):
                 self._request(self._contiguous, 0)
                 return self._progress(self._outstanding_action())

@@ -5,7 +5,10 @@ Codex CLI's exec-server (``codex exec-server``; field sets as its 0.169 release 
 the wire). The method names are ours, the shapes are not: ``cwd`` and paths are ``file://``
 URIs, there is no ``pid``/``signal``/``timedOut``, ``sandbox`` is a permissions profile, and
 there are ``fs/*`` methods. This module only turns text into typed messages and back; what
-the server does with them is ``exec_server/_codex.py``.
+the server does with them is ``exec_server/_codex.py``. The other direction — what a Codex
+*server* sends to our client, decoded into our own messages — is the last section
+(``decode_from_server`` and the ``decode_*_result`` functions; ``exec_client/_dialect.py``
+uses them).
 
 Decoding is strict about types and tolerant about fields: Codex's field set is fixed, and
 fields a newer Codex adds are ignored (a wrong type is still -32602). The sandbox profile is
@@ -17,14 +20,16 @@ ignored restriction would widen the sandbox.
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import json
+import re
 from typing import Any, Final
 
 import attrs
 
 from . import _codec
-from ._codec import Notification, Request
+from ._codec import ErrorResponse, Message, Notification, Request, Response
 from ._errors import ErrorCode, ProtocolError, RequestId
 from ._codex_profile import (
     Access as Access,
@@ -34,7 +39,20 @@ from ._codex_profile import (
     parse_sandbox as parse_sandbox,
 )
 from ._file_uri import path_from_uri as path_from_uri, uri_from_path as uri_from_path
-from ._messages import FieldError, _argv, _env, _process_id, _write_id
+from ._messages import (
+    ClosedEvent,
+    ExitedEvent,
+    FieldError,
+    OutputEvent,
+    Stream,
+    WriteStatus,
+    _argv,
+    _env,
+    _process_id,
+    _write_id,
+)
+from ._messages import OutputChunk as OurChunk, ReadResult as ReadResult_, TerminateResult as TerminateResult_
+from ._messages import WriteResult as WriteResult_
 
 # --- codes ------------------------------------------------------------------------------
 
@@ -47,6 +65,8 @@ class CodexErrorCode(enum.IntEnum):
     INVALID_PARAMS = -32602
     INTERNAL_ERROR = -32603
     NOT_FOUND = -32004
+    # A resume of a session another connection still holds (Codex 0.169's server).
+    SESSION_ALREADY_ATTACHED = -32010
 
 
 # Our codes → Codex's: its client knows only the JSON-RPC ones and -32004.
@@ -507,3 +527,248 @@ def encode_exited(process_id: str, seq: int, exit_code: int, sandbox_denied: boo
 
 def encode_closed(process_id: str, seq: int) -> str:
     return _dumps({"method": "process/closed", "params": {"processId": process_id, "seq": seq}})
+
+
+# --- our client's side: what a Codex server sends, as our messages ------------------------
+#
+# ``exec_client`` drives a Codex exec-server through these (``exec_client/_dialect.py``
+# picks them per method). Everything is translated into *our* message classes, so the
+# client's single state machine (``RequestTracker`` + ``Assembler``) runs unchanged: an
+# exited event has no ``signal``/``timedOut`` (a signal death is ``exitCode`` 128+n, as
+# Codex reports it), a read has no ``lastSeq``/``retainedFromSeq``/``evictedBytes``. Types
+# are checked exactly; unknown fields are ignored (a newer Codex may add some).
+
+# Codex's messages for "unknown process" and "duplicate process" (both -32600 on its wire).
+_UNKNOWN_PROCESS_PREFIX: Final = "unknown process id "
+_DUPLICATE_PROCESS_SUFFIX: Final = " already exists"
+# A read that returned this close to its maxBytes may have stopped there (no output chunk
+# of Codex's comes near 1 MiB: it keeps only 1 MiB of a process's output in all).
+READ_TRUNCATION_MARGIN: Final = 1024 * 1024
+_OS_ERROR_RE: Final = re.compile(r"^(?P<strerror>.*) \(os error (?P<errno>\d+)\)$", re.DOTALL)
+
+
+def _bad(what: str, path: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_PARAMS, f"invalid params: {what} @ {path}")
+
+
+def _field(params: dict[str, Any], name: str, kind: type | tuple[type, ...], path: str) -> Any:
+    value = params.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise _bad(f"expected {expected}, got {type(value).__name__}", f"{path}.{name}")
+    return value
+
+
+def _seq(params: dict[str, Any], path: str, name: str = "seq") -> int:
+    value = _field(params, name, int, path)
+    if value < 0:
+        raise _bad("expected a non-negative integer", f"{path}.{name}")
+    return int(value)
+
+
+def _chunk(params: dict[str, Any], path: str) -> bytes:
+    try:
+        return base64.b64decode(_field(params, "chunk", str, path), validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad("invalid base64", f"{path}.chunk") from None
+
+
+def _stream(params: dict[str, Any], path: str) -> Stream:
+    value = _field(params, "stream", str, path)
+    try:
+        return Stream(CodexStream(value).value)
+    except ValueError:
+        raise _bad(f"unknown stream {value[:20]!r}", f"{path}.stream") from None
+
+
+def _optional_bool(params: dict[str, Any], name: str, path: str) -> bool | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _bad(f"expected bool, got {type(value).__name__}", f"{path}.{name}")
+    return value
+
+
+def _decode_output(params: dict[str, Any]) -> OutputEvent:
+    path = "$.params"
+    return OutputEvent(
+        process_id=_field(params, "processId", str, path),
+        seq=_seq(params, path),
+        stream=_stream(params, path),
+        chunk=_chunk(params, path),
+    )
+
+
+def _decode_exited(params: dict[str, Any]) -> ExitedEvent:
+    path = "$.params"
+    return ExitedEvent(
+        process_id=_field(params, "processId", str, path),
+        seq=_seq(params, path),
+        exit_code=_field(params, "exitCode", int, path),
+        signal=None,
+        timed_out=False,
+        # Absent from an older Codex: the client then asks one read for it (docs §9).
+        sandbox_denied=_optional_bool(params, "sandboxDenied", path),
+    )
+
+
+def _decode_closed(params: dict[str, Any]) -> ClosedEvent:
+    path = "$.params"
+    return ClosedEvent(process_id=_field(params, "processId", str, path), seq=_seq(params, path))
+
+
+_EVENT_DECODERS: Final[dict[str, Any]] = {
+    "process/output": _decode_output,
+    "process/exited": _decode_exited,
+    "process/closed": _decode_closed,
+}
+
+
+def decode_from_server(text: str | bytes) -> Message:
+    """Decode one frame a Codex server sent to our client.
+
+    Responses keep a raw ``result`` (``decode_*_result`` below know the method); process
+    events become our ``OutputEvent``/``ExitedEvent``/``ClosedEvent``; any other
+    notification is returned with its raw params (the client ignores it).
+
+    Raises:
+        ProtocolError: not JSON, not a JSON-RPC message, or a process event of the wrong shape.
+    """
+    if isinstance(text, bytes | bytearray):
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "a binary frame (Codex's server sends none)")
+    try:
+        payload = json.loads(text, parse_constant=_codec._reject_constant)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.PARSE_ERROR, "parse error: not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid message: expected a JSON object")
+    method = payload.get("method")
+    raw_id = payload.get("id")
+    if method is None:
+        if not _codec._valid_id(raw_id) and raw_id is not None:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid response: id must be an integer or a string")
+        error = payload.get("error")
+        if error is not None:
+            if not isinstance(error, dict) or not isinstance(error.get("code"), int) or not isinstance(error.get("message"), str):
+                raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid response: malformed error object")
+            return ErrorResponse(raw_id, error["code"], error["message"], error.get("data"))
+        if "result" not in payload or raw_id is None:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid response: no result and no error")
+        return Response(raw_id, payload["result"])
+    if not isinstance(method, str):
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid message: method must be a string")
+    params = payload.get("params")
+    if isinstance(raw_id, str | int) and _codec._valid_id(raw_id):
+        return Request(raw_id, method, params)
+    decoder = _EVENT_DECODERS.get(method)
+    if decoder is None:
+        return Notification(method, params)
+    if not isinstance(params, dict):
+        raise _bad("expected an object", "$.params")
+    return Notification(method, decoder(params))
+
+
+def _result_object(raw: Any, method: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise _bad(f"a {method} result must be an object", "$.result")
+    return raw
+
+
+def decode_start_result(raw: Any) -> StartResult:
+    """``{processId, sandboxType}`` (Codex sends no ``pid``)."""
+    result = _result_object(raw, "process/start")
+    return StartResult(
+        process_id=_field(result, "processId", str, "$.result"),
+        sandbox_type=_field(result, "sandboxType", str, "$.result"),
+    )
+
+
+def decode_read_result(raw: Any, *, after_seq: int, max_bytes: int | None) -> ReadResult_:
+    """A Codex read (of ``process/read {afterSeq, maxBytes}``) as our ``ReadResult``.
+
+    Codex's read has no ``lastSeq``: it returns every retained chunk after ``afterSeq`` up
+    to ``maxBytes``, and ``nextSeq`` is the seq after the last one it returned (or the
+    process's next seq). A read that may have stopped at ``maxBytes`` (within
+    ``READ_TRUNCATION_MARGIN`` of it) says ``lastSeq = nextSeq`` — more may follow, so the
+    assembler reads again; any other says ``lastSeq = nextSeq - 1``, so a closed process's
+    read is its terminal state (Codex pushes nothing that was dropped while no connection
+    was attached). Nor has it ``retainedFromSeq``: Codex keeps the newest 1 MiB of a
+    process's output and evicts from the front, so the chunks a read returns are a suffix
+    of the output. Seqs missing before the first of them that the exit (and, with no
+    chunks, the close) cannot explain were evicted; the result then says so with
+    ``retainedFromSeq`` = the first seq it holds, and the record gets ``output_lost``
+    (with an unknown count).
+    """
+    path = "$.result"
+    result = _result_object(raw, "process/read")
+    chunks_raw = _field(result, "chunks", list, path)
+    chunks: list[OurChunk] = []
+    for index, item in enumerate(chunks_raw):
+        where = f"{path}.chunks[{index}]"
+        if not isinstance(item, dict):
+            raise _bad("expected an object", where)
+        chunks.append(OurChunk(seq=_seq(item, where), stream=_stream(item, where), chunk=_chunk(item, where)))
+    next_seq = _seq(result, path, "nextSeq")
+    exited = _field(result, "exited", bool, path)
+    closed = _field(result, "closed", bool, path)
+    exit_code = result.get("exitCode")
+    if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
+        raise _bad(f"expected int, got {type(exit_code).__name__}", f"{path}.exitCode")
+    failure = result.get("failure")
+    if failure is not None and not isinstance(failure, str):
+        raise _bad(f"expected str, got {type(failure).__name__}", f"{path}.failure")
+    first = chunks[0].seq if chunks else next_seq
+    explained = (1 if exited else 0) + (1 if closed and not chunks else 0)
+    evicted = first - (after_seq + 1) > explained
+    returned = sum(len(chunk.chunk) for chunk in chunks)
+    maybe_truncated = bool(chunks) and max_bytes is not None and returned + READ_TRUNCATION_MARGIN > max_bytes
+    return ReadResult_(
+        chunks=tuple(chunks),
+        next_seq=next_seq,
+        exited=exited,
+        closed=closed,
+        exit_code=exit_code,
+        failure=failure,
+        sandbox_denied=_optional_bool(result, "sandboxDenied", path),
+        retained_from_seq=first if evicted else 1,
+        last_seq=next_seq if maybe_truncated else next_seq - 1,
+    )
+
+
+_WRITE_STATUSES: Final = {status.value: status for status in WriteStatus}
+
+
+def decode_write_result(raw: Any) -> WriteResult_:
+    """``{status}``; Codex's ``starting`` (a write before the start finished) cannot happen to
+    our client, which writes only after ``process/start`` answered."""
+    status = _field(_result_object(raw, "process/write"), "status", str, "$.result")
+    if status not in _WRITE_STATUSES:
+        raise _bad(f"unexpected write status {status[:20]!r}", "$.result.status")
+    return WriteResult_(status=_WRITE_STATUSES[status])
+
+
+def decode_terminate_result(raw: Any) -> TerminateResult_:
+    return TerminateResult_(running=_field(_result_object(raw, "process/terminate"), "running", bool, "$.result"))
+
+
+def translate_error(method: str, code: int, message: str, data: Any) -> tuple[int, str, Any]:
+    """A Codex error answer in our codes (``protocol.ErrorCode``), as far as it can be told.
+
+    Codex answers -32600 for an unknown and a duplicate process alike (told apart by its
+    message), -32004 for a missing file, and -32603 with ``"<strerror> (os error N)"`` for
+    an OS failure: of a spawn (our -32007 with ``data {errno, strerror}``) or of an
+    ``fs/*`` operation (our -32010 with ``data {errno}``). Anything else keeps its code.
+    """
+    if code == CodexErrorCode.NOT_FOUND:
+        return ErrorCode.FILE_NOT_FOUND, message, data
+    if code == CodexErrorCode.INVALID_REQUEST:
+        if message.startswith(_UNKNOWN_PROCESS_PREFIX):
+            return ErrorCode.UNKNOWN_PROCESS, message, data
+        if method == "process/start" and message.endswith(_DUPLICATE_PROCESS_SUFFIX):
+            return ErrorCode.DUPLICATE_PROCESS, message, data
+    if code == CodexErrorCode.INTERNAL_ERROR and (match := _OS_ERROR_RE.match(message)):
+        number = int(match.group("errno"))
+        if method == "process/start":
+            return ErrorCode.SPAWN_FAILED, message, {"errno": number, "strerror": match.group("strerror")}
+        if method.startswith("fs/"):
+            return ErrorCode.FILE_FAILED, message, {"errno": number, "strerror": match.group("strerror")}
+    return code, message, data
