@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     kill.add_argument("--session", required=True, metavar="ID", help="the session (a --json record's sessionId)")
     kill.add_argument("--signal", default="terminate", choices=["terminate", "kill", "interrupt", "hangup"])
     kill.add_argument("process_id", metavar="PROCESS_ID")
+    _add_cp_parser(commands)
     return parser
 
 
@@ -463,6 +464,94 @@ async def _kill(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- cp ---------------------------------------------------------------------------------
+
+EXIT_CP_FAILED: Final = 1  # as cp(1): the copy failed (a missing source, a refused write...)
+_REMOTE_PREFIX: Final = ":"
+
+
+def _add_cp_parser(commands: Any) -> None:
+    cp = commands.add_parser(
+        "cp",
+        help="copy a file to or from the server (:PATH is remote, as in scp)",
+        usage=f"{_PROG} cp [options] LOCAL :REMOTE | :REMOTE LOCAL",
+        description="Copy one file between here and the server. The side written with a leading ':' is "
+        "remote (an absolute path on the server); a local name that starts with ':' is written ./:NAME. "
+        "A destination that is a directory receives the file under its own name. The file operation runs "
+        "in a sandbox on the server: by default the server's default policy (readOnly unless the operator "
+        "chose otherwise, so an upload is refused with 'Read-only file system'); --sandbox workspaceWrite "
+        "makes only the destination's directory writable.",
+        epilog="exit status: 0 copied; 1 the copy failed (missing source, a directory, a refused write); "
+        "2 usage errors; 255 the server cannot be reached or refuses the token",
+    )
+    _add_connection_options(cp)
+    cp.add_argument("--sandbox", choices=["none", "readOnly", "workspaceWrite"], help="sandbox of the file operation (default: the server's)")
+    cp.add_argument("source", metavar="SOURCE")
+    cp.add_argument("destination", metavar="DEST")
+
+
+def _cp_note(message: str) -> int:
+    _note(f"cp: {message}")
+    return EXIT_CP_FAILED
+
+
+def _local_error(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+async def _cp(args: argparse.Namespace) -> int:
+    """``cp LOCAL :REMOTE`` uploads, ``cp :REMOTE LOCAL`` downloads; errors as cp(1) prints them."""
+    import stat
+
+    from ._errors import RemoteFileError, RemoteFileNotFound
+
+    source, destination = args.source, args.destination
+    upload = destination.startswith(_REMOTE_PREFIX)
+    if upload == source.startswith(_REMOTE_PREFIX):
+        raise _UsageError("cp: exactly one of SOURCE and DEST must be remote (:PATH), e.g. cp build.tar :/srv/build.tar")
+    remote = (destination if upload else source)[len(_REMOTE_PREFIX) :]
+    local = source if upload else destination
+    if not remote.startswith("/"):
+        raise _UsageError(f"cp: the remote path must be absolute: {_REMOTE_PREFIX}{remote}")
+    if upload:
+        try:
+            info = os.stat(local)
+        except OSError as exc:
+            return _cp_note(f"cannot stat {local!r}: {_local_error(exc)}")
+        if stat.S_ISDIR(info.st_mode):
+            return _cp_note(f"-r not supported; omitting directory {local!r}")
+    sandbox = args.sandbox
+    async with _open(args, _url(args)) as client:
+        if upload:
+            target = remote
+            try:
+                if remote.endswith("/") or (await client.stat(remote)).is_dir:
+                    target = os.path.join(remote, os.path.basename(local))
+            except RemoteFileNotFound:
+                pass  # a new file
+            try:
+                await client.upload(local, target, sandbox=sandbox)
+            except RemoteFileError as exc:
+                return _cp_note(f"cannot create regular file '{_REMOTE_PREFIX}{target}': {exc.strerror}")
+            except OSError as exc:
+                return _cp_note(f"cannot open {local!r} for reading: {_local_error(exc)}")
+            return 0
+        try:
+            remote_stat = await client.stat(remote, sandbox=sandbox)
+        except RemoteFileError as exc:
+            return _cp_note(f"cannot stat '{_REMOTE_PREFIX}{remote}': {exc.strerror}")
+        if remote_stat.is_dir:
+            return _cp_note(f"-r not supported; omitting directory '{_REMOTE_PREFIX}{remote}'")
+        target = os.path.join(local, os.path.basename(remote)) if os.path.isdir(local) else local
+        try:
+            await client.download(remote, target, sandbox=sandbox)
+        except RemoteFileError as exc:
+            return _cp_note(f"cannot open '{_REMOTE_PREFIX}{remote}' for reading: {exc.strerror}")
+        except OSError as exc:
+            return _cp_note(f"cannot create regular file {target!r}: {_local_error(exc)}")
+        return 0
+
+
 def _spawn_exit(exc: SpawnFailed, command: list[str], cwd: str | None) -> tuple[int, str]:
     import errno
 
@@ -493,6 +582,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return anyio.run(_ps, args)
     if args.subcommand == "kill":
         return anyio.run(_kill, args)
+    if args.subcommand == "cp":
+        return anyio.run(_cp, args)
     return anyio.run(_run, args, _command_of(args))
 
 

@@ -1,0 +1,407 @@
+"""The client's file API: ``read_file``, ``write_file``, ``upload``, ``download``, ``list_dir``,
+``stat`` and ``remove`` over the server's ``fs/*`` methods (Codex's shapes, docs/protocol.md §13).
+
+Dialect-neutral: it builds Codex-shaped params and sends them through the client's one request
+path (``FileHost.call``), so the same code drives our server and Codex's ``codex exec-server``.
+
+Decisions, and why:
+
+- **The sandbox.** Every request carries one, and the server runs the operation inside it
+  (the kernel decides, not a path check). The default is ``None`` — ``sandbox: null``, the
+  server's default policy, exactly what a command run without ``sandbox=`` gets — so the file
+  API can never do more than ``run`` could. On a server with the default ``readOnly`` policy
+  reads work and writes fail with ``EROFS``. ``sandbox=`` takes ``run``'s vocabulary (a mode
+  name, a ``SandboxPolicy`` or its wire dict), translated into the equivalent permissions
+  profile: ``readOnly`` reads everywhere; ``workspaceWrite`` writes its ``writableRoots`` —
+  or, when it names none, the directory the operation works in (as a command whose ``cwd``
+  is that directory) — minus the ``readOnlySubpaths`` carve-outs (``.git``, ``.codex``,
+  ``.agents`` by default); ``none`` asks for no sandbox (the operator must allow it). A dict
+  with a ``permissions`` key is taken as a Codex profile and sent as given.
+- **Downloads stream.** ``fs/open``, then ``fs/readBlock`` of ``DOWNLOAD_BLOCK_BYTES`` at a
+  time written to the local file as each arrives, then ``fs/close``: one block in memory,
+  whatever the file's size. ``read_file`` reads the same way into memory, up to ``max_bytes``
+  (``EFBIG`` beyond: use ``download``); it does not use ``fs/readFile``, whose 64 MiB answer
+  would exceed the client's message limit.
+- **Uploads go in pieces.** ``fs/writeFile`` has no offset and Codex has no append, so a file
+  that fits one piece (at most 4 MiB, less if the server's ``maxMessageBytes`` says so) is
+  one ``fs/writeFile``. A larger one is ``fs/writeFile`` of the first piece and then
+  ``fs/appendFile`` — our server's extension, sandboxed the same way, which appends only at
+  the exact current size so a resent piece is refused, never duplicated. Against a server
+  without it (Codex's) a larger upload is refused with ``EFBIG`` before anything is written.
+  Like ``cp``, a failed upload can leave a partial file.
+- **Errors** are ``RemoteFileError`` (an ``OSError``) with the errno the server reports:
+  ``RemoteFileNotFound`` (``ENOENT``), ``RemotePermissionError`` (``EROFS`` outside the
+  writable roots, ``EACCES``, ``EPERM``). Other server errors (``SandboxUnavailable``,
+  ``LimitExceeded``...) pass through as they are. A transfer cut by a connection loss fails
+  with ``ConnectionLost`` (a handle does not outlive its connection); run it again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from stat import S_ISDIR, S_ISREG
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import anyio
+import attrs
+
+import protocol as p
+from protocol import _codex as c
+from protocol._messages import DEFAULT_READ_ONLY_SUBPATHS
+
+from ._arguments import sandbox_policy
+from ._errors import (
+    ExecClientError,
+    ProtocolViolation,
+    RemoteFileError,
+    RemoteFileNotFound,
+    RemotePermissionError,
+    ServerError,
+)
+
+if TYPE_CHECKING:
+    from ._info import ServerInfo
+
+# One fs/readBlock. Receiving a block costs the client ~6x its size at the peak (frame,
+# text, JSON, base64 decode): 1 MiB keeps a download's peak near 7 MB whatever the file's
+# size. Each block is one sandboxed worker on the server (~20 ms), which bounds the rate
+# (~20 MB/s here; 4 MiB blocks: ~30 MB/s for ~25 MB of peak).
+DOWNLOAD_BLOCK_BYTES: Final = 1024 * 1024
+# The largest upload piece (fs/writeFile / fs/appendFile; sending one costs ~9x its size at
+# the peak), and the room its JSON needs besides the base64 data.
+MAX_UPLOAD_PIECE_BYTES: Final = 4 * 1024 * 1024
+_REQUEST_OVERHEAD_BYTES: Final = 64 * 1024
+# What we assume of a server that does not say (Codex's): our own default.
+_ASSUMED_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+# read_file's default cap on what it holds in memory.
+READ_FILE_MAX_BYTES: Final = 64 * 1024 * 1024
+APPEND_METHOD: Final = "fs/appendFile"
+# fs/close after a transfer (also when it failed or was cancelled) waits at most this long.
+CLOSE_TIMEOUT_SECONDS: Final = 5.0
+
+SandboxArgument = p.SandboxPolicy | Mapping[str, Any] | str | None
+
+_OS_ERROR: Final = re.compile(r"\(os error (\d+)\)\s*$")
+# A codex exec-server's "not found" (our -32009 maps to it in that dialect).
+_CODEX_NOT_FOUND: Final = -32004
+_WRITE_REFUSED: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class FileHost(Protocol):
+    """What the file API needs from the client: its request path and what ``initialize`` said."""
+
+    @property
+    def info(self) -> ServerInfo: ...
+
+    async def call(
+        self, params: Any, method: str | None = None, *, retry: bool = False, wait_for_resume: bool = True, raw: bool = False
+    ) -> Any: ...
+
+
+@attrs.frozen(kw_only=True)
+class FileStat:
+    """``stat(path)``: a symlink reports its target's type and size, with ``is_symlink``."""
+
+    path: str
+    size: int
+    is_file: bool
+    is_dir: bool
+    is_symlink: bool
+    modified_at_ms: int
+
+
+@attrs.frozen(kw_only=True)
+class DirEntry:
+    """One entry of ``list_dir(path)`` (``is_dir``/``is_file`` follow symlinks)."""
+
+    name: str
+    is_dir: bool
+    is_file: bool
+
+
+def remote_path(path: str | os.PathLike[str]) -> str:
+    """A remote path as given, checked: absolute (there is no remote working directory).
+
+    Raises:
+        ValueError: relative, empty or holding a NUL.
+    """
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"a remote path must be a str, not {type(text).__name__}")
+    if not text.startswith("/") or "\0" in text:
+        raise ValueError(f"a remote path must be absolute: {text!r}")
+    return text
+
+
+def _special(kind: str, access: str, subpath: str | None = None) -> dict[str, Any]:
+    value: dict[str, Any] = {"kind": kind}
+    if subpath is not None:
+        value["subpath"] = subpath
+    return {"path": {"type": "special", "value": value}, "access": access}
+
+
+def sandbox_profile(sandbox: SandboxArgument, directory: str) -> dict[str, Any] | None:
+    """The permissions profile to send for ``sandbox`` (see the module docstring).
+
+    ``directory`` is where the operation works: writable under a ``workspaceWrite`` that
+    names no ``writableRoots``.
+
+    Raises:
+        ValueError: not a sandbox this client knows how to say.
+    """
+    if sandbox is None:
+        return None
+    if isinstance(sandbox, Mapping) and "permissions" in sandbox:
+        return dict(sandbox)  # a Codex permissions profile: the server checks it strictly
+    policy = sandbox_policy(sandbox)
+    assert policy is not None
+    if policy.mode is p.SandboxMode.NONE:
+        return {"permissions": {"type": "disabled"}}
+    entries = [_special("root", "read")]
+    profile: dict[str, Any] = {}
+    if policy.mode is p.SandboxMode.WORKSPACE_WRITE:
+        roots = list(policy.writable_roots) or [directory]
+        entries.append(_special("project_roots", "write"))
+        subpaths = DEFAULT_READ_ONLY_SUBPATHS if policy.read_only_subpaths is None else policy.read_only_subpaths
+        entries += [_special("project_roots", "read", subpath) for subpath in subpaths]
+        # The profile's cwd must be writable in it (as ours always is): the first root.
+        profile = {"cwd": c.uri_from_path(roots[0]), "workspaceRoots": [c.uri_from_path(root) for root in roots]}
+    network = "enabled" if policy.network else "restricted"
+    file_system = {"type": "restricted", "entries": entries}
+    return {"permissions": {"type": "managed", "file_system": file_system, "network": network}, **profile}
+
+
+def _errno_of(error: ServerError) -> int | None:
+    """The OS errno a file error carries: ``data.errno`` (a name or a number) or a trailing
+    ``(os error N)`` in the message (Codex's form)."""
+    value = error.data.get("errno") if isinstance(error.data, dict) else None
+    if isinstance(value, str):
+        value = getattr(errno, value, None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    found = _OS_ERROR.search(error.message)
+    return int(found.group(1)) if found else None
+
+
+def file_error(error: ServerError, path: str) -> ExecClientError:
+    """A server error of a file operation on ``path`` as the exception to raise."""
+    number = _errno_of(error)
+    if error.code == p.ErrorCode.FILE_NOT_FOUND or (error.code == _CODEX_NOT_FOUND and number is None and "not found" in error.message.lower()):
+        number = errno.ENOENT if number is None else number
+    elif number is None and error.code not in (p.ErrorCode.FILE_FAILED, p.ErrorCode.INVALID_REQUEST):
+        return error  # not about the file: SandboxUnavailable, LimitExceeded, ...
+    if number == errno.ENOENT:
+        return RemoteFileNotFound(number, error.message, path, error.code)
+    if number in _WRITE_REFUSED:
+        return RemotePermissionError(number, error.message, path, error.code)
+    return RemoteFileError(number, error.message, path, error.code)
+
+
+def _structure(raw: Any, type_: type, method: str) -> Any:
+    try:
+        return c.converter.structure(raw, type_)
+    except Exception as exc:  # any structuring failure is the server's
+        raise ProtocolViolation(f"malformed {method} result: {exc}") from None
+
+
+def _handle_id() -> str:
+    return f"exec-fs-{os.urandom(12).hex()}"
+
+
+class RemoteFiles:
+    """The file operations of one client (its request path; nothing of its own but a cache)."""
+
+    def __init__(self, host: FileHost) -> None:
+        self._host = host
+        self._can_append: bool | None = None  # learned at the first upload larger than a piece
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def stat(self, path: str | os.PathLike[str], *, sandbox: SandboxArgument = None) -> FileStat:
+        path = remote_path(path)
+        raw = await self._call(c.PathParams(path=c.uri_from_path(path), sandbox=self._profile(sandbox, path)), "fs/getMetadata", path, retry=True)
+        meta: c.Metadata = _structure(raw, c.Metadata, "fs/getMetadata")
+        return FileStat(
+            path=path,
+            size=meta.size,
+            is_file=meta.is_file,
+            is_dir=meta.is_directory,
+            is_symlink=meta.is_symlink,
+            modified_at_ms=meta.modified_at_ms,
+        )
+
+    async def list_dir(self, path: str | os.PathLike[str], *, sandbox: SandboxArgument = None) -> tuple[DirEntry, ...]:
+        path = remote_path(path)
+        params = c.PathParams(path=c.uri_from_path(path), sandbox=self._profile(sandbox, path, directory=path))
+        raw = await self._call(params, "fs/readDirectory", path, retry=True)
+        result: c.ReadDirectoryResult = _structure(raw, c.ReadDirectoryResult, "fs/readDirectory")
+        entries = (DirEntry(name=e.file_name, is_dir=e.is_directory, is_file=e.is_file) for e in result.entries)
+        return tuple(sorted(entries, key=lambda entry: entry.name))
+
+    async def read_file(
+        self, path: str | os.PathLike[str], *, max_bytes: int | None = None, sandbox: SandboxArgument = None
+    ) -> bytes:
+        path = remote_path(path)
+        limit = READ_FILE_MAX_BYTES if max_bytes is None else max_bytes
+        data = bytearray()
+
+        async def keep(block: bytes) -> None:
+            if len(data) + len(block) > limit:
+                raise RemoteFileError(errno.EFBIG, f"File too large: more than max_bytes={limit}; use download()", path)
+            data.extend(block)
+
+        await self._read_blocks(path, sandbox, keep)
+        return bytes(data)
+
+    async def download(
+        self, remote: str | os.PathLike[str], local: str | os.PathLike[str], *, sandbox: SandboxArgument = None
+    ) -> int:
+        remote = remote_path(remote)
+        target: anyio.AsyncFile[bytes] | None = None
+
+        async def open_target() -> None:  # only once the remote file is open
+            nonlocal target
+            target = await anyio.open_file(local, "wb")
+
+        async def write(block: bytes) -> None:
+            assert target is not None
+            await target.write(block)
+
+        try:
+            return await self._read_blocks(remote, sandbox, write, on_open=open_target)
+        finally:
+            if target is not None:
+                with anyio.CancelScope(shield=True):
+                    await target.aclose()
+
+    async def _read_blocks(
+        self,
+        path: str,
+        sandbox: SandboxArgument,
+        sink: Callable[[bytes], Awaitable[None]],
+        on_open: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        """Stream ``path`` block by block into ``sink`` (one block in memory); the byte count."""
+        handle_id = _handle_id()
+        opened = c.OpenParams(handle_id=handle_id, path=c.uri_from_path(path), sandbox=self._profile(sandbox, path))
+        await self._call(opened, "fs/open", path, retry=True)
+        offset = 0
+        try:
+            if on_open is not None:
+                await on_open()
+            while True:
+                params = c.ReadBlockParams(handle_id=handle_id, offset=offset, len=DOWNLOAD_BLOCK_BYTES)
+                block: c.ReadBlockResult = _structure(await self._call(params, "fs/readBlock", path), c.ReadBlockResult, "fs/readBlock")
+                if len(block.chunk) > DOWNLOAD_BLOCK_BYTES:
+                    raise ProtocolViolation(f"fs/readBlock answered {len(block.chunk)} bytes for {DOWNLOAD_BLOCK_BYTES}")
+                if block.chunk:
+                    await sink(block.chunk)
+                offset += len(block.chunk)
+                if block.eof or not block.chunk:
+                    return offset
+        finally:
+            with anyio.move_on_after(CLOSE_TIMEOUT_SECONDS, shield=True):
+                try:
+                    await self._host.call(c.CloseParams(handle_id=handle_id), "fs/close", raw=True, wait_for_resume=False)
+                except ExecClientError:
+                    pass  # the handle dies with its connection anyway
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def write_file(
+        self, path: str | os.PathLike[str], data: bytes | bytearray | memoryview | str, *, sandbox: SandboxArgument = None
+    ) -> None:
+        path = remote_path(path)
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data must be bytes or str, not {type(data).__name__}")
+        view = memoryview(data).cast("B")
+        piece = self._piece_bytes()
+        if len(view) > piece:
+            await self._require_append(path, len(view), piece)
+        profile = self._profile(sandbox, path)
+        await self._write_piece(path, bytes(view[:piece]), 0, profile)
+        for offset in range(piece, len(view), piece):
+            await self._write_piece(path, bytes(view[offset : offset + piece]), offset, profile)
+
+    async def upload(
+        self, local: str | os.PathLike[str], remote: str | os.PathLike[str], *, sandbox: SandboxArgument = None
+    ) -> int:
+        remote = remote_path(remote)
+        info = os.stat(local)  # before open: a FIFO would block the open
+        if not S_ISREG(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(local)) if S_ISDIR(info.st_mode) else OSError(
+                errno.EINVAL, "not a regular file", os.fspath(local)
+            )
+        piece = self._piece_bytes()
+        if info.st_size > piece:
+            await self._require_append(remote, info.st_size, piece)
+        profile = self._profile(sandbox, remote)
+        async with await anyio.open_file(local, "rb") as source:
+            offset = 0
+            while True:
+                data = await source.read(piece)
+                if offset and not data:
+                    return offset
+                if offset:
+                    await self._require_append(remote, offset + len(data), piece)  # it grew while we read
+                await self._write_piece(remote, data, offset, profile)
+                offset += len(data)
+                if len(data) < piece:
+                    return offset
+
+    async def remove(self, path: str | os.PathLike[str], *, recursive: bool = False, sandbox: SandboxArgument = None) -> None:
+        path = remote_path(path)
+        params = c.RemoveParams(path=c.uri_from_path(path), recursive=recursive, force=False, sandbox=self._profile(sandbox, path))
+        await self._call(params, "fs/remove", path)
+
+    async def _write_piece(self, path: str, data: bytes, offset: int, profile: Any) -> None:
+        import base64
+
+        encoded = base64.b64encode(data).decode("ascii")
+        uri = c.uri_from_path(path)
+        if offset == 0:
+            # Truncate-and-write is idempotent: safe to resend after a resume.
+            await self._call(c.WriteFileParams(path=uri, data_base64=encoded, sandbox=profile), "fs/writeFile", path, retry=True)
+        else:
+            params = c.AppendFileParams(path=uri, data_base64=encoded, offset=offset, sandbox=profile)
+            await self._call(params, APPEND_METHOD, path)
+
+    async def _require_append(self, path: str, size: int, piece: int) -> None:
+        """Refuse, before anything is written, an upload the server cannot take in pieces."""
+        if self._can_append is None:
+            # A probe with no effect: offset -1 is invalid params (-32602) on a server that has
+            # the method, before any file is touched, and -32601 on one that does not.
+            probe = c.AppendFileParams(path=c.uri_from_path(path), data_base64="", offset=-1)
+            try:
+                await self._host.call(probe, APPEND_METHOD, raw=True, retry=True)
+                self._can_append = True
+            except ServerError as exc:
+                self._can_append = exc.code != p.ErrorCode.METHOD_NOT_FOUND
+        if not self._can_append:
+            raise RemoteFileError(
+                errno.EFBIG,
+                f"{size} bytes is more than one fs/writeFile ({piece} bytes) and the server has no {APPEND_METHOD}",
+                path,
+            )
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _piece_bytes(self) -> int:
+        limit = self._host.info.limits.get("maxMessageBytes")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            limit = _ASSUMED_MAX_MESSAGE_BYTES
+        return max(1, min(MAX_UPLOAD_PIECE_BYTES, (limit - _REQUEST_OVERHEAD_BYTES) * 3 // 4))
+
+    def _profile(self, sandbox: SandboxArgument, path: str, *, directory: str | None = None) -> dict[str, Any] | None:
+        return sandbox_profile(sandbox, directory or os.path.dirname(path.rstrip("/")) or "/")
+
+    async def _call(self, params: Any, method: str, path: str, *, retry: bool = False) -> Any:
+        try:
+            return await self._host.call(params, method, raw=True, retry=retry)
+        except ServerError as exc:
+            raise file_error(exc, path) from None
