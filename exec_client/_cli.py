@@ -5,7 +5,8 @@ chunks arrive, forwards our stdin when it is not a terminal (``-n``: never), and
 with the command's exit code (a signal's ``128+N`` is what ``exitCode`` already holds).
 ``--json`` prints exactly one record, a failure to start included. ``ps`` and ``kill``
 act on the processes of a session (``--session``, e.g. the ``sessionId`` of a ``--json``
-record). Exit statuses: 255 connection/auth failure or a record with ``failure``; 127/126
+record). ``cp LOCAL :REMOTE`` / ``cp :REMOTE LOCAL`` copies one file (exit 1 as cp(1) when
+the copy fails). Exit statuses: 255 connection/auth failure or a record with ``failure``; 127/126
 program missing / not executable; 125 the working directory is missing; 141 our stdout
 closed (``| head``); 2 usage errors.
 
