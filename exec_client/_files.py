@@ -333,10 +333,10 @@ class RemoteFiles:
     ) -> int:
         remote = remote_path(remote)
         info = os.stat(local)  # before open: a FIFO would block the open
+        if S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(local))
         if not S_ISREG(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(local)) if S_ISDIR(info.st_mode) else OSError(
-                errno.EINVAL, "not a regular file", os.fspath(local)
-            )
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(local))
         piece = self._piece_bytes()
         if info.st_size > piece:
             await self._require_append(remote, info.st_size, piece)

@@ -201,6 +201,10 @@ async def test_small_files_round_trip_and_the_directory_operations(flavor: Any, 
             await files("write_file", f"{workspace}/a.bin", bytes(range(256)) * 3, sandbox=sandbox)
             await files("write_file", f"{workspace}/é.txt", "héllo\n", sandbox=sandbox)  # a str is UTF-8
             await files("write_file", f"{workspace}/empty", b"", sandbox=sandbox)
+            five = os.urandom(5 * 1024 * 1024 + 1)  # more than one upload piece: writeFile + appendFile
+            await files("write_file", f"{workspace}/five", memoryview(five), sandbox=sandbox)
+            five_back = await files("read_file", f"{workspace}/five")
+            await files("remove", f"{workspace}/five", sandbox=sandbox)
             read = await files("read_file", f"{workspace}/a.bin")
             text = await files("read_file", workspace / "é.txt")  # a PathLike works too
             empty = await files("read_file", f"{workspace}/empty")
@@ -214,7 +218,7 @@ async def test_small_files_round_trip_and_the_directory_operations(flavor: Any, 
                 await files("remove", f"{workspace}/tree", sandbox=sandbox)
             await files("remove", f"{workspace}/tree", recursive=True, sandbox=sandbox)
             after = await files("list_dir", str(workspace))
-    assert read == bytes(range(256)) * 3 and text == "héllo\n".encode() and empty == b""
+    assert read == bytes(range(256)) * 3 and text == "héllo\n".encode() and empty == b"" and five_back == five
     assert (stat.size, stat.is_file, stat.is_dir, stat.is_symlink) == (768, True, False, False)
     assert stat.modified_at_ms > 0 and stat.path == f"{workspace}/a.bin"
     assert (directory.is_dir, directory.is_file) == (True, False)
