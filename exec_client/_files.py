@@ -88,6 +88,8 @@ _OS_ERROR: Final = re.compile(r"\(os error (\d+)\)\s*$")
 # A codex exec-server's "not found" (our -32009 maps to it in that dialect).
 _CODEX_NOT_FOUND: Final = -32004
 _WRITE_REFUSED: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# Our server's refusal of a sandbox whose cwd (here: a writable root) does not exist.
+_MISSING_CWD: Final = "cwd is not an existing absolute directory"
 
 
 class FileHost(Protocol):
@@ -404,4 +406,8 @@ class RemoteFiles:
         try:
             return await self._host.call(params, method, raw=True, retry=retry)
         except ServerError as exc:
+            if exc.code == p.ErrorCode.SANDBOX_UNAVAILABLE and _MISSING_CWD in exc.message:
+                # The profile's cwd is the writable root: the directory the path is in, which
+                # does not exist. What a local write there would say.
+                raise RemoteFileNotFound(errno.ENOENT, f"No such file or directory ({exc.message})", path, exc.code) from None
             raise file_error(exc, path) from None

@@ -302,6 +302,8 @@ async def test_a_missing_path_is_not_found_everywhere(flavor: Any, served: Serve
                 with pytest.raises(exec_client.RemoteFileNotFound) as error:
                     await files(name, *args)
                 caught.append(error.value)
+            with pytest.raises(exec_client.RemoteFileNotFound) as no_directory:  # the implicit writable root is missing
+                await files("write_file", f"{workspace}/no/such/dir/f", b"x", sandbox="workspaceWrite")
             with pytest.raises(ValueError, match="absolute"):
                 await files("read_file", "relative/path")
             with pytest.raises(FileNotFoundError):  # the local side: the OS's own error
@@ -310,6 +312,9 @@ async def test_a_missing_path_is_not_found_everywhere(flavor: Any, served: Serve
         assert isinstance(exc, FileNotFoundError) and exc.errno == errno.ENOENT
         assert one_line_error(exc) == f"{missing}: No such file or directory (os error 2)"
     assert not (local_dir / "x").exists()  # a failed download creates nothing locally
+    assert no_directory.value.errno == errno.ENOENT and one_line_error(no_directory.value).startswith(
+        f"{workspace}/no/such/dir/f: No such file or directory"
+    )
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to run the server as the test user")
