@@ -475,17 +475,18 @@ def _add_cp_parser(commands: Any) -> None:
     cp = commands.add_parser(
         "cp",
         help="copy a file to or from the server (:PATH is remote, as in scp)",
-        usage=f"{_PROG} cp [options] LOCAL :REMOTE | :REMOTE LOCAL",
+        usage=f"{_PROG} cp [-r] [options] LOCAL :REMOTE | :REMOTE LOCAL",
         description="Copy one file between here and the server. The side written with a leading ':' is "
         "remote (an absolute path on the server); a local name that starts with ':' is written ./:NAME. "
         "A destination that is a directory receives the file under its own name. The file operation runs "
         "in a sandbox on the server: by default the server's default policy (readOnly unless the operator "
         "chose otherwise, so an upload is refused with 'Read-only file system'); --sandbox workspaceWrite "
-        "makes only the destination's directory writable.",
+        "makes only the destination's directory writable (with -r: each directory it creates or fills).",
         epilog="exit status: 0 copied; 1 the copy failed (missing source, a directory, a refused write); "
         "2 usage errors; 255 the server cannot be reached or refuses the token",
     )
     _add_connection_options(cp)
+    cp.add_argument("-r", "--recursive", action="store_true", help="copy a directory and what it holds (symlinks followed, as scp -r)")
     cp.add_argument("--sandbox", choices=["none", "readOnly", "workspaceWrite"], help="sandbox of the file operation (default: the server's)")
     cp.add_argument("source", metavar="SOURCE")
     cp.add_argument("destination", metavar="DEST")
@@ -519,37 +520,39 @@ async def _cp(args: argparse.Namespace) -> int:
             info = os.stat(local)
         except OSError as exc:
             return _cp_note(f"cannot stat {local!r}: {_local_error(exc)}")
-        if stat.S_ISDIR(info.st_mode):
-            return _cp_note(f"-r not supported; omitting directory {local!r}")
+        if stat.S_ISDIR(info.st_mode) and not args.recursive:
+            return _cp_note(f"-r not specified; omitting directory {local!r}")
     sandbox = args.sandbox
     async with _open(args, _url(args)) as client:
         if upload:
             target = remote
             try:
                 if remote.endswith("/") or (await client.stat(remote)).is_dir:
-                    target = os.path.join(remote, os.path.basename(local))
+                    target = os.path.join(remote, os.path.basename(os.path.normpath(local)))
             except RemoteFileNotFound:
-                pass  # a new file
+                pass  # a new file (or directory)
             try:
-                await client.upload(local, target, sandbox=sandbox)
+                await client.upload(local, target, recursive=args.recursive, sandbox=sandbox)
             except RemoteFileError as exc:
-                return _cp_note(f"cannot create regular file '{_REMOTE_PREFIX}{target}': {exc.strerror}")
+                what = "" if args.recursive else "regular file "
+                return _cp_note(f"cannot create {what}'{_REMOTE_PREFIX}{exc.filename}': {exc.strerror}")
             except OSError as exc:
-                return _cp_note(f"cannot open {local!r} for reading: {_local_error(exc)}")
+                return _cp_note(f"cannot read {(exc.filename or local)!r}: {_local_error(exc)}")
             return 0
         try:
             remote_stat = await client.stat(remote, sandbox=sandbox)
         except RemoteFileError as exc:
             return _cp_note(f"cannot stat '{_REMOTE_PREFIX}{remote}': {exc.strerror}")
-        if remote_stat.is_dir:
-            return _cp_note(f"-r not supported; omitting directory '{_REMOTE_PREFIX}{remote}'")
-        target = os.path.join(local, os.path.basename(remote)) if os.path.isdir(local) else local
+        if remote_stat.is_dir and not args.recursive:
+            return _cp_note(f"-r not specified; omitting directory '{_REMOTE_PREFIX}{remote}'")
+        name = os.path.basename(os.path.normpath(remote))
+        target = os.path.join(local, name) if os.path.isdir(local) else local
         try:
-            await client.download(remote, target, sandbox=sandbox)
+            await client.download(remote, target, recursive=args.recursive, sandbox=sandbox)
         except RemoteFileError as exc:
-            return _cp_note(f"cannot open '{_REMOTE_PREFIX}{remote}' for reading: {exc.strerror}")
+            return _cp_note(f"cannot read '{_REMOTE_PREFIX}{exc.filename}': {exc.strerror}")
         except OSError as exc:
-            return _cp_note(f"cannot create regular file {target!r}: {_local_error(exc)}")
+            return _cp_note(f"cannot create {(exc.filename or target)!r}: {_local_error(exc)}")
         return 0
 
 

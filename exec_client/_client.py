@@ -397,25 +397,35 @@ class Client:
         """
         await self._file_api().write_file(path, data, sandbox=sandbox)
 
-    async def upload(self, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> int:
+    async def upload(
+        self, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None
+    ) -> int:
         """Copy a local file to the server in bounded pieces; returns the bytes sent.
+
+        ``recursive``: a local directory becomes the remote directory ``remote_path`` (made if
+        missing, merged if not), symlinks followed as scp -r does.
 
         Raises:
             OSError: the local file cannot be read (or is not a regular file).
             RemoteFileError: as ``write_file`` (``EFBIG``: too large for a server without
                 ``fs/appendFile``, refused before anything was written).
         """
-        return await self._file_api().upload(local_path, remote_path, sandbox=sandbox)
+        return await self._file_api().upload(local_path, remote_path, recursive=recursive, sandbox=sandbox)
 
-    async def download(self, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> int:
+    async def download(
+        self, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None
+    ) -> int:
         """Copy a remote file to ``local_path`` block by block (never whole in memory); the bytes received.
+
+        ``recursive``: a remote directory becomes the local directory ``local_path`` (one
+        ``fs/walk`` lists it first, at most 100 000 entries and 64 levels, else nothing is copied).
 
         Raises:
             RemoteFileNotFound, RemoteFileError: the remote file cannot be read (the local
                 file is not created then).
             OSError: the local file cannot be written.
         """
-        return await self._file_api().download(remote_path, local_path, sandbox=sandbox)
+        return await self._file_api().download(remote_path, local_path, recursive=recursive, sandbox=sandbox)
 
     async def list_dir(self, path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> tuple[DirEntry, ...]:
         """The entries of a remote directory, sorted by name."""
@@ -424,6 +434,10 @@ class Client:
     async def stat(self, path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> FileStat:
         """Size, type and modification time of a remote path (a symlink: its target's)."""
         return await self._file_api().stat(path, sandbox=sandbox)
+
+    async def make_dir(self, path: str | os.PathLike[str], *, parents: bool = False, sandbox: FileSandbox = None) -> None:
+        """Create a remote directory (``parents``: with its missing parents, and no error if it exists)."""
+        await self._file_api().make_dir(path, parents=parents, sandbox=sandbox)
 
     async def remove(self, path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None) -> None:
         """Remove a file, an empty directory, or (``recursive``) a whole tree."""

@@ -1,5 +1,6 @@
 """The client's file API: ``read_file``, ``write_file``, ``upload``, ``download``, ``list_dir``,
-``stat`` and ``remove`` over the server's ``fs/*`` methods (Codex's shapes, docs/protocol.md §13).
+``stat``, ``make_dir`` and ``remove`` over the server's ``fs/*`` methods (Codex's shapes,
+docs/protocol.md §13).
 
 Dialect-neutral: it builds Codex-shaped params and sends them through the client's one request
 path (``FileHost.call``), so the same code drives our server and Codex's ``codex exec-server``.
@@ -29,6 +30,10 @@ Decisions, and why:
   the exact current size so a resent piece is refused, never duplicated. Against a server
   without it (Codex's) a larger upload is refused with ``EFBIG`` before anything is written.
   Like ``cp``, a failed upload can leave a partial file.
+- **Trees** (``recursive=True``): an upload walks the local tree (symlinks followed, as
+  ``scp -r``; a directory reached twice is refused) and makes each directory with
+  ``fs/createDirectory``; a download lists the remote tree with one ``fs/walk`` first (at most
+  ``MAX_TREE_ENTRIES`` entries and ``MAX_TREE_DEPTH`` levels, else nothing is copied).
 - **Errors** are ``RemoteFileError`` (an ``OSError``) with the errno the server reports:
   ``RemoteFileNotFound`` (``ENOENT``), ``RemotePermissionError`` (``EROFS`` outside the
   writable roots, ``EACCES``, ``EPERM``). Other server errors (``SandboxUnavailable``,
@@ -79,6 +84,9 @@ _ASSUMED_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 # read_file's default cap on what it holds in memory.
 READ_FILE_MAX_BYTES: Final = 64 * 1024 * 1024
 APPEND_METHOD: Final = "fs/appendFile"
+# A recursive copy's tree: what one fs/walk may answer (the server's own cap is 100 000).
+MAX_TREE_ENTRIES: Final = 100_000
+MAX_TREE_DEPTH: Final = 64
 # fs/close after a transfer (also when it failed or was cancelled) waits at most this long.
 CLOSE_TIMEOUT_SECONDS: Final = 5.0
 
@@ -209,6 +217,10 @@ def _structure(raw: Any, type_: type, method: str) -> Any:
         raise ProtocolViolation(f"malformed {method} result: {exc}") from None
 
 
+def _raise(error: OSError) -> None:
+    raise error
+
+
 def _handle_id() -> str:
     return f"exec-fs-{os.urandom(12).hex()}"
 
@@ -259,9 +271,55 @@ class RemoteFiles:
         return bytes(data)
 
     async def download(
-        self, remote: str | os.PathLike[str], local: str | os.PathLike[str], *, sandbox: SandboxArgument = None
+        self,
+        remote: str | os.PathLike[str],
+        local: str | os.PathLike[str],
+        *,
+        recursive: bool = False,
+        sandbox: SandboxArgument = None,
     ) -> int:
         remote = remote_path(remote)
+        if recursive and (await self.stat(remote, sandbox=sandbox)).is_dir:
+            return await self._download_tree(remote, os.fspath(local), sandbox)
+        return await self._download_file(remote, local, sandbox)
+
+    async def _download_tree(self, remote: str, local: str, sandbox: SandboxArgument) -> int:
+        """A remote tree (symlinks followed, as scp -r does) into ``local``, made if missing."""
+        entries = await self._walk(remote, sandbox)
+        os.makedirs(local, exist_ok=True)
+        total = 0
+        for path, kind in entries:  # breadth-first: a directory comes before what it holds
+            here = os.path.join(local, os.path.relpath(path, remote))
+            if kind == "directory":
+                os.makedirs(here, exist_ok=True)
+            elif kind in ("file", "symlink"):  # a symlink to a file: its content
+                total += await self._download_file(path, here, sandbox)
+            else:
+                raise RemoteFileError(None, "not a regular file or directory", path)
+        return total
+
+    async def _walk(self, root: str, sandbox: SandboxArgument) -> list[tuple[str, str]]:
+        """Every path below ``root`` with its kind, all at once (bounded by the server), or raise."""
+        options = c.WalkOptions(
+            max_depth=MAX_TREE_DEPTH, max_directories=MAX_TREE_ENTRIES, max_entries=MAX_TREE_ENTRIES, follow_directory_symlinks=True
+        )
+        params = c.WalkParams(path=c.uri_from_path(root), options=options, sandbox=self._profile(sandbox, root, directory=root))
+        result: c.WalkResult = _structure(await self._call(params, "fs/walk", root, retry=True), c.WalkResult, "fs/walk")
+        if result.errors:
+            first = result.errors[0]
+            raise RemoteFileError(None, first.message, c.path_from_uri(first.path))
+        if result.truncated:
+            raise RemoteFileError(errno.E2BIG, f"more than {MAX_TREE_ENTRIES} entries or {MAX_TREE_DEPTH} levels; nothing copied", root)
+        entries = [(c.path_from_uri(entry.path), entry.kind) for entry in result.entries]
+        for path, kind in entries:
+            if not path.startswith(root.rstrip("/") + "/"):
+                raise ProtocolViolation(f"fs/walk of {root} answered a path outside it: {path}")
+            if kind == "directory" and os.path.relpath(path, root).count("/") + 1 >= MAX_TREE_DEPTH:
+                # Its contents were not walked (a symlink loop, or simply too deep): copy nothing.
+                raise RemoteFileError(errno.E2BIG, f"deeper than {MAX_TREE_DEPTH} levels; nothing copied", path)
+        return entries
+
+    async def _download_file(self, remote: str, local: str | os.PathLike[str], sandbox: SandboxArgument) -> int:
         target: anyio.AsyncFile[bytes] | None = None
 
         async def open_target() -> None:  # only once the remote file is open
@@ -331,9 +389,40 @@ class RemoteFiles:
             await self._write_piece(path, bytes(view[offset : offset + piece]), offset, profile)
 
     async def upload(
-        self, local: str | os.PathLike[str], remote: str | os.PathLike[str], *, sandbox: SandboxArgument = None
+        self,
+        local: str | os.PathLike[str],
+        remote: str | os.PathLike[str],
+        *,
+        recursive: bool = False,
+        sandbox: SandboxArgument = None,
     ) -> int:
         remote = remote_path(remote)
+        if recursive and os.path.isdir(local):
+            return await self._upload_tree(os.fspath(local), remote, sandbox)
+        return await self._upload_file(local, remote, sandbox)
+
+    async def _upload_tree(self, local: str, remote: str, sandbox: SandboxArgument) -> int:
+        """A local tree (symlinks followed, as scp -r does; a loop is refused) into ``remote``."""
+        total = 0
+        seen: set[tuple[int, int]] = set()
+        for directory, dirnames, filenames in os.walk(local, followlinks=True, onerror=_raise):
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in seen:
+                raise OSError(errno.ELOOP, "directory reached twice (a symbolic link loop?)", directory)
+            seen.add((info.st_dev, info.st_ino))
+            dirnames.sort()
+            relative = os.path.relpath(directory, local)
+            there = remote if relative == "." else os.path.join(remote, relative)
+            try:
+                await self.make_dir(there, sandbox=sandbox)
+            except RemoteFileError as exc:
+                if exc.errno != errno.EEXIST or not (await self.stat(there, sandbox=sandbox)).is_dir:
+                    raise
+            for name in sorted(filenames):
+                total += await self._upload_file(os.path.join(directory, name), os.path.join(there, name), sandbox)
+        return total
+
+    async def _upload_file(self, local: str | os.PathLike[str], remote: str, sandbox: SandboxArgument) -> int:
         info = os.stat(local)  # before open: a FIFO would block the open
         if S_ISDIR(info.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(local))
@@ -355,6 +444,11 @@ class RemoteFiles:
                 offset += len(data)
                 if len(data) < piece:
                     return offset
+
+    async def make_dir(self, path: str | os.PathLike[str], *, parents: bool = False, sandbox: SandboxArgument = None) -> None:
+        path = remote_path(path)
+        params = c.CreateDirectoryParams(path=c.uri_from_path(path), recursive=parents, sandbox=self._profile(sandbox, path))
+        await self._call(params, "fs/createDirectory", path, retry=parents)  # mkdir -p is idempotent
 
     async def remove(self, path: str | os.PathLike[str], *, recursive: bool = False, sandbox: SandboxArgument = None) -> None:
         path = remote_path(path)

@@ -257,11 +257,18 @@ class SyncClient(AbstractContextManager["SyncClient"]):
     def write_file(self, path: str | os.PathLike[str], data: bytes | bytearray | memoryview | str, *, sandbox: FileSandbox = None) -> None:
         self._loop.call(self._client.write_file, path, data, sandbox=sandbox)
 
-    def upload(self, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> int:
-        return self._loop.call(self._client.upload, local_path, remote_path, sandbox=sandbox)
+    def upload(
+        self, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None
+    ) -> int:
+        return self._loop.call(self._client.upload, local_path, remote_path, recursive=recursive, sandbox=sandbox)
 
-    def download(self, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> int:
-        return self._loop.call(self._client.download, remote_path, local_path, sandbox=sandbox)
+    def download(
+        self, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None
+    ) -> int:
+        return self._loop.call(self._client.download, remote_path, local_path, recursive=recursive, sandbox=sandbox)
+
+    def make_dir(self, path: str | os.PathLike[str], *, parents: bool = False, sandbox: FileSandbox = None) -> None:
+        self._loop.call(self._client.make_dir, path, parents=parents, sandbox=sandbox)
 
     def list_dir(self, path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> tuple[DirEntry, ...]:
         return self._loop.call(self._client.list_dir, path, sandbox=sandbox)

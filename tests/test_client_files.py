@@ -258,6 +258,38 @@ async def test_a_20_mib_file_streams_both_ways_byte_exact_in_bounded_memory(
     assert too_big.value.errno == errno.EFBIG and "max_bytes" in one_line_error(too_big.value)
 
 
+def make_tree(root: Path) -> dict[str, bytes]:
+    """A small tree: nested and empty directories, an empty file, a symlink to a file."""
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    files = {"top.txt": b"top\n", "a/one.bin": os.urandom(70_000), "a/b/deep.txt": b"deep", "a/b/nothing": b""}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    (root / "link").symlink_to("top.txt")
+    return files
+
+
+def tree_of(root: Path) -> tuple[dict[str, bytes], set[str]]:
+    found = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    return found, {str(path.relative_to(root)) for path in root.rglob("*") if path.is_dir()}
+
+
+async def test_a_tree_goes_up_and_comes_back_recursively(flavor: Any, served: Served, workspace: Path, local_dir: Path) -> None:
+    files = make_tree(local_dir / "src")
+    with trio.fail_after(TIMEOUT):
+        async with flavor(served.url, served.token) as files_api:
+            sent = await files_api("upload", local_dir / "src", f"{workspace}/tree", recursive=True, sandbox="workspaceWrite")
+            again = await files_api("upload", local_dir / "src", f"{workspace}/tree", recursive=True, sandbox="workspaceWrite")
+            received = await files_api("download", f"{workspace}/tree", local_dir / "back", recursive=True)
+            await files_api("make_dir", f"{workspace}/made/deeper", parents=True, sandbox=writable(workspace))
+            with pytest.raises(IsADirectoryError):  # without recursive a directory is refused
+                await files_api("upload", local_dir / "src", f"{workspace}/flat", sandbox="workspaceWrite")
+    expected = {**files, "link": b"top\n"}  # a symlink is followed, as scp -r does
+    assert tree_of(workspace / "tree") == tree_of(local_dir / "back") == (expected, {"a", "a/b", "empty-dir"})
+    assert sent == again == received == sum(map(len, expected.values()))
+    assert (workspace / "made" / "deeper").is_dir() and not (workspace / "flat").exists()
+
+
 async def test_a_write_outside_the_writable_roots_is_refused_with_the_servers_errno(
     flavor: Any, served: Served, workspace: Path, local_dir: Path
 ) -> None:
@@ -432,6 +464,21 @@ async def test_cp_uploads_a_local_file_to_a_remote_path_and_into_a_directory(
     assert into.returncode == 0 and (workspace / "sub" / "blob").read_bytes() == payload
     assert directory.returncode == 1 and "omitting directory" in one_line(directory.stderr)
     assert both_local.returncode == 2 and "exactly one of SOURCE and DEST must be remote" in one_line(both_local.stderr)
+
+
+async def test_cp_r_copies_a_directory_both_ways(served: Served, workspace: Path, local_dir: Path) -> None:
+    files = make_tree(local_dir / "src")
+    (workspace / "dest").mkdir()
+    env = cp_env(served)
+    with trio.fail_after(TIMEOUT):
+        up = await run_cli(["cp", "-r", "--sandbox", "workspaceWrite", str(local_dir / "src"), f":{workspace}/dest"], env=env, home=local_dir)
+        down = await run_cli(["cp", "-r", f":{workspace}/dest/src", str(local_dir / "back")], env=env, home=local_dir)
+        refused = await run_cli(["cp", "-r", str(local_dir / "src"), f":{workspace}/ro"], env=env, home=local_dir)
+    assert (up.returncode, up.stderr, down.returncode, down.stderr) == (0, b"", 0, b"")
+    expected = ({**files, "link": b"top\n"}, {"a", "a/b", "empty-dir"})
+    assert tree_of(workspace / "dest" / "src") == tree_of(local_dir / "back") == expected  # into the existing dest
+    assert refused.returncode == 1
+    assert one_line(refused.stderr) == f"exec-client: cp: cannot create ':{workspace}/ro': Read-only file system (os error 30)"
 
 
 async def test_cp_downloads_a_remote_file_and_fails_like_cp(served: Served, workspace: Path, local_dir: Path) -> None:
