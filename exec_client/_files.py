@@ -17,7 +17,10 @@ Decisions, and why:
   or, when it names none, the directory the operation works in (as a command whose ``cwd``
   is that directory) — minus the ``readOnlySubpaths`` carve-outs (``.git``, ``.codex``,
   ``.agents`` by default); ``none`` asks for no sandbox (the operator must allow it). A dict
-  with a ``permissions`` key is taken as a Codex profile and sent as given.
+  with a ``permissions`` key is taken as a Codex profile and sent as given. Beware: Codex's
+  own ``codex exec-server`` runs a ``sandbox: null`` operation unsandboxed (its client
+  always sends a profile), so against it pass ``sandbox="readOnly"`` (or a write policy)
+  explicitly. Every profile we send carries the context fields Codex 0.169 requires.
 - **Downloads stream.** ``fs/open``, then ``fs/readBlock`` of ``DOWNLOAD_BLOCK_BYTES`` at a
   time written to the local file as each arrives, then ``fs/close``: one block in memory,
   whatever the file's size. ``read_file`` reads the same way into memory, up to ``max_bytes``
@@ -84,8 +87,10 @@ _ASSUMED_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 # read_file's default cap on what it holds in memory.
 READ_FILE_MAX_BYTES: Final = 64 * 1024 * 1024
 APPEND_METHOD: Final = "fs/appendFile"
-# A recursive copy's tree: what one fs/walk may answer (the server's own cap is 100 000).
-MAX_TREE_ENTRIES: Final = 100_000
+# A recursive copy's tree: what one fs/walk may answer. Codex's exec-server refuses a walk
+# that asks for more than 10 000 directories or 50 000 entries (ours caps at 100 000).
+MAX_TREE_ENTRIES: Final = 50_000
+MAX_TREE_DIRECTORIES: Final = 10_000
 MAX_TREE_DEPTH: Final = 64
 # fs/close after a transfer (also when it failed or was cancelled) waits at most this long.
 CLOSE_TIMEOUT_SECONDS: Final = 5.0
@@ -146,6 +151,11 @@ def remote_path(path: str | os.PathLike[str]) -> str:
     return text
 
 
+# Fields Codex's exec-server requires in every sandbox context (0.169 refuses the request
+# without them: "missing field `windowsSandboxLevel`"); ours ignores them.
+_CODEX_CONTEXT: Final = {"windowsSandboxLevel": "disabled", "useLegacyLandlock": False}
+
+
 def _special(kind: str, access: str, subpath: str | None = None) -> dict[str, Any]:
     value: dict[str, Any] = {"kind": kind}
     if subpath is not None:
@@ -169,7 +179,7 @@ def sandbox_profile(sandbox: SandboxArgument, directory: str) -> dict[str, Any] 
     policy = sandbox_policy(sandbox)
     assert policy is not None
     if policy.mode is p.SandboxMode.NONE:
-        return {"permissions": {"type": "disabled"}}
+        return {"permissions": {"type": "disabled"}, **_CODEX_CONTEXT}
     entries = [_special("root", "read")]
     profile: dict[str, Any] = {}
     if policy.mode is p.SandboxMode.WORKSPACE_WRITE:
@@ -181,7 +191,8 @@ def sandbox_profile(sandbox: SandboxArgument, directory: str) -> dict[str, Any] 
         profile = {"cwd": c.uri_from_path(roots[0]), "workspaceRoots": [c.uri_from_path(root) for root in roots]}
     network = "enabled" if policy.network else "restricted"
     file_system = {"type": "restricted", "entries": entries}
-    return {"permissions": {"type": "managed", "file_system": file_system, "network": network}, **profile}
+    permissions = {"type": "managed", "file_system": file_system, "network": network}
+    return {"permissions": permissions, **profile, **_CODEX_CONTEXT}
 
 
 def _errno_of(error: ServerError) -> int | None:
@@ -301,7 +312,7 @@ class RemoteFiles:
     async def _walk(self, root: str, sandbox: SandboxArgument) -> list[tuple[str, str]]:
         """Every path below ``root`` with its kind, all at once (bounded by the server), or raise."""
         options = c.WalkOptions(
-            max_depth=MAX_TREE_DEPTH, max_directories=MAX_TREE_ENTRIES, max_entries=MAX_TREE_ENTRIES, follow_directory_symlinks=True
+            max_depth=MAX_TREE_DEPTH, max_directories=MAX_TREE_DIRECTORIES, max_entries=MAX_TREE_ENTRIES, follow_directory_symlinks=True
         )
         params = c.WalkParams(path=c.uri_from_path(root), options=options, sandbox=self._profile(sandbox, root, directory=root))
         result: c.WalkResult = _structure(await self._call(params, "fs/walk", root, retry=True), c.WalkResult, "fs/walk")
@@ -309,7 +320,9 @@ class RemoteFiles:
             first = result.errors[0]
             raise RemoteFileError(None, first.message, c.path_from_uri(first.path))
         if result.truncated:
-            raise RemoteFileError(errno.E2BIG, f"more than {MAX_TREE_ENTRIES} entries or {MAX_TREE_DEPTH} levels; nothing copied", root)
+            raise RemoteFileError(
+                errno.E2BIG, f"more than {MAX_TREE_ENTRIES} entries or {MAX_TREE_DIRECTORIES} directories; nothing copied", root
+            )
         entries = [(c.path_from_uri(entry.path), entry.kind) for entry in result.entries]
         for path, kind in entries:
             if not path.startswith(root.rstrip("/") + "/"):

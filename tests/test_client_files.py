@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -30,10 +31,13 @@ import trio
 
 import exec_client
 from exec_client import _files
+from codex_peer import codex_binary, codex_exec_server
 from exec_client._errors import ServerError
+from exec_client._info import ServerInfo
+import protocol as p
 from protocol import _codex as c
 from exec_server.sandbox import detect
-from rawclient import no_leftover_processes  # noqa: F401  (fixture used by name)
+from rawclient import no_leftover_processes, open_raw_client  # noqa: F401  (fixture used by name)
 from test_cli import exec_client as run_cli, one_line
 from test_sandbox_view import IS_ROOT, TEST_USER, _user_exists, user_server
 
@@ -408,6 +412,75 @@ async def test_the_append_extension_appends_only_at_the_exact_size_and_never_cre
     assert missing.value.code == -32009 and not (workspace / "new").exists()
     assert probe.value.code == -32602
     assert outside.value.code == -32010 and outside.value.data == {"errno": "EROFS"}
+
+
+# --- the same file layer against Codex's own exec-server ----------------------------------------
+
+
+class CodexHost:
+    """The client's request path to ``codex exec-server``, as a test-side ``FileHost``.
+
+    What the codex-client dialect layer will give the real client; until then this drives
+    ``exec_client._files`` (the code under test) over a raw connection to the real Codex.
+    """
+
+    def __init__(self, raw: Any, info: Any) -> None:
+        self._raw = raw
+        self._ids = iter(range(100, 1_000_000))
+        self.info = info
+
+    async def call(self, params: Any, method: str | None = None, *, raw: bool = False, **_ignored: Any) -> Any:
+        request_id = next(self._ids)
+        await self._raw.send_raw(json.dumps({"id": request_id, "method": method, "params": p.unstructure(params)}))
+        response = await self._raw.response(request_id)
+        if "error" in response:
+            error = response["error"]
+            raise ServerError.from_error(error["code"], error["message"], error.get("data"))
+        return response["result"]
+
+
+async def test_the_file_layer_drives_codex_exec_server_unchanged(tmp_path: Path, local_dir: Path, no_leftover_processes: None) -> None:
+    codex_binary()  # skips (one line) only without npm
+    workspace = _scratch("exec-files-codex-", 0o777)
+    payload = os.urandom(3 * 1024 * 1024 + 5)  # several blocks
+    (local_dir / "big").write_bytes(os.urandom(_files.MAX_UPLOAD_PIECE_BYTES + 1))
+    (workspace / "t" / "sub").mkdir(parents=True)
+    (workspace / "t" / "sub" / "x").write_bytes(b"x")
+    victim = Path("/etc") / f"exec-files-codex-{secrets.token_hex(4)}"
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with codex_exec_server(tmp_path / "codex-home") as url, open_raw_client(url) as raw:
+                await raw.send_raw(json.dumps({"id": 1, "method": "initialize", "params": {"clientName": "exec-client"}}))
+                info = ServerInfo.from_result((await raw.response(1))["result"])
+                await raw.send_raw(json.dumps({"method": "initialized", "params": {}}))
+                files = _files.RemoteFiles(CodexHost(raw, info))
+                sandbox = writable(workspace)
+                await files.write_file(f"{workspace}/p.bin", payload, sandbox=sandbox)
+                read = await files.read_file(f"{workspace}/p.bin")
+                got = await files.download(f"{workspace}/p.bin", local_dir / "p.bin")
+                stat = await files.stat(f"{workspace}/p.bin")
+                names = [entry.name for entry in await files.list_dir(str(workspace))]
+                tree = await files.download(f"{workspace}/t", local_dir / "t", recursive=True)
+                await files.make_dir(f"{workspace}/d", sandbox=sandbox)
+                await files.remove(f"{workspace}/d", sandbox=sandbox)
+                with pytest.raises(exec_client.RemotePermissionError) as refused:
+                    await files.write_file(str(victim), b"x", sandbox="readOnly")
+                with pytest.raises(exec_client.RemotePermissionError) as outside:
+                    await files.write_file(str(victim), b"x", sandbox=sandbox)
+                with pytest.raises(exec_client.RemoteFileNotFound) as missing:
+                    await files.read_file(f"{workspace}/nope")
+                with pytest.raises(exec_client.RemoteFileError) as too_big:  # Codex has no fs/appendFile
+                    await files.upload(local_dir / "big", f"{workspace}/big", sandbox=sandbox)
+        assert read == payload and got == stat.size == len(payload) and (local_dir / "p.bin").read_bytes() == payload
+        assert sorted(names) == ["p.bin", "t"] and tree == 1 and (local_dir / "t" / "sub" / "x").read_bytes() == b"x"
+        assert not (workspace / "d").exists()
+        assert refused.value.errno == outside.value.errno == errno.EROFS and not victim.exists()
+        assert str(missing.value) == f"{workspace}/nope: No such file or directory (os error 2)"
+        assert too_big.value.errno == errno.EFBIG and "fs/appendFile" in str(too_big.value)
+        assert not (workspace / "big").exists()  # refused before anything was written
+    finally:
+        victim.unlink(missing_ok=True)
+        shutil.rmtree(workspace, ignore_errors=True)
 
 
 # --- the Codex dialect's error shapes (no Codex server speaks to this client yet) ---------------
