@@ -41,7 +41,9 @@ Decisions, and why:
   ``RemoteFileNotFound`` (``ENOENT``), ``RemotePermissionError`` (``EROFS`` outside the
   writable roots, ``EACCES``, ``EPERM``). Other server errors (``SandboxUnavailable``,
   ``LimitExceeded``...) pass through as they are. A transfer cut by a connection loss fails
-  with ``ConnectionLost`` (a handle does not outlive its connection); run it again.
+  with ``ConnectionLost`` only when the session is lost: after a cut that the client
+  resumes, a download opens the file again and reads on from its offset, and an upload
+  learns from the remote size whether the piece in flight landed.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from protocol._messages import DEFAULT_READ_ONLY_SUBPATHS
 
 from ._arguments import sandbox_policy
 from ._errors import (
+    ConnectionLost,
     ExecClientError,
     ProtocolViolation,
     RemoteFileError,
@@ -92,6 +95,8 @@ APPEND_METHOD: Final = "fs/appendFile"
 MAX_TREE_ENTRIES: Final = 50_000
 MAX_TREE_DIRECTORIES: Final = 10_000
 MAX_TREE_DEPTH: Final = 64
+# How many connection cuts one transfer rides out (each: the client resumes the session).
+MAX_TRANSFER_RESUMES: Final = 8
 # fs/close after a transfer (also when it failed or was cancelled) waits at most this long.
 CLOSE_TIMEOUT_SECONDS: Final = 5.0
 
@@ -357,17 +362,32 @@ class RemoteFiles:
         sink: Callable[[bytes], Awaitable[None]],
         on_open: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
-        """Stream ``path`` block by block into ``sink`` (one block in memory); the byte count."""
+        """Stream ``path`` block by block into ``sink`` (one block in memory); the byte count.
+
+        A handle dies with its connection: after a cut the client resumes the session, and
+        the file is opened again and read on from where it was.
+        """
+        uri = c.uri_from_path(path)
+        profile = self._profile(sandbox, path)
         handle_id = _handle_id()
-        opened = c.OpenParams(handle_id=handle_id, path=c.uri_from_path(path), sandbox=self._profile(sandbox, path))
-        await self._call(opened, "fs/open", path, retry=True)
+        await self._call(c.OpenParams(handle_id=handle_id, path=uri, sandbox=profile), "fs/open", path, retry=True)
         offset = 0
+        resumes = 0
         try:
             if on_open is not None:
                 await on_open()
             while True:
                 params = c.ReadBlockParams(handle_id=handle_id, offset=offset, len=DOWNLOAD_BLOCK_BYTES)
-                block: c.ReadBlockResult = _structure(await self._call(params, "fs/readBlock", path), c.ReadBlockResult, "fs/readBlock")
+                try:
+                    raw = await self._call(params, "fs/readBlock", path)
+                except ConnectionLost:
+                    resumes += 1
+                    if resumes > MAX_TRANSFER_RESUMES:
+                        raise
+                    handle_id = _handle_id()  # waits for the resume; raises if the session is lost
+                    await self._call(c.OpenParams(handle_id=handle_id, path=uri, sandbox=profile), "fs/open", path, retry=True)
+                    continue
+                block: c.ReadBlockResult = _structure(raw, c.ReadBlockResult, "fs/readBlock")
                 if len(block.chunk) > DOWNLOAD_BLOCK_BYTES:
                     raise ProtocolViolation(f"fs/readBlock answered {len(block.chunk)} bytes for {DOWNLOAD_BLOCK_BYTES}")
                 if block.chunk:
@@ -476,9 +496,20 @@ class RemoteFiles:
         if offset == 0:
             # Truncate-and-write is idempotent: safe to resend after a resume.
             await self._call(c.WriteFileParams(path=uri, data_base64=encoded, sandbox=profile), "fs/writeFile", path, retry=True)
-        else:
-            params = c.AppendFileParams(path=uri, data_base64=encoded, offset=offset, sandbox=profile)
-            await self._call(params, APPEND_METHOD, path)
+            return
+        params = c.AppendFileParams(path=uri, data_base64=encoded, offset=offset, sandbox=profile)
+        for _attempt in range(MAX_TRANSFER_RESUMES):
+            try:
+                await self._call(params, APPEND_METHOD, path)
+                return
+            except ConnectionLost:
+                # Did the piece land before the cut? The size says (stat waits for the resume).
+                size = (await self.stat(path)).size
+                if size == offset + len(data):
+                    return
+                if size != offset:
+                    raise RemoteFileError(errno.EIO, f"changed during the upload: {size} bytes, expected {offset}", path) from None
+        await self._call(params, APPEND_METHOD, path)
 
     async def _require_append(self, path: str, size: int, piece: int) -> None:
         """Refuse, before anything is written, an upload the server cannot take in pieces."""

@@ -39,6 +39,7 @@ from protocol import _codex as c
 from exec_server.sandbox import detect
 from rawclient import no_leftover_processes, open_raw_client  # noqa: F401  (fixture used by name)
 from test_cli import exec_client as run_cli, one_line
+from test_delivery_support import StallProxy
 from test_sandbox_view import IS_ROOT, TEST_USER, _user_exists, user_server
 
 KERNEL: Final = detect()
@@ -292,6 +293,41 @@ async def test_a_tree_goes_up_and_comes_back_recursively(flavor: Any, served: Se
     assert tree_of(workspace / "tree") == tree_of(local_dir / "back") == (expected, {"a", "a/b", "empty-dir"})
     assert sent == again == received == sum(map(len, expected.values()))
     assert (workspace / "made" / "deeper").is_dir() and not (workspace / "flat").exists()
+
+
+async def test_transfers_ride_out_a_connection_cut(served: Served, workspace: Path, local_dir: Path, nursery: trio.Nursery) -> None:
+    proxy = await nursery.start(StallProxy(int(served.url.rsplit(":", 1)[1])).serve)
+    size = 12 * 1024 * 1024  # 12 blocks down, 3 pieces up
+    (workspace / "down.bin").write_bytes(os.urandom(size))
+    (local_dir / "up.bin").write_bytes(os.urandom(size))
+
+    async def cut_when(reached: Any) -> None:
+        while not reached():
+            await trio.sleep(0.01)
+        proxy.stall()  # nothing more reaches the client: the transfer cannot end before the cut
+        proxy.cut()
+        proxy.flow()
+
+    def uploaded() -> int:
+        try:
+            return (workspace / "up.bin").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    with trio.fail_after(TIMEOUT):
+        async with exec_client.open_client(proxy.url, token=served.token) as client:
+            async with trio.open_nursery() as cutter:
+                cutter.start_soon(cut_when, lambda: proxy.forwarded_down > 3 * 1024 * 1024)
+                got = await client.download(f"{workspace}/down.bin", local_dir / "down.bin")
+            after_download = client.resumes
+            async with trio.open_nursery() as cutter:
+                cutter.start_soon(cut_when, lambda: uploaded() >= _files.MAX_UPLOAD_PIECE_BYTES)
+                sent = await client.upload(local_dir / "up.bin", f"{workspace}/up.bin", sandbox=writable(workspace))
+            resumes = client.resumes
+    assert (after_download, resumes, proxy.accepted) == (1, 2, 3)
+    assert got == sent == size
+    assert digest(local_dir / "down.bin") == digest(workspace / "down.bin")
+    assert digest(workspace / "up.bin") == digest(local_dir / "up.bin")
 
 
 async def test_a_write_outside_the_writable_roots_is_refused_with_the_servers_errno(
