@@ -3,7 +3,10 @@
 The server is ``exec-server serve`` in a subprocess (root, the default ``readOnly`` policy,
 the real kernel sandbox), so that ``tracemalloc`` here measures the client alone. Every
 behaviour is checked on the three clients with the same names and arguments: ``open_client``
-on trio, ``open_client`` on asyncio (its own loop thread), and the sync ``connect``.
+on trio, ``open_client`` on asyncio (its own loop thread), and the sync ``connect``. The
+same file layer also drives the real ``codex exec-server`` (Codex's dialect), a transfer rides
+out a connection cut (a real proxy), and a server run by the non-root ``tester`` user refuses
+that user's own file outside the workspace.
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ import pytest
 import trio
 
 import exec_client
-from exec_client import _files
+import protocol as p
 from codex_peer import codex_binary, codex_exec_server
+from exec_client import _files
 from exec_client._errors import ServerError
 from exec_client._info import ServerInfo
-import protocol as p
-from protocol import _codex as c
 from exec_server.sandbox import detect
+from protocol import _codex as c
 from rawclient import no_leftover_processes, open_raw_client  # noqa: F401  (fixture used by name)
 from test_cli import exec_client as run_cli, one_line
 from test_delivery_support import StallProxy
