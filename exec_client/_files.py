@@ -266,7 +266,9 @@ class RemoteFiles:
     async def list_dir(self, path: str | os.PathLike[str], *, sandbox: SandboxArgument = None) -> tuple[DirEntry, ...]:
         path = remote_path(path)
         params = c.PathParams(path=c.uri_from_path(path), sandbox=self._profile(sandbox, path, directory=path))
-        raw = await self._call(params, "fs/readDirectory", path, retry=True)
+        # Not resent after a cut: fs/readDirectory's answer is the one unbounded one, and an
+        # answer over the client's message limit ends the connection — resending would loop.
+        raw = await self._call(params, "fs/readDirectory", path)
         result: c.ReadDirectoryResult = _structure(raw, c.ReadDirectoryResult, "fs/readDirectory")
         entries = (DirEntry(name=e.file_name, is_dir=e.is_directory, is_file=e.is_file) for e in result.entries)
         return tuple(sorted(entries, key=lambda entry: entry.name))
