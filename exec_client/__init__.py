@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "HandleState": "._handle",
     "ProcessHandle": "._handle",
     "IllegalTransition": "._lifecycle",
+    "DirEntry": "._files",
+    "FileStat": "._files",
     "SyncClient": "._sync",
     "SyncProcessHandle": "._sync",
     "connect": "._sync",
@@ -57,6 +59,9 @@ _EXPORTS: dict[str, str] = {
             "OutputOverrun",
             "ProcessReleased",
             "ProtocolViolation",
+            "RemoteFileError",
+            "RemoteFileNotFound",
+            "RemotePermissionError",
             "SandboxUnavailable",
             "ServerError",
             "ServerShuttingDown",
@@ -109,6 +114,11 @@ if TYPE_CHECKING:
     from ._errors import OutputOverrun as OutputOverrun
     from ._errors import ProcessReleased as ProcessReleased
     from ._errors import ProtocolViolation as ProtocolViolation
+    from ._errors import RemoteFileError as RemoteFileError
+    from ._errors import RemoteFileNotFound as RemoteFileNotFound
+    from ._errors import RemotePermissionError as RemotePermissionError
+    from ._files import DirEntry as DirEntry
+    from ._files import FileStat as FileStat
     from ._errors import SandboxUnavailable as SandboxUnavailable
     from ._errors import ServerError as ServerError
     from ._errors import ServerShuttingDown as ServerShuttingDown

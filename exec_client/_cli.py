@@ -5,7 +5,8 @@ chunks arrive, forwards our stdin when it is not a terminal (``-n``: never), and
 with the command's exit code (a signal's ``128+N`` is what ``exitCode`` already holds).
 ``--json`` prints exactly one record, a failure to start included. ``ps`` and ``kill``
 act on the processes of a session (``--session``, e.g. the ``sessionId`` of a ``--json``
-record). Exit statuses: 255 connection/auth failure or a record with ``failure``; 127/126
+record). ``cp LOCAL :REMOTE`` / ``cp :REMOTE LOCAL`` copies one file (exit 1 as cp(1) when
+the copy fails). Exit statuses: 255 connection/auth failure or a record with ``failure``; 127/126
 program missing / not executable; 125 the working directory is missing; 141 our stdout
 closed (``| head``); 2 usage errors.
 
@@ -114,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     kill.add_argument("--session", required=True, metavar="ID", help="the session (a --json record's sessionId)")
     kill.add_argument("--signal", default="terminate", choices=["terminate", "kill", "interrupt", "hangup"])
     kill.add_argument("process_id", metavar="PROCESS_ID")
+    _add_cp_parser(commands)
     return parser
 
 
@@ -477,6 +479,97 @@ async def _kill(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- cp ---------------------------------------------------------------------------------
+
+EXIT_CP_FAILED: Final = 1  # as cp(1): the copy failed (a missing source, a refused write...)
+_REMOTE_PREFIX: Final = ":"
+
+
+def _add_cp_parser(commands: Any) -> None:
+    cp = commands.add_parser(
+        "cp",
+        help="copy a file to or from the server (:PATH is remote, as in scp)",
+        usage=f"{_PROG} cp [-r] [options] LOCAL :REMOTE | :REMOTE LOCAL",
+        description="Copy one file between here and the server. The side written with a leading ':' is "
+        "remote (an absolute path on the server); a local name that starts with ':' is written ./:NAME. "
+        "A destination that is a directory receives the file under its own name. The file operation runs "
+        "in a sandbox on the server: by default the server's default policy (readOnly unless the operator "
+        "chose otherwise, so an upload is refused with 'Read-only file system'); --sandbox workspaceWrite "
+        "makes only the destination's directory writable (with -r: each directory it creates or fills).",
+        epilog="exit status: 0 copied; 1 the copy failed (missing source, a directory, a refused write); "
+        "2 usage errors; 255 the server cannot be reached or refuses the token",
+    )
+    _add_connection_options(cp)
+    cp.add_argument("-r", "--recursive", action="store_true", help="copy a directory and what it holds (symlinks followed, as scp -r)")
+    cp.add_argument("--sandbox", choices=["none", "readOnly", "workspaceWrite"], help="sandbox of the file operation (default: the server's)")
+    cp.add_argument("source", metavar="SOURCE")
+    cp.add_argument("destination", metavar="DEST")
+
+
+def _cp_note(message: str) -> int:
+    _note(f"cp: {message}")
+    return EXIT_CP_FAILED
+
+
+def _local_error(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+async def _cp(args: argparse.Namespace) -> int:
+    """``cp LOCAL :REMOTE`` uploads, ``cp :REMOTE LOCAL`` downloads; errors as cp(1) prints them."""
+    import stat
+
+    from ._errors import RemoteFileError, RemoteFileNotFound
+
+    source, destination = args.source, args.destination
+    upload = destination.startswith(_REMOTE_PREFIX)
+    if upload == source.startswith(_REMOTE_PREFIX):
+        raise _UsageError("cp: exactly one of SOURCE and DEST must be remote (:PATH), e.g. cp build.tar :/srv/build.tar")
+    remote = (destination if upload else source)[len(_REMOTE_PREFIX) :]
+    local = source if upload else destination
+    if not remote.startswith("/"):
+        raise _UsageError(f"cp: the remote path must be absolute: {_REMOTE_PREFIX}{remote}")
+    if upload:
+        try:
+            info = os.stat(local)
+        except OSError as exc:
+            return _cp_note(f"cannot stat {local!r}: {_local_error(exc)}")
+        if stat.S_ISDIR(info.st_mode) and not args.recursive:
+            return _cp_note(f"-r not specified; omitting directory {local!r}")
+    sandbox = args.sandbox
+    async with _open(args, _url(args)) as client:
+        if upload:
+            target = remote
+            try:
+                if remote.endswith("/") or (await client.stat(remote)).is_dir:
+                    target = os.path.join(remote, os.path.basename(os.path.normpath(local)))
+            except RemoteFileNotFound:
+                pass  # a new file (or directory)
+            try:
+                await client.upload(local, target, recursive=args.recursive, sandbox=sandbox)
+            except RemoteFileError as exc:
+                what = "" if args.recursive else "regular file "
+                return _cp_note(f"cannot create {what}'{_REMOTE_PREFIX}{exc.filename}': {exc.strerror}")
+            except OSError as exc:
+                return _cp_note(f"cannot read {(exc.filename or local)!r}: {_local_error(exc)}")
+            return 0
+        try:
+            remote_stat = await client.stat(remote, sandbox=sandbox)
+        except RemoteFileError as exc:
+            return _cp_note(f"cannot stat '{_REMOTE_PREFIX}{remote}': {exc.strerror}")
+        if remote_stat.is_dir and not args.recursive:
+            return _cp_note(f"-r not specified; omitting directory '{_REMOTE_PREFIX}{remote}'")
+        name = os.path.basename(os.path.normpath(remote))
+        target = os.path.join(local, name) if os.path.isdir(local) else local
+        try:
+            await client.download(remote, target, recursive=args.recursive, sandbox=sandbox)
+        except RemoteFileError as exc:
+            return _cp_note(f"cannot read '{_REMOTE_PREFIX}{exc.filename}': {exc.strerror}")
+        except OSError as exc:
+            return _cp_note(f"cannot create {(exc.filename or target)!r}: {_local_error(exc)}")
+        return 0
+
+
 def _spawn_exit(exc: SpawnFailed, command: list[str], cwd: str | None) -> tuple[int, str]:
     import errno
 
@@ -507,6 +600,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return anyio.run(_ps, args)
     if args.subcommand == "kill":
         return anyio.run(_kill, args)
+    if args.subcommand == "cp":
+        return anyio.run(_cp, args)
     return anyio.run(_run, args, _command_of(args))
 
 

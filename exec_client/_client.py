@@ -33,7 +33,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import anyio
 import anyio.abc
@@ -61,6 +61,12 @@ from ._handle import OutputCallback, ProcessHandle
 from ._info import ListedProcess, ServerInfo
 from ._lifecycle import Lifecycle
 from ._transport import CommandTarget, Target, TransportClosed, open_transport, parse_target
+
+if TYPE_CHECKING:
+    from ._files import DirEntry, FileStat, RemoteFiles
+
+# The file methods' ``sandbox``: as ``run``'s, or a Codex permissions profile (exec_client._files).
+FileSandbox: TypeAlias = "p.SandboxPolicy | Mapping[str, Any] | str | None"
 
 logger: Final = logging.getLogger("exec_client")
 
@@ -151,6 +157,7 @@ class Client:
         self._releases_pending = 0
         self._releases_idle = anyio.Event()
         self._releases_idle.set()
+        self._remote_files: RemoteFiles | None = None  # made by the first file operation
 
     # --- public API ----------------------------------------------------------------------
 
@@ -388,22 +395,99 @@ class Client:
             await self._connection.abort("detached by the client")
         self._task_group.cancel_scope.cancel()
 
+    # --- files (exec_client/_files.py: the fs/* methods, run inside a sandbox) ---------------
+
+    def _file_api(self) -> RemoteFiles:
+        from ._files import RemoteFiles  # imported on first use: the CLI's start-up stays small
+
+        if self._remote_files is None:
+            self._remote_files = RemoteFiles(self)
+        return self._remote_files
+
+    async def read_file(self, path: str | os.PathLike[str], *, max_bytes: int | None = None, sandbox: FileSandbox = None) -> bytes:
+        """The whole remote file, read in blocks; at most ``max_bytes`` (default 64 MiB).
+
+        ``sandbox`` (every file method): as ``run``'s; ``None`` is the server's default policy.
+        See ``exec_client._files`` for what each mode allows.
+
+        Raises:
+            RemoteFileNotFound, RemotePermissionError, RemoteFileError: with the server's errno
+                (``EFBIG`` over ``max_bytes``).
+        """
+        return await self._file_api().read_file(path, max_bytes=max_bytes, sandbox=sandbox)
+
+    async def write_file(self, path: str | os.PathLike[str], data: bytes | bytearray | memoryview | str, *, sandbox: FileSandbox = None) -> None:
+        """Create or truncate the remote file and write ``data`` (a str as UTF-8).
+
+        Raises:
+            RemotePermissionError: outside the sandbox's writable roots (``EROFS``) or refused.
+            RemoteFileNotFound, RemoteFileError: as the server reports them.
+        """
+        await self._file_api().write_file(path, data, sandbox=sandbox)
+
+    async def upload(
+        self, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None
+    ) -> int:
+        """Copy a local file to the server in bounded pieces; returns the bytes sent.
+
+        ``recursive``: a local directory becomes the remote directory ``remote_path`` (made if
+        missing, merged if not), symlinks followed as scp -r does.
+
+        Raises:
+            OSError: the local file cannot be read (or is not a regular file).
+            RemoteFileError: as ``write_file`` (``EFBIG``: too large for a server without
+                ``fs/appendFile``, refused before anything was written).
+        """
+        return await self._file_api().upload(local_path, remote_path, recursive=recursive, sandbox=sandbox)
+
+    async def download(
+        self, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None
+    ) -> int:
+        """Copy a remote file to ``local_path`` block by block (never whole in memory); the bytes received.
+
+        ``recursive``: a remote directory becomes the local directory ``local_path`` (one
+        ``fs/walk`` lists it first, at most 100 000 entries and 64 levels, else nothing is copied).
+
+        Raises:
+            RemoteFileNotFound, RemoteFileError: the remote file cannot be read (the local
+                file is not created then).
+            OSError: the local file cannot be written.
+        """
+        return await self._file_api().download(remote_path, local_path, recursive=recursive, sandbox=sandbox)
+
+    async def list_dir(self, path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> tuple[DirEntry, ...]:
+        """The entries of a remote directory, sorted by name."""
+        return await self._file_api().list_dir(path, sandbox=sandbox)
+
+    async def stat(self, path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> FileStat:
+        """Size, type and modification time of a remote path (a symlink: its target's)."""
+        return await self._file_api().stat(path, sandbox=sandbox)
+
+    async def make_dir(self, path: str | os.PathLike[str], *, parents: bool = False, sandbox: FileSandbox = None) -> None:
+        """Create a remote directory (``parents``: with its missing parents, and no error if it exists)."""
+        await self._file_api().make_dir(path, parents=parents, sandbox=sandbox)
+
+    async def remove(self, path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None) -> None:
+        """Remove a file, an empty directory, or (``recursive``) a whole tree."""
+        await self._file_api().remove(path, recursive=recursive, sandbox=sandbox)
+
     # --- what handles call (HandleHost) ------------------------------------------------------
 
     async def call(
-        self, params: Any, method: str | None = None, *, retry: bool = False, wait_for_resume: bool = True
+        self, params: Any, method: str | None = None, *, retry: bool = False, wait_for_resume: bool = True, raw: bool = False
     ) -> Any:
         """One request on the current connection.
 
         ``retry``: resend after a resume if the connection dropped (idempotent calls only),
         after a short bounded backoff. ``wait_for_resume``: while resuming, wait for it
-        (else raise ``ConnectionLost``).
+        (else raise ``ConnectionLost``). ``raw``: answer the result as JSON data, undecoded
+        (the file API decodes its own).
         """
         backoff = Backoff(RETRY_FIRST_DELAY, RETRY_MAX_DELAY)
         while True:
             connection = await self._usable_connection(wait=wait_for_resume)
             try:
-                return await connection.request(params, method)
+                return await connection.request(params, method, raw=raw)
             except ConnectionLost:
                 if not retry:
                     raise

@@ -62,6 +62,32 @@ class OutputOverrun(ExecClientError):
     """
 
 
+class RemoteFileError(ExecClientError, OSError):
+    """A file operation (``read_file``, ``upload``, ``remove``...) failed on the server.
+
+    It is an ``OSError`` too: ``errno`` is the OS error the server reported (``EROFS`` or
+    ``EACCES`` for a write the sandbox refused; ``None`` when the operation itself refused,
+    e.g. a directory where a file was expected), ``strerror`` the server's message and
+    ``filename`` the remote path. ``code`` is the JSON-RPC error code, if there was one.
+    """
+
+    def __init__(self, errno: int | None, message: str, filename: str, code: int | None = None) -> None:
+        OSError.__init__(self, errno, message, filename)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+class RemoteFileNotFound(RemoteFileError, FileNotFoundError):
+    """The remote path does not exist (``ENOENT``)."""
+
+
+class RemotePermissionError(RemoteFileError, PermissionError):
+    """The server's sandbox or the file's permissions refused it: ``errno`` is ``EROFS``
+    (outside the writable roots), ``EACCES`` or ``EPERM``."""
+
+
 class ServerError(ExecClientError):
     """The server answered a request with a JSON-RPC error.
 

@@ -15,16 +15,19 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio.from_thread
 
 import protocol as p
 
 from ._arguments import Command, StdinSource
-from ._client import Client, ClientState, open_client
+from ._client import Client, ClientState, FileSandbox, open_client
 from ._handle import HandleState, OutputCallback, ProcessHandle
 from ._info import ListedProcess, ServerInfo
+
+if TYPE_CHECKING:
+    from ._files import DirEntry, FileStat
 
 T = TypeVar("T")
 
@@ -245,6 +248,36 @@ class SyncClient(AbstractContextManager["SyncClient"]):
 
     def list_processes(self) -> tuple[p.ProcessInfo, ...]:
         return self._loop.call(self._client.list_processes)
+
+    # --- files: ``Client.read_file`` and friends, same arguments --------------------------
+
+    def read_file(self, path: str | os.PathLike[str], *, max_bytes: int | None = None, sandbox: FileSandbox = None) -> bytes:
+        return self._loop.call(self._client.read_file, path, max_bytes=max_bytes, sandbox=sandbox)
+
+    def write_file(self, path: str | os.PathLike[str], data: bytes | bytearray | memoryview | str, *, sandbox: FileSandbox = None) -> None:
+        self._loop.call(self._client.write_file, path, data, sandbox=sandbox)
+
+    def upload(
+        self, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None
+    ) -> int:
+        return self._loop.call(self._client.upload, local_path, remote_path, recursive=recursive, sandbox=sandbox)
+
+    def download(
+        self, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None
+    ) -> int:
+        return self._loop.call(self._client.download, remote_path, local_path, recursive=recursive, sandbox=sandbox)
+
+    def make_dir(self, path: str | os.PathLike[str], *, parents: bool = False, sandbox: FileSandbox = None) -> None:
+        self._loop.call(self._client.make_dir, path, parents=parents, sandbox=sandbox)
+
+    def list_dir(self, path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> tuple[DirEntry, ...]:
+        return self._loop.call(self._client.list_dir, path, sandbox=sandbox)
+
+    def stat(self, path: str | os.PathLike[str], *, sandbox: FileSandbox = None) -> FileStat:
+        return self._loop.call(self._client.stat, path, sandbox=sandbox)
+
+    def remove(self, path: str | os.PathLike[str], *, recursive: bool = False, sandbox: FileSandbox = None) -> None:
+        self._loop.call(self._client.remove, path, recursive=recursive, sandbox=sandbox)
 
     def detach(self) -> None:
         """``Client.detach``: leave the session detached on the server, then close."""

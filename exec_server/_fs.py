@@ -120,6 +120,15 @@ def _error(answer: dict[str, Any]) -> ProtocolError:
     return ProtocolError(ErrorCode.FILE_FAILED, message, data)
 
 
+def _check_data(method: str, data_base64: str) -> None:
+    if len(data_base64) > MAX_WRITE_FILE_BYTES * 4 // 3 + 4:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"limit exceeded: {method} over {MAX_WRITE_FILE_BYTES} bytes")
+    try:
+        base64.b64decode(data_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, "invalid params: invalid base64 @ $.params.dataBase64") from None
+
+
 def _path(uri: str, field: str = "path") -> str:
     try:
         return c.path_from_uri(uri, field)
@@ -141,13 +150,16 @@ class FileOperations:
             case "fs/readFile":
                 return await self._run(params.sandbox, "readFile", _path(params.path), limit=MAX_READ_FILE_BYTES)
             case "fs/writeFile":
-                if len(params.data_base64) > MAX_WRITE_FILE_BYTES * 4 // 3 + 4:
-                    raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"limit exceeded: fs/writeFile over {MAX_WRITE_FILE_BYTES} bytes")
-                try:
-                    base64.b64decode(params.data_base64, validate=True)
-                except (binascii.Error, ValueError):
-                    raise ProtocolError(ErrorCode.INVALID_PARAMS, "invalid params: invalid base64 @ $.params.dataBase64") from None
+                _check_data(method, params.data_base64)
                 return await self._run(params.sandbox, "writeFile", _path(params.path), data=params.data_base64)
+            case "fs/appendFile":
+                # Our extension: an upload larger than one message, in pieces, each in the
+                # request's sandbox like fs/writeFile. The file must exist and be exactly
+                # ``offset`` bytes long, so a resent piece is refused, never written twice.
+                _check_data(method, params.data_base64)
+                if params.offset < 0:
+                    raise ProtocolError(ErrorCode.INVALID_PARAMS, "invalid params: offset must be >= 0 @ $.params.offset")
+                return await self._run(params.sandbox, "appendFile", _path(params.path), data=params.data_base64, offset=params.offset)
             case "fs/createDirectory":
                 return await self._run(params.sandbox, "createDirectory", _path(params.path), recursive=bool(params.recursive))
             case "fs/getMetadata":

@@ -80,6 +80,22 @@ def _write_file(path: str, data: bytes) -> dict[str, Any]:
     return {}
 
 
+def _append_file(path: str, data: bytes, offset: int) -> dict[str, Any]:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)  # never creates
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"path `{path}` is not a file")
+        if info.st_size != offset:
+            raise Refused(f"file `{path}` is {info.st_size} bytes, not {offset}: refusing to append out of order")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    return {}
+
+
 def _remove(path: str, recursive: bool, force: bool) -> dict[str, Any]:
     try:
         info = os.lstat(path)
@@ -158,6 +174,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         return {}
     if op == "writeFile":
         return _write_file(path, base64.b64decode(request["data"]))
+    if op == "appendFile":
+        return _append_file(path, base64.b64decode(request["data"]), request["offset"])
     if op == "createDirectory":
         if request["recursive"]:
             os.makedirs(path, exist_ok=True)

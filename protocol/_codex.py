@@ -267,6 +267,17 @@ class WriteFileParams:
 
 
 @attrs.frozen(kw_only=True)
+class AppendFileParams:
+    """``fs/appendFile``, our extension (Codex has no append): ``offset`` must be the file's
+    current size, so a repeated or reordered append is refused rather than duplicated."""
+
+    path: str
+    data_base64: str
+    offset: int
+    sandbox: Any = None
+
+
+@attrs.frozen(kw_only=True)
 class CreateDirectoryParams:
     path: str
     recursive: bool | None = None
@@ -392,6 +403,7 @@ REQUEST_PARAMS: Final[dict[str, type]] = {
     "process/terminate": TerminateParams,
     "fs/readFile": PathParams,
     "fs/writeFile": WriteFileParams,
+    "fs/appendFile": AppendFileParams,  # our extension: large uploads in bounded pieces
     "fs/createDirectory": CreateDirectoryParams,
     "fs/getMetadata": PathParams,
     "fs/canonicalize": PathParams,
