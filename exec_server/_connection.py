@@ -438,7 +438,8 @@ class Connection:
             case "process/start":
                 begun = time.perf_counter()
                 try:
-                    result, process = session.start(params, max_mode=self._transport.principal.max_sandbox)
+                    async with self._server.spawn_turn:
+                        result, process = session.start(params, max_mode=self._transport.principal.max_sandbox)
                 except ProtocolError as exc:
                     _observe.start_refused(exc)
                     raise
