@@ -60,7 +60,7 @@ def run_section(server: ServerAddress, client_pid: int, *, calls: int, stream_by
                     continue
                 total, by_self, by_inclusive = top_frames(path, TOP)
                 table = section.table(
-                    "self %", "frame (self time)", "inclusive %", "frame (inclusive)",
+                    "self %", "frame (self time)", "inclusive %", "our frame (inclusive)",
                     caption=f"**{title} — {role}**: {total} busy samples at {SAMPLE_RATE} Hz",
                 )  # fmt: skip
                 for k in range(max(len(by_self), len(by_inclusive))):
@@ -68,7 +68,9 @@ def run_section(server: ServerAddress, client_pid: int, *, calls: int, stream_by
                     name_i, pct_i = by_inclusive[k] if k < len(by_inclusive) else ("", 0.0)
                     table.add(f"{pct_s:.1f}" if name_s else "", f"`{name_s}`" if name_s else "", f"{pct_i:.1f}" if name_i else "", f"`{name_i}`" if name_i else "")
     section.note(
-        "Self time is the frame on top of the stack; inclusive counts every sample with the frame anywhere on the stack. "
+        "Self time is the frame on top of the stack (a C call such as a socket send or base64 counts in the Python frame "
+        "that made it); inclusive counts every sample with the frame anywhere on the stack, shown for exec_server, "
+        "exec_client and protocol frames only. "
         "`python -m benchmarks --profile DIR` keeps the raw py-spy files (collapsed stacks) of every profiled section."
     )
     return section
