@@ -80,6 +80,10 @@ class ConnectionHost(Protocol):
     @property
     def default_cwd(self) -> str: ...
 
+    @property
+    def spawn_turn(self) -> trio.Lock:
+        """Held around each spawn: one per scheduler pass, server-wide (see ``Server``)."""
+
     def find_session(self, session_id: str) -> Session | None:
         """The live session with this id, if any."""
 
