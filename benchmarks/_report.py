@@ -6,7 +6,7 @@ import datetime
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
@@ -169,7 +169,7 @@ ARM_COLOURS: Final = {
 }
 
 
-def plot_cdf(path: Path, series: dict[str, Sequence[float]], title: str, *, floor: str, target_ratio: float) -> str | None:
+def plot_cdf(path: Path, series: Mapping[str, Sequence[float]], title: str, *, floor: str, target_ratio: float) -> str | None:
     """The latency CDF per arm on a linear axis clipped at the slowest arm's p99, the target marked.
 
     Returns a note instead when matplotlib is missing.
@@ -203,7 +203,7 @@ def plot_cdf(path: Path, series: dict[str, Sequence[float]], title: str, *, floo
     return None
 
 
-def plot_throughput(path: Path, series: dict[str, Sequence[tuple[int, float]]], title: str, targets: dict[str, float]) -> str | None:
+def plot_throughput(path: Path, series: Mapping[str, Sequence[tuple[int, float]]], title: str, targets: dict[str, float]) -> str | None:
     """MB/s by output message size per framing, with each framing's target as a dashed line."""
     plt = _pyplot()
     if plt is None:
