@@ -72,6 +72,9 @@ class FlavorResult:
     cold_p50: float
     bare_p50: float
     samples: dict[str, list[float]]
+    # `python -X importtime` of one CLI call: (module, cumulative µs, self µs), heaviest first.
+    imports: list[tuple[str, int, int]] = attrs.Factory(list)
+    imports_total_us: int = 0
 
     @property
     def asyncio_over_trio(self) -> float:
@@ -130,12 +133,39 @@ def measure(url: str, token: str, *, batches: int, per_batch: int, cold_runs: in
     for _ in range(cold_runs):
         cold.append(_wall(cli, env))
         plain.append(_wall(bare, env))
+    imports, total = import_times(cli, env)
     return FlavorResult(
         p50={flavor: statistics.median(values) for flavor, values in samples.items()},
         cold_p50=statistics.median(cold),
         bare_p50=statistics.median(plain),
         samples=samples,
+        imports=imports,
+        imports_total_us=total,
     )
+
+
+def import_times(cli: list[str], env: dict[str, str]) -> tuple[list[tuple[str, int, int]], int]:
+    """Where the CLI's start-up goes: ``-X importtime`` of one call, the top-level imports'
+    cumulative times and those of the two levels below them, and the top level's total."""
+    done = subprocess.run(
+        [cli[0], "-X", "importtime", *cli[1:]], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=60
+    )
+    top_level: list[tuple[str, int, int]] = []
+    parents: dict[int, str] = {}  # depth -> the latest import seen at that depth
+    # importtime prints an import after everything it imported: read it backwards, parents first.
+    for line in reversed(done.stderr.decode(errors="replace").splitlines()):
+        fields = line.removeprefix("import time:").split("|", 2)
+        if not line.startswith("import time:") or len(fields) != 3 or not fields[0].strip().isdigit():
+            continue  # not an import line, or the header
+        name = fields[2].removeprefix(" ")
+        depth = (len(name) - len(name.lstrip(" "))) // 2  # nested imports are indented under their importer
+        name = name.strip()
+        parents[depth] = name
+        if depth <= 2:
+            label = name if depth == 0 else f"{name} (in {parents.get(depth - 1, '?')})"
+            top_level.append((label, int(fields[1]), int(fields[0])))
+    total = sum(row[1] for row in top_level if " (in " not in row[0])
+    return sorted(top_level, key=lambda row: row[1], reverse=True), total
 
 
 def section(result: FlavorResult, *, batches: int, per_batch: int, cold_runs: int) -> Section:
@@ -146,6 +176,14 @@ def section(result: FlavorResult, *, batches: int, per_batch: int, cold_runs: in
     cold = out.table("command", "p50 ms", caption=f"Whole-process wall time, {cold_runs} interleaved pairs")
     cold.add(f"`exec-client run -- {TRUE}`", fmt_ms(result.cold_p50 * 1000))
     cold.add("`python3 -c pass`", fmt_ms(result.bare_p50 * 1000))
+    if result.imports:
+        imports = out.table(
+            "import (top level)", "cumulative ms", "self ms",
+            caption=f"`python -X importtime` of one CLI call: {result.imports_total_us / 1000:.0f} ms of imports in all; "
+            "the heaviest, nested ones with their importer",
+        )  # fmt: skip
+        for name, cumulative, self_us in result.imports[:16]:
+            imports.add(f"`{name}`", f"{cumulative / 1000:.1f}", f"{self_us / 1000:.1f}")
     out.note(
         f"asyncio/trio p50 ratio {result.asyncio_over_trio:.2f}× (target ≤ 1.2×); the asyncio child asserts "
         f"that trio was never imported. CLI cold start {result.cold_over_bare:.2f}× bare Python (target ≤ 4×)."

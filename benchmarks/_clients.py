@@ -82,11 +82,14 @@ async def open_bench_client(
     url: str,
     token: str,
     *,
-    delivery: p.Delivery = p.Delivery.BEST_EFFORT,
-    binary_output: bool = False,
+    delivery: p.Delivery = p.Delivery.LOSSLESS,
+    binary_output: bool = True,
     prefer_raw: bool = False,
 ) -> AsyncIterator[BenchClient]:
-    """A session through ``exec_client`` (unless ``prefer_raw`` or it lacks a feature asked for)."""
+    """A session through ``exec_client`` (unless ``prefer_raw`` or it lacks a feature asked for).
+
+    The defaults are ``open_client``'s own (lossless delivery, binary output frames): what users get.
+    """
     use_exec_client = not prefer_raw and exec_client_available() and (not binary_output or exec_client_supports_binary())
     if use_exec_client:
         from exec_client import open_client

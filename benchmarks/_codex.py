@@ -16,7 +16,9 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
@@ -24,6 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
 import trio
 import trio_websocket
 
@@ -53,11 +56,31 @@ def _base64_length(text: str) -> int:
 
 
 def find_codex() -> str | None:
+    """The Codex binary the tests use; on a fresh clone, installed the way the tests install it."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     modules = Path(base) / "exec-server-tests" / "codex" / "node_modules"
     # The platform binary itself, not the node launcher (killing that would orphan it).
     found = sorted(modules.glob("@openai/codex-*/vendor/*/bin/codex"))
-    return str(found[0]) if found else None
+    if found:
+        return str(found[0])
+    return _install_codex()
+
+
+def _install_codex() -> str | None:
+    """``tests/codex_peer.py``'s ``codex_binary()`` (npm install of the pinned version); None without npm."""
+    import importlib.util
+
+    peer = Path(__file__).resolve().parents[1] / "tests" / "codex_peer.py"
+    spec = importlib.util.spec_from_file_location("_bench_codex_peer", peer)
+    if spec is None or spec.loader is None or shutil.which("npm") is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        binary: str = module.codex_binary()
+    except (ImportError, OSError, subprocess.SubprocessError, AssertionError):
+        return None
+    return binary
 
 
 class CodexDialectClient:
@@ -157,15 +180,33 @@ async def codex_exec_server(binary: str, home: Path) -> AsyncIterator[str]:
             await process.stdout.aclose()  # type: ignore[union-attr]
 
 
-async def run_section(url: str, token: str, *, calls: int, runs: int, stream_bytes: int) -> Section:
+@attrs.define
+class CodexOutcome:
+    section: Section
+    # One-shot latencies in seconds: "codex", "ours" (unsandboxed one-shot) and "subprocess.run",
+    # measured in the same rounds.
+    one_shot: dict[str, list[float]] = attrs.Factory(dict)
+    p50_ms: dict[tuple[str, str], float] = attrs.Factory(dict)
+    stream_mb_s: dict[str, float] = attrs.Factory(dict)
+
+
+def _local_once() -> float:
+    began = time.perf_counter()
+    subprocess.run(["/usr/bin/true"], check=True)
+    return time.perf_counter() - began
+
+
+async def run_section(url: str, token: str, *, calls: int, runs: int, stream_bytes: int) -> CodexOutcome:
     section = Section("Codex peer: our server and `codex exec-server`, both in Codex's dialect")
+    outcome = CodexOutcome(section)
     binary = find_codex()
     if binary is None:
         section.note("Codex peer skipped: @openai/codex is not installed (the test suite installs it; see .ci/run)")
-        return section
+        return outcome
     arms = ("one-shot /usr/bin/true", "one-shot, read-only profile")
     samples: dict[tuple[str, str], list[list[float]]] = {(server, arm): [] for server in ("ours", "codex") for arm in arms}
     stream: dict[str, list[float]] = {"ours": [], "codex": []}
+    local: list[list[float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-codex-") as tmp:
         workdir = Path(tmp) / "work"
         workdir.mkdir()
@@ -185,6 +226,7 @@ async def run_section(url: str, token: str, *, calls: int, runs: int, stream_byt
                                 if code != 0:
                                     raise RuntimeError(f"{server} {arm}: exit {code}")
                             samples[(server, arm)].append(latencies)
+                    local.append([_local_once() for _ in range(calls)])  # the floor, in the same round
                     for server, client in clients.items():
                         began = time.perf_counter()
                         code, got = await client.run(["head", "-c", str(stream_bytes), "/dev/zero"], str(workdir), None)
@@ -192,17 +234,30 @@ async def run_section(url: str, token: str, *, calls: int, runs: int, stream_byt
                         if code != 0 or got != stream_bytes:
                             raise RuntimeError(f"{server} stream: exit {code}, {got} of {stream_bytes} bytes")
                         stream[server].append(stream_bytes / elapsed / 1e6)
-    table = section.table("arm", "server", "p50 ms", "p90 ms", "p99 ms", "calls", caption=f"{runs} run(s) × {calls} calls, alternating servers")
+    floor = ArmSummary.of(local)
+    table = section.table(
+        "arm", "server", "p50 ms", "p90 ms", "p99 ms", "p50 / subprocess.run", "calls",
+        caption=f"{runs} run(s) × {calls} calls, alternating servers, with local subprocess.run in each round",
+    )  # fmt: skip
     for arm in arms:
         for server in ("ours", "codex"):
             summary = ArmSummary.of(samples[(server, arm)])
-            table.add(arm, server, fmt_ms(summary.p50), fmt_ms(summary.p90), fmt_ms(summary.p99), runs * calls)
+            outcome.p50_ms[(server, arm)] = summary.p50
+            table.add(arm, server, fmt_ms(summary.p50), fmt_ms(summary.p90), fmt_ms(summary.p99), f"{summary.p50 / floor.p50:.2f}×", runs * calls)
+    table.add("one-shot /usr/bin/true", "local subprocess.run", fmt_ms(floor.p50), fmt_ms(floor.p90), fmt_ms(floor.p99), "1.00×", runs * calls)
+    outcome.one_shot = {
+        "codex": [x for run in samples[("codex", arms[0])] for x in run],
+        "ours": [x for run in samples[("ours", arms[0])] for x in run],
+        "subprocess.run": [x for run in local for x in run],
+    }
     throughput = section.table("stream", "server", "MB/s (median of runs)")
     for server in ("ours", "codex"):
-        ordered = sorted(stream[server])
-        throughput.add(f"{stream_bytes / 1e6:.0f} MB of stdout, JSON text frames", server, f"{ordered[len(ordered) // 2]:.0f}")
+        outcome.stream_mb_s[server] = statistics.median(stream[server])
+        throughput.add(f"{stream_bytes / 1e6:.0f} MB of stdout, JSON text frames", server, f"{outcome.stream_mb_s[server]:.0f}")
     section.note(
         "Same raw client (benchmarks/_codex.py) for both; each server runs the command its own way (ours: Landlock launcher; "
-        "Codex: its linux sandbox helper). Codex's server does not set TCP_NODELAY, which shows in its one-shot latency."
+        "Codex: its linux sandbox helper). Codex's server does not set TCP_NODELAY, which shows in its one-shot latency. "
+        "Our server here is the default one: it runs `sandbox: null` under its default policy (readOnly), where Codex "
+        "runs it unsandboxed, so the first row is sandboxed for us and not for Codex."
     )
-    return section
+    return outcome

@@ -14,9 +14,13 @@ import protocol as p
 
 from ._clients import open_bench_client
 from ._report import Section
+from ._stats import percentile
 
 SLEEP_ECHO: Final = ("sh", "-c", "sleep 0.1; echo hi")
 ECHO: Final = ("/bin/echo", "hi")
+# Prints its own wall clock as its last act (``exec``: date is the process that exits), so the
+# client can tell how long after the exit its complete record arrived: the completion lag.
+ECHO_STAMPED: Final = ("sh", "-c", "echo hi; exec date +%s%N")
 
 
 @attrs.define
@@ -25,6 +29,8 @@ class ConcurrencyOutcome:
     fifty_wall: float | None = None
     fanout_complete: int = 0
     fanout_total: int = 0
+    lag_p50: float | None = None
+    lag_p99: float | None = None
 
 
 def _good(record: p.TerminalRecord) -> bool:
@@ -56,8 +62,18 @@ async def at_once(url: str, token: str, count: int) -> tuple[float, int, int]:
     return wall, sum(_good(r) for r in records), sum(r.read_calls for r in records)
 
 
-async def fan_out(url: str, token: str, sessions: int, per_session: int) -> tuple[float, int, int, dict[str, int]]:
-    """``sessions`` sessions, each running ``per_session`` echoes at once, all released together."""
+def _stamped_good(record: p.TerminalRecord) -> bool:
+    lines = record.stdout.split(b"\n")
+    return record.exit_code == 0 and record.failure is None and not record.output_lost and lines[0] == b"hi" and lines[1].isdigit()
+
+
+async def fan_out(url: str, token: str, sessions: int, per_session: int) -> tuple[float, int, int, dict[str, int], list[float]]:
+    """``sessions`` sessions, each running ``per_session`` stamped echoes at once, all released together.
+
+    Returns (wall, good records, reads, completions, completion lags in seconds): a lag is the
+    time the client held the complete record minus the command's own last timestamp.
+    """
+    lags: list[float] = []
     ready = 0
     all_ready = trio.Event()
     go = trio.Event()
@@ -72,7 +88,11 @@ async def fan_out(url: str, token: str, sessions: int, per_session: int) -> tupl
             await go.wait()
 
             async def one() -> None:
-                records.append(await client.run(ECHO))
+                record = await client.run(ECHO_STAMPED)
+                now = time.time_ns()
+                records.append(record)
+                if _stamped_good(record):
+                    lags.append((now - int(record.stdout.split(b"\n")[1])) / 1e9)
 
             async with trio.open_nursery() as nursery:
                 for _ in range(per_session):
@@ -91,7 +111,7 @@ async def fan_out(url: str, token: str, sessions: int, per_session: int) -> tupl
     completions: dict[str, int] = {}
     for record in records:
         completions[record.completion.value] = completions.get(record.completion.value, 0) + 1
-    return wall, sum(_good(r) for r in records), sum(r.read_calls for r in records), completions
+    return wall, sum(_stamped_good(r) for r in records), sum(r.read_calls for r in records), completions, lags
 
 
 async def run_section(url: str, token: str, *, count: int, sessions: int, per_session: int, reps: int) -> ConcurrencyOutcome:
@@ -112,12 +132,19 @@ async def run_section(url: str, token: str, *, count: int, sessions: int, per_se
         " / ".join(f"{g}/{count}" for g in goods), " / ".join(map(str, reads)),
     )  # fmt: skip
     total = sessions * per_session
-    wall, good, read_calls, completions = await fan_out(url, token, sessions, per_session)
+    wall, good, read_calls, completions, lags = await fan_out(url, token, sessions, per_session)
     outcome.fanout_complete, outcome.fanout_total = good, total
-    table.add(f"{total} × `/bin/echo hi` across {sessions} sessions", f"{wall:.3f}", f"{wall:.3f}", f"{good}/{total}", str(read_calls))
+    table.add(f"{total} × `echo hi; exec date` across {sessions} sessions", f"{wall:.3f}", f"{wall:.3f}", f"{good}/{total}", str(read_calls))
+    if lags:
+        outcome.lag_p50, outcome.lag_p99 = percentile(lags, 50), percentile(lags, 99)
+        section.note(
+            f"Completion lag of the {total} fan-out processes (client's clock when the complete record arrived minus the "
+            f"command's last `date +%s%N`): p50 {outcome.lag_p50 * 1000:.1f} ms, p99 {outcome.lag_p99 * 1000:.1f} ms, "
+            f"max {max(lags) * 1000:.1f} ms."
+        )
     section.note(
         "Wall time from the first start to the last complete record (sessions are connected before the clock starts). "
-        f"Completion of the fan-out records: {completions}. A record counts as complete when exit 0, stdout `hi\\n`, "
-        "no failure and no lost output."
+        f"Completion of the fan-out records: {completions}. A record counts as complete when exit 0, stdout `hi\\n` (the fan-out's: "
+        "`hi` then the stamp), no failure and no lost output."
     )
     return outcome

@@ -25,9 +25,12 @@ from . import _stack_floor
 from ._clients import BenchClient, open_bench_client
 from ._raw import RawConnection, Spec
 from ._report import Section, fmt_ms
+from ._servers import ServerAddress
 from ._stats import ArmSummary
 
 TRUE: Final = ("/usr/bin/true",)
+DEFAULT_ARM: Final = "default"
+UNSANDBOXED_ARM: Final = "unsandboxed"
 READ_ONLY: Final = p.SandboxPolicy(mode=p.SandboxMode.READ_ONLY)
 
 # One call of an arm: (seconds, process/read calls it made).
@@ -212,23 +215,25 @@ async def cpu_per_call(client: BenchClient, server_pid: int, calls: int) -> tupl
 
 
 async def run_section(
-    url: str, token: str, protocols: Sequence[Protocol], floor_url: str | None = None, server_pid: int | None = None
+    default: ServerAddress,
+    unsandboxed: ServerAddress,
+    protocols: Sequence[Protocol],
+    floor_url: str | None = None,
 ) -> LatencyOutcome:
+    """Every arm interleaved in one run: the default server and the unsandboxed one side by side."""
     section = Section("Completion latency (one-shot /usr/bin/true)")
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(open_bench_client(url, token))
-        raw = await stack.enter_async_context(RawConnection.open(url, token))
+        # The client as users get it (lossless, binary output), against the server as shipped.
+        client = await stack.enter_async_context(open_bench_client(default.url, default.token))
+        bare = await stack.enter_async_context(open_bench_client(unsandboxed.url, unsandboxed.token))
+        raw = await stack.enter_async_context(RawConnection.open(unsandboxed.url, unsandboxed.token))
         arms = [
-            client_arm("pushed", client),
+            client_arm(DEFAULT_ARM, client),
+            client_arm(UNSANDBOXED_ARM, bare),
             raw_pushed_arm(raw),
             raw_baseline_arm("final-read", raw, final_read=True),
             raw_baseline_arm("poll", raw, final_read=False),
         ]
-        why_not = await probe_sandbox(client)
-        if why_not is None:
-            arms.append(client_arm("pushed-sandboxed", client, sandbox=READ_ONLY))
-        else:
-            section.note(f"sandboxed arm skipped: {why_not}")
         if floor_url is not None:
             floor_ws = await stack.enter_async_context(trio_websocket.open_websocket_url(floor_url))
             arms.append(Arm("stack-floor", functools.partial(_stack_floor.once, floor_ws)))
@@ -238,23 +243,25 @@ async def run_section(
             results = await measure(arms, proto.runs, proto.calls)
             by_protocol[proto.label] = results
             _table(section, proto, results)
-        if server_pid is not None:
-            calls = max(proto.calls for proto in protocols)
-            server_cpu, client_cpu = await cpu_per_call(client, server_pid, calls)
+        calls = max(proto.calls for proto in protocols)
+        for name, bench, server in ((DEFAULT_ARM, client, default), (UNSANDBOXED_ARM, bare, unsandboxed)):
+            server_cpu, client_cpu = await cpu_per_call(bench, server.pid, calls)
             section.note(
-                f"CPU per pushed one-shot over {calls} calls (psutil, 10 ms tick resolution): server {server_cpu * 1e6:.0f} µs, "
+                f"CPU per `{name}` one-shot over {calls} calls (psutil, 10 ms tick resolution): server {server_cpu * 1e6:.0f} µs, "
                 f"client {client_cpu * 1e6:.0f} µs (the child's own CPU is not included in either)."
             )
     section.note(
-        f"`pushed` and `pushed-sandboxed` go through `{client.name}` ({'exec_client.Client.run' if client.name == 'exec_client' else 'raw fallback: exec_client not importable'}); "
-        "`pushed-raw`, `final-read` and `poll` share one minimal raw-protocol loop (benchmarks/_raw.py), "
-        "so pushed-raw vs final-read isolates the protocol change. `poll` skips decoding the server's pushed events, "
-        "as a legacy server would not send them. The server is a separate `exec-server` process (unsandboxed default, "
-        "readOnly requested per call for the sandboxed arm). `stack-floor` is the least any server on this stack can do: "
-        "a trio-websocket server process that spawns /usr/bin/true the same way (vfork, pidfd) and answers with one "
-        "message, no JSON-RPC (benchmarks/_stack_floor.py)."
+        f"`{DEFAULT_ARM}` is what users get: `exec_client.open_client` with its defaults (lossless delivery, binary output "
+        "frames) against `exec-server serve` with its defaults (readOnly sandbox, `--audit-denials auto`). "
+        f"`{UNSANDBOXED_ARM}` is the same client against a server started with `--sandbox none`. "
+        "`pushed-raw`, `final-read` and `poll` share one minimal raw-protocol loop (benchmarks/_raw.py) against the "
+        "unsandboxed server, so pushed-raw vs final-read isolates the protocol change; `poll` skips decoding the "
+        "server's pushed events, as a legacy server would not send them. `stack-floor` is the least any server on "
+        "this stack can do: a trio-websocket server process that spawns /usr/bin/true the same way (vfork, pidfd) and "
+        "answers with one message, no JSON-RPC (benchmarks/_stack_floor.py). Both servers are separate `exec-server` "
+        "processes; every arm runs in the same loop, interleaved call by call."
     )
-    return LatencyOutcome(section, by_protocol, client.name, why_not is None)
+    return LatencyOutcome(section, by_protocol, client.name, True)
 
 
 def _table(section: Section, proto: Protocol, results: Sequence[ArmResult]) -> None:

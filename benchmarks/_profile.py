@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
@@ -28,7 +29,9 @@ _REPO_ROOT: Final = str(Path(__file__).resolve().parents[1]) + os.sep
 
 
 def py_spy() -> str | None:
-    return shutil.which("py-spy")
+    """py-spy on the PATH, or next to this interpreter (a venv run without activating it)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
 
 
 @contextlib.contextmanager
@@ -73,7 +76,29 @@ def _function(frame: str) -> str:
     return f"{match['func']} ({file})"
 
 
-def summarize(path: Path, title: str, top: int = 20) -> str:
+# Inclusive time is shown for our own code only: every stack starts in runpy and trio's loop.
+OWN_CODE: Final = ("(exec_server/", "(exec_client/", "(protocol/")
+
+
+def top_frames(path: Path, top: int) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+    """(busy samples, top self frames, top inclusive frames of our own code) of one raw py-spy
+    profile, as % of busy samples."""
+    self_counts, inclusive, total, _waiting = _count(path)
+    if not total:
+        return 0, [], []
+    own = [
+        (name, n)
+        for name, n in inclusive.most_common()
+        if any(marker in name for marker in OWN_CODE) and n < 0.95 * total  # not the entry point every stack has
+    ]
+    return (
+        total,
+        [(name, 100 * n / total) for name, n in self_counts.most_common(top)],
+        [(name, 100 * n / total) for name, n in own[:top]],
+    )
+
+
+def _count(path: Path) -> tuple[collections.Counter[str], collections.Counter[str], int, int]:
     self_counts: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
@@ -94,6 +119,11 @@ def summarize(path: Path, title: str, top: int = 20) -> str:
         self_counts[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
+    return self_counts, inclusive, total, waiting
+
+
+def summarize(path: Path, title: str, top: int = 20) -> str:
+    self_counts, inclusive, total, waiting = _count(path)
     lines = [f"== {title}: {total} busy samples at {SAMPLE_RATE} Hz ({waiting} more parked in epoll/worker waits, left out)"]
     if total:
         lines.append("-- self")

@@ -35,8 +35,11 @@ class ServerAddress:
 
 
 @contextlib.contextmanager
-def server_process(*, sandbox: str = "none", audit_denials: str = "off", extra: tuple[str, ...] = ()) -> Iterator[ServerAddress]:
-    """Run ``python -m exec_server serve`` on a free loopback port; stop it with SIGTERM on exit."""
+def server_process(*, sandbox: str | None = None, audit_denials: str | None = None, extra: tuple[str, ...] = ()) -> Iterator[ServerAddress]:
+    """Run ``python -m exec_server serve`` on a free loopback port; stop it with SIGTERM on exit.
+
+    ``sandbox``/``audit_denials`` None: the server's own defaults (readOnly, ``auto``), as shipped.
+    """
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         token = secrets.token_urlsafe(32)
         token_file = Path(tmp) / "token"
@@ -47,8 +50,8 @@ def server_process(*, sandbox: str = "none", audit_denials: str = "off", extra: 
         argv = [
             sys.executable, "-m", "exec_server", "serve",
             "--listen", "ws://127.0.0.1:0",
-            "--sandbox", sandbox,
-            "--audit-denials", audit_denials,
+            *(["--sandbox", sandbox] if sandbox is not None else []),
+            *(["--audit-denials", audit_denials] if audit_denials is not None else []),
             "--token-file", str(token_file),
             "--log-level", "WARNING",
             *extra,

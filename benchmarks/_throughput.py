@@ -102,13 +102,42 @@ async def through_client(url: str, token: str, source: Source, *, binary: bool, 
     return Sample(elapsed, exact, record.completion.value, record.read_calls, note), client.name
 
 
+DEFAULT_ARM: Final = "default client (binary, lossless)"
+TEXT_ARM: Final = "text framing (lossless)"
 ARMS: Final = (
-    # (label, binary framing, delivery)
-    ("client text lossless", False, p.Delivery.LOSSLESS),
-    ("client binary lossless", True, p.Delivery.LOSSLESS),
-    ("client text bestEffort", False, p.Delivery.BEST_EFFORT),
-    ("client binary bestEffort", True, p.Delivery.BEST_EFFORT),
+    # (label, binary framing, delivery): the client's defaults first, then JSON text frames.
+    (DEFAULT_ARM, True, p.Delivery.LOSSLESS),
+    (TEXT_ARM, False, p.Delivery.LOSSLESS),
 )
+# Output message sizes for the by-size sweep: the child writes blocks of this size, and the
+# server forwards each pipe read as one output event (at most its read size).
+MESSAGE_SIZES: Final = (256, 4096, 65536, 1024 * 1024)
+
+
+def sized_source(size: int, total: int) -> Source:
+    count = max(1, total // size)
+    digest = hashlib.sha256(bytes(size * count)).hexdigest()
+    return Source(f"{size} B writes", ("dd", "if=/dev/zero", f"bs={size}", f"count={count}", "status=none"), digest, size * count)
+
+
+async def by_message_size(url: str, token: str, total: int, reps: int) -> tuple[Section, dict[str, list[tuple[int, float]]]]:
+    """MB/s per output message size, binary and text framing (the default client otherwise)."""
+    section = Section("Throughput by message size")
+    table = section.table("write size", "framing", "bytes", "MB/s (median)", "byte-exact")
+    series: dict[str, list[tuple[int, float]]] = {}
+    for size in MESSAGE_SIZES:
+        source = sized_source(size, total if size >= 4096 else total // 8)
+        for label, binary, delivery in ARMS:
+            samples = [(await through_client(url, token, source, binary=binary, delivery=delivery))[0] for _ in range(reps)]
+            rate = source.size / 1e6 / statistics.median(s.seconds for s in samples)
+            exact = all(s.exact for s in samples)
+            series.setdefault(label, []).append((size, rate))
+            table.add(f"{size:,}", label, f"{source.size:,}", f"{rate:.0f}", "yes" if exact else "**no**")
+    section.note(
+        "`dd bs=SIZE` writes SIZE-byte blocks of zeros; the server sends each pipe read as one output event, so SIZE is "
+        f"the message size up to the server's read size. Median of {reps} runs; the smallest size streams an eighth of the bytes."
+    )
+    return section, series
 
 
 async def run_section(url: str, token: str, sources: Sequence[Source], reps: int) -> tuple[Section, list[ArmSamples]]:
@@ -144,8 +173,8 @@ async def run_section(url: str, token: str, sources: Sequence[Source], reps: int
                 section.note(f"{entry.arm} / {entry.source}: {sample.note}")
     section.note(
         f"MB = 10^6 bytes; median of {reps} runs; each client run opens its own session, and the timed window is "
-        "start → complete terminal record (stdout kept whole, max_output_bytes=None). `bestEffort` is the default "
-        "delivery: if the client falls behind, output events are dropped and repaired by process/read (reads > 0), "
-        "and anything evicted past the server's per-process retention is reported lost (byte-exact = no)."
+        "start → complete terminal record (stdout kept whole, max_output_bytes=None), against the default server "
+        "(readOnly sandbox). The default client is `open_client`'s defaults (binary output frames, lossless delivery); "
+        "the text arm is the same with `binary_output=False` (base64 in JSON text frames)."
     )
     return section, arms

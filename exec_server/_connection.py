@@ -82,6 +82,10 @@ class ConnectionHost(Protocol):
     @property
     def default_cwd(self) -> str: ...
 
+    @property
+    def spawn_turn(self) -> trio.Lock:
+        """Held around each spawn: one per scheduler pass, server-wide (see ``Server``)."""
+
     def find_session(self, session_id: str) -> Session | None:
         """The live session with this id, if any."""
 
@@ -450,7 +454,8 @@ class Connection:
             case "process/start":
                 begun = time.perf_counter()
                 try:
-                    result, process = session.start(params, max_mode=self._transport.principal.max_sandbox)
+                    async with self._server.spawn_turn:
+                        result, process = session.start(params, max_mode=self._transport.principal.max_sandbox)
                 except ProtocolError as exc:
                     _observe.start_refused(exc)
                     raise

@@ -96,6 +96,12 @@ class Server:
         self.id = secrets.token_hex(8)
         self.retention_budget = RetentionBudget(config.retain_total_bytes)
         self.default_cwd = os.getcwd()
+        # One spawn per scheduler pass, server-wide (held around each `Session.start`). A
+        # spawn blocks the event loop for a millisecond or two; without the turn, a burst of
+        # starts on many connections runs back to back in one pass, and a command that exits
+        # meanwhile waits for all of them before its `closed` goes out. trio's Lock is fair
+        # (FIFO) and its acquire always yields, so exits are polled between two spawns.
+        self.spawn_turn = trio.Lock()
         self._lifecycle = Lifecycle("server", ServerState.STARTING, _ALLOWED)
         self._sessions: dict[str, Session] = {}
         self._connections: set[Connection] = set()

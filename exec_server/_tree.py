@@ -32,18 +32,42 @@ def become_subreaper() -> bool:
 
 def own_children() -> list[int]:
     """Our direct children, from /proc/self/task/*/children (no scan of every process)."""
+    children = _children_of("self")
+    return [child.pid for child in psutil.Process().children()] if children is None else children
+
+
+def _children_of(pid: int | str) -> list[int] | None:
+    """Direct children of ``pid`` from /proc/PID/task/*/children; None if /proc cannot say."""
     pids: list[int] = []
     try:
-        tasks = os.listdir("/proc/self/task")
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return [child.pid for child in psutil.Process().children()]
+        return None
     for task in tasks:
         try:
-            with open(f"/proc/self/task/{task}/children") as handle:
-                pids.extend(int(pid) for pid in handle.read().split())
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                pids.extend(int(child) for child in handle.read().split())
         except (OSError, ValueError):
             continue
     return pids
+
+
+def _descendants(proc: psutil.Process) -> list[int]:
+    """Every descendant of ``proc``, walking /proc/PID/task/*/children down the tree.
+
+    psutil's ``children(recursive=True)`` reads the parent of every process on the machine
+    instead; each close runs this for the command's namespace init, so that cost grew with
+    whatever else ran on the host (py-spy: most of the server's time on a busy machine).
+    """
+    found: list[int] = []
+    pending = [proc.pid]
+    while pending:
+        children = _children_of(pending.pop())
+        if children is None:  # no /proc children files: the whole-table walk
+            return [child.pid for child in proc.children(recursive=True)]
+        found.extend(children)
+        pending.extend(children)
+    return found
 
 
 def _marker_of(proc: psutil.Process) -> str | None:
@@ -67,17 +91,17 @@ def tree_members(root_pid: int | None, marker: str) -> set[int]:
             root = psutil.Process(root_pid)
             if root.status() != psutil.STATUS_ZOMBIE:
                 pids.add(root_pid)
-            pids.update(child.pid for child in root.children(recursive=True))
+            pids.update(_descendants(root))
         except psutil.Error:
             pass
     for pid in own_children():
-        if pid == root_pid:
+        if pid == root_pid or _reaped_orphan(pid):
             continue
         try:
             orphan = psutil.Process(pid)
             if _marker_of(orphan) == marker:
                 pids.add(pid)
-                pids.update(child.pid for child in orphan.children(recursive=True))
+                pids.update(_descendants(orphan))
         except psutil.Error:
             pass
     return pids
@@ -136,6 +160,23 @@ def unregister_waited(pid: int) -> None:
     _WAITED_FOR.discard(pid)
 
 
+def _reaped_orphan(pid: int) -> bool:
+    """Reap ``pid`` if it is a zombie child that no process waiter owns; True if it was.
+
+    One ``waitpid(pid, WNOHANG)``: it returns at once for a live child. Each command's PID
+    namespace init is re-parented to us and exits moments after the command; reaping those
+    here, as every close scans our children, keeps the scan from growing with every command
+    run since the last periodic reap (reading a zombie's environ costs tens of µs each).
+    """
+    if pid in _WAITED_FOR:
+        return False
+    try:
+        reaped, _status = os.waitpid(pid, os.WNOHANG)
+    except OSError:  # not our child (any more), or reaped meanwhile
+        return False
+    return reaped == pid
+
+
 def reap_orphans() -> None:
     """Reap zombie children of ours that no process waiter owns (re-parented orphans).
 
@@ -143,13 +184,7 @@ def reap_orphans() -> None:
     waiter has not collected it yet.
     """
     for pid in own_children():
-        if pid in _WAITED_FOR:
-            continue
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(pid, os.WNOHANG)
-        except (psutil.Error, OSError):  # gone already, or EMFILE: the next round retries
-            pass
+        _reaped_orphan(pid)
 
 
 SIGNALS: Final = {

@@ -50,6 +50,7 @@ def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
         "## Completion latency",
         "## Client flavors and CLI cold start",
         "## Throughput",
+        "## Throughput by message size",
         "## Concurrency",
         "## Server memory",
         "## Sandbox overhead",
@@ -59,6 +60,9 @@ def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     assert "FAILED" not in report
     assert re.search(r"^- Date: \d{4}-\d{2}-\d{2}", report, re.MULTILINE)
     assert re.search(r"^- Python 3\.\d+", report, re.MULTILINE)
+    # The load average around the run, and the verdict of the noise rule.
+    assert re.search(r"^- Load average \(1/5/15 min\): [\d.]+ / [\d.]+ / [\d.]+ before", report, re.MULTILINE)
+    assert "Quiet enough to quote." in report or "**Too noisy to quote**" in report
 
     tables = _tables(report)
     assert tables
@@ -70,15 +74,19 @@ def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
 
     latency = next(t for t in tables if t[0][:2] == ["arm", "p50 ms"])
     arms = {row[0]: row for row in latency[2:]}
-    for arm in ("pushed", "pushed-raw", "final-read", "poll", "subprocess.run", "trio.run_process"):
+    for arm in ("default", "unsandboxed", "pushed-raw", "final-read", "poll", "subprocess.run", "trio.run_process"):
         assert arm in arms
         float(arms[arm][1])  # p50 is a number
     # The pushed path never reads on the complete, in-order path (protocol §9).
-    assert arms["pushed"][5] == "0.00"
+    assert arms["default"][5] == "0.00"
     assert arms["final-read"][5] == "1.00"
+    # The headline target comes first: the default configuration.
+    targets = next(t for t in tables if t[0] == ["target", "measured", "holds"])
+    assert targets[2][0].startswith("default configuration one-shot p50")
 
-    png = out.with_name("latency_cdf.png")
-    if importlib.util.find_spec("matplotlib") is not None:
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    else:
-        assert "plot skipped" in report
+    for name in ("latency_cdf.png", "throughput_by_size.png"):
+        png = out.with_name(name)
+        if importlib.util.find_spec("matplotlib") is not None:
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        else:
+            assert "plot skipped" in report
