@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
             "OutputOverrun",
             "ProcessReleased",
             "ProtocolViolation",
+            "PtyUnsupported",
             "SandboxUnavailable",
             "ServerError",
             "ServerShuttingDown",
@@ -107,6 +108,7 @@ if TYPE_CHECKING:
     from ._errors import OutputOverrun as OutputOverrun
     from ._errors import ProcessReleased as ProcessReleased
     from ._errors import ProtocolViolation as ProtocolViolation
+    from ._errors import PtyUnsupported as PtyUnsupported
     from ._errors import SandboxUnavailable as SandboxUnavailable
     from ._errors import ServerError as ServerError
     from ._errors import ServerShuttingDown as ServerShuttingDown

@@ -26,6 +26,9 @@ class ServerInfo:
     sandbox: dict[str, Any]
     limits: dict[str, Any]
     resumed: bool
+    # capabilities.pty: process/start tty: true and process/resize work (a later field,
+    # defaulted so that older constructions of ServerInfo still hold).
+    pty: bool = False
 
     @property
     def detached_session_ttl_ms(self) -> int | None:
@@ -58,6 +61,7 @@ class ServerInfo:
             sandbox=sandbox if isinstance(sandbox, dict) else {},
             limits=limits if isinstance(limits, dict) else {},
             resumed=raw.get("resumed") is True,
+            pty=capabilities.get("pty") is True,
         )
 
 

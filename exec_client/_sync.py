@@ -21,7 +21,7 @@ import anyio.from_thread
 
 import protocol as p
 
-from ._arguments import Command, StdinSource
+from ._arguments import Command, StdinSource, TerminalSizeArg
 from ._client import Client, ClientState, open_client
 from ._handle import HandleState, OutputCallback, ProcessHandle
 from ._info import ListedProcess, ServerInfo
@@ -110,6 +110,10 @@ class SyncProcessHandle:
     def terminate(self, grace: float = 2.0) -> bool:
         return self._loop.call(self._handle.terminate, grace)
 
+    def resize(self, rows: int, cols: int) -> None:
+        """``ProcessHandle.resize``: the window size of a ``tty=True`` process's terminal."""
+        self._loop.call(self._handle.resize, rows, cols)
+
     def __iter__(self) -> Iterator[p.OutputChunk]:
         iterator = self._handle.__aiter__()
         while True:
@@ -181,6 +185,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         max_output_bytes: int | None = p.DEFAULT_MAX_OUTPUT_BYTES,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        tty: bool = False,
+        size: TerminalSizeArg | None = None,
     ) -> p.TerminalRecord:
         """``Client.run`` (same arguments): run to completion; Ctrl-C terminates the remote process."""
         return self._loop.call(
@@ -197,6 +203,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
             max_output_bytes=max_output_bytes,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            tty=tty,
+            size=size,
         )
 
     def start(
@@ -216,6 +224,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         process_id: str | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        tty: bool = False,
+        size: TerminalSizeArg | None = None,
     ) -> SyncProcessHandle:
         """``Client.start`` (same arguments): start and return a handle at once."""
         handle = self._loop.call(
@@ -234,6 +244,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
             process_id=process_id,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            tty=tty,
+            size=size,
         )
         return SyncProcessHandle(self._loop, handle)
 

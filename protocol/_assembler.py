@@ -86,6 +86,9 @@ LONG_POLL_WAIT_MS: Final = 10_000
 DEFAULT_MAX_OUTPUT_BYTES: Final = 64 * 1024 * 1024
 
 _STREAMS: Final = (Stream.STDOUT, Stream.STDERR)
+# Where each wire stream is kept in the record: a ``tty: true`` process has one output,
+# its terminal's (stdout and stderr merged on the pty), and the record holds it as stdout.
+_RECORD_STREAM: Final = {Stream.STDOUT: Stream.STDOUT, Stream.STDERR: Stream.STDERR, Stream.PTY: Stream.STDOUT}
 
 
 class Completion(str, enum.Enum):
@@ -142,7 +145,9 @@ class TerminalRecord:
     why). ``stdout``/``stderr`` are exact unless ``*_omitted_bytes`` (client cap: head +
     tail kept) or ``output_lost`` (evicted on the server before the client saw it;
     ``*_lost_bytes`` is the exact count, ``None`` if the server did not report it).
-    ``sandbox_denied`` is ``None`` only if the server never said.
+    ``sandbox_denied`` is ``None`` only if the server never said. For a ``tty: true``
+    process ``stdout`` holds the terminal's output (stream ``"pty"``: what the program
+    wrote to stdout and stderr, through the pty's line discipline) and ``stderr`` is empty.
     """
 
     process_id: str
@@ -488,8 +493,9 @@ class Assembler:
         return item
 
     def _consume(self, item: OutputEvent | OutputChunk) -> None:
-        self._received[item.stream] += len(item.chunk)
-        self._captures[item.stream].append(item.chunk)
+        kept_as = _RECORD_STREAM[item.stream]
+        self._received[kept_as] += len(item.chunk)
+        self._captures[kept_as].append(item.chunk)
         self._emitted.append(
             item if isinstance(item, OutputChunk) else OutputChunk(seq=item.seq, stream=item.stream, chunk=item.chunk)
         )
@@ -515,7 +521,7 @@ class Assembler:
         for seq in range(self._contiguous + 1, boundary):
             item = self._held.get(seq)
             if item is not None:
-                held_below[item.stream] += len(item.chunk)
+                held_below[_RECORD_STREAM[item.stream]] += len(item.chunk)
             elif seq != self._exit_seq:
                 missing = True
         # Consume what we hold below the boundary in seq order; the rest is lost.
