@@ -44,7 +44,7 @@ READ_ANSWER_OVERHEAD_BYTES: Final = 64 * 1024
 # synchronous) and a task per request is measurable on the one-shot path. Only
 # `process/read` (long-poll) and `process/write` (a full stdin pipe) can wait.
 _ANSWERED_IN_ORDER: Final = frozenset(
-    {"initialize", "process/start", "process/release", "process/signal", "process/terminate", "process/list"}
+    {"initialize", "process/start", "process/release", "process/signal", "process/terminate", "process/list", "process/resize"}
 )
 # How long the close handshake may take once this connection is closing.
 CLOSE_TIMEOUT_SECONDS: Final = 1.0
@@ -466,6 +466,8 @@ class Connection:
                 return session.signal(params)
             case "process/terminate":
                 return session.terminate(params)
+            case "process/resize":
+                return session.resize(params)
             case "process/release":
                 return session.release(params)
             case "process/list":

@@ -56,7 +56,7 @@ SLOW_CONSUMER_CLOSES: Final = Counter(
     f"{_PREFIX}_slow_consumer_closes", "Connections closed with 1008 for not reading", registry=REGISTRY
 )
 # Bound once: the output hook runs per chunk.
-_OUTPUT_BY_STREAM: Final = {stream: OUTPUT_BYTES.labels(stream=stream) for stream in ("stdout", "stderr")}
+_OUTPUT_BY_STREAM: Final = {stream: OUTPUT_BYTES.labels(stream=stream) for stream in ("stdout", "stderr", "pty")}
 RESUMES: Final = Counter(f"{_PREFIX}_resumes", "Sessions resumed by initialize{resumeSessionId}", registry=REGISTRY)
 RELOADS: Final = Counter(f"{_PREFIX}_reloads", "SIGHUP reloads, by result", ["result"], registry=REGISTRY)
 

@@ -1,4 +1,4 @@
-"""One running command: its pipes, its sequenced events, its exit and its retained output.
+"""One running command: its pipes (or its terminal), its sequenced events, its exit and its retained output.
 
 Events of a process share one seq counter (output, exited, closed). A seq is assigned in
 the same synchronous step that hands the event to the session, so the order of seqs is
@@ -8,6 +8,7 @@ the order of delivery on every connection.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import resource
@@ -16,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
+import attrs
 import trio
 
 from protocol import (
@@ -26,11 +28,13 @@ from protocol import (
     ProcessState,
     ReadResult,
     Stream,
+    TerminalSize,
     Usage,
 )
 
 from . import _observe, _tree
 from ._lifecycle import Lifecycle
+from ._pty import Terminal
 from ._retention import RetainedOutput
 from ._spawn import SpawnedProcess
 from .sandbox import NO_CLEANUP, DenialReport, LaunchPlan, Sandbox
@@ -46,6 +50,9 @@ TAIL_BYTES: Final = 4096
 MAX_WRITE_IDS: Final = 256
 # How long a cancelled process may take to die after SIGKILL before we stop waiting.
 REAP_AFTER_KILL_SECONDS: Final = 5.0
+# How long the reap waits for a terminal's master that has not arrived yet (the launcher
+# sends it before the exec, so at the reap it is there or never comes).
+TERMINAL_SETTLE_SECONDS: Final = 5.0
 
 
 class _Lifecycle(enum.Enum):
@@ -55,7 +62,8 @@ class _Lifecycle(enum.Enum):
     state     meaning                                 leaves on
     ========  ======================================  ====================================
     RUNNING   forked; pipes pumped                    reaped -> EXITED (``exited`` is sent)
-    EXITED    reaped; a descendant may hold a pipe    both pipes at EOF -> CLOSED
+    EXITED    reaped; a descendant may hold a pipe    every source at EOF -> CLOSED
+              (or the terminal's slave)               (a terminal's: EIO, no slave holder)
     CLOSED    ``closed`` sent; the record is final    (terminal)
     ========  ======================================  ====================================
     """
@@ -71,6 +79,20 @@ _ALLOWED: Final = {
 }
 
 Deliver = Callable[[ProcessEvent], Awaitable[None]]
+
+
+@attrs.define(eq=False)
+class _Source:
+    """One fd the process's output comes from: a pipe, or a terminal's master.
+
+    A ``tty: true`` process has two, both labelled ``pty``: the launcher's diagnostics pipe
+    (only a setup failure writes to it) and the master, whose fd is None until the launcher
+    has sent it.
+    """
+
+    stream: Stream
+    fd: int | None
+    eof: bool = False
 
 
 class ManagedProcess:
@@ -120,8 +142,17 @@ class ManagedProcess:
         self._lifecycle = Lifecycle(f"process {process_id}", _Lifecycle.RUNNING, _ALLOWED)
         self._last_seq = 0
         self._changed = trio.Event()
-        self._tails = {Stream.STDOUT: bytearray(), Stream.STDERR: bytearray()}
-        self._eof = {Stream.STDOUT: False, Stream.STDERR: False}
+        self._tails = {Stream.STDOUT: bytearray(), Stream.STDERR: bytearray(), Stream.PTY: bytearray()}
+        self._terminal_channel = spawned.terminal
+        self.terminal: Terminal | None = None
+        # Set once the master arrived or never will (the launcher ended without it).
+        self._terminal_settled = trio.Event()
+        self._pending_size: TerminalSize | None = None
+        if spawned.terminal is None:
+            assert spawned.stdout_fd is not None
+            self._sources = [_Source(Stream.STDOUT, spawned.stdout_fd), _Source(Stream.STDERR, spawned.stderr_fd)]
+        else:
+            self._sources = [_Source(Stream.PTY, spawned.stderr_fd), _Source(Stream.PTY, None)]
         self._pipes_eof = trio.Event()
         self._stdin_fd = spawned.stdin_fd
         self._stdin_lock = trio.Lock()
@@ -138,6 +169,10 @@ class ManagedProcess:
     @property
     def state(self) -> ProcessState:
         return ProcessState(self._lifecycle.state.value)
+
+    @property
+    def is_tty(self) -> bool:
+        return self._terminal_channel is not None
 
     @property
     def is_closed(self) -> bool:
@@ -159,8 +194,11 @@ class ManagedProcess:
         """Pump the pipes, reap the process, push ``exited`` then ``closed``."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, self._spawned.stdout_fd, Stream.STDOUT)
-                nursery.start_soon(self._pump, self._spawned.stderr_fd, Stream.STDERR)
+                for source in self._sources:
+                    if source.fd is not None:
+                        nursery.start_soon(self._pump, source)
+                if self._terminal_channel is not None:
+                    nursery.start_soon(self._open_terminal, nursery)
                 if self._timeout is not None:
                     nursery.start_soon(self._enforce_timeout, self._timeout)
                 await self._reap()
@@ -179,32 +217,62 @@ class ManagedProcess:
             # namespace, whose init (marked, re-parented to us) takes it down when killed.
             self.signal_tree(signal_module.SIGKILL)
             self._close_stdin()
-            for fd in (self._spawned.stdout_fd, self._spawned.stderr_fd):
-                _close_quietly(fd)
+            for source in self._sources:
+                if source.fd is not None and (self.terminal is None or source.fd != self.terminal.fd):
+                    _close_quietly(source.fd)
+            if self.terminal is not None:
+                self.terminal.close()
+            if self._terminal_channel is not None:
+                self._terminal_channel.close()
             if self._plan.cleanup is not NO_CLEANUP:
                 # Off the event loop: a command can leave 100k files in its temp dir.
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self._plan.cleanup)
             self.closed_event.set()
 
-    async def _pump(self, fd: int, stream: Stream) -> None:
-        while not self._eof[stream]:
+    async def _open_terminal(self, nursery: trio.Nursery) -> None:
+        """Wait for the launcher's master, then pump it like a pipe."""
+        assert self._terminal_channel is not None
+        source = self._sources[1]
+        try:
+            master = await self._terminal_channel.receive()
+        except OSError:
+            log.exception("process %s: no terminal from the launcher", self.process_id)
+            master = None
+        if master is None:
+            self._mark_eof(source)
+        else:
+            self.terminal = Terminal(master)
+            source.fd = master
+            if self._pending_size is not None:
+                self._resize_now(self._pending_size)
+            nursery.start_soon(self._pump, source)
+        self._terminal_settled.set()
+
+    async def _pump(self, source: _Source) -> None:
+        fd = source.fd
+        assert fd is not None
+        while not source.eof:
             try:
                 data = os.read(fd, READ_CHUNK_BYTES)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
                 continue
+            except OSError as err:
+                if err.errno != errno.EIO:
+                    raise
+                data = b""  # a terminal's master: no process holds the slave any more
             if not data:
-                self._mark_eof(stream)
+                self._mark_eof(source)
                 return
-            await self._emit_output(stream, data)
+            await self._emit_output(source.stream, data)
             # A fast producer keeps the pipe readable and delivery may not wait: without a
             # checkpoint this loop would hold the event loop for the whole flood.
             await trio.lowlevel.checkpoint()
 
-    def _mark_eof(self, stream: Stream) -> None:
-        self._eof[stream] = True
-        if all(self._eof.values()):
+    def _mark_eof(self, source: _Source) -> None:
+        source.eof = True
+        if all(each.eof for each in self._sources):
             self._pipes_eof.set()
 
     def _drain_readable(self) -> list[tuple[Stream, bytes]]:
@@ -213,16 +281,18 @@ class ManagedProcess:
         Seeing EOF here too means ``closed`` need not wait for the pumps to wake up.
         """
         drained = []
-        for fd, stream in ((self._spawned.stdout_fd, Stream.STDOUT), (self._spawned.stderr_fd, Stream.STDERR)):
-            while not self._eof[stream]:
+        for source in self._sources:
+            while source.fd is not None and not source.eof:
                 try:
-                    data = os.read(fd, READ_CHUNK_BYTES)
-                except (BlockingIOError, OSError):
-                    break
+                    data = os.read(source.fd, READ_CHUNK_BYTES)
+                except OSError as err:
+                    if err.errno != errno.EIO:
+                        break  # EAGAIN: nothing more yet
+                    data = b""
                 if not data:
-                    self._mark_eof(stream)
+                    self._mark_eof(source)
                     break
-                drained.append((stream, data))
+                drained.append((source.stream, data))
         return drained
 
     async def _emit_output(self, stream: Stream, data: bytes) -> None:
@@ -265,6 +335,10 @@ class ManagedProcess:
             exit_code, signal_name = 128 + signum, _signal_name(signum)
         else:
             exit_code, signal_name = os.WEXITSTATUS(status), None
+        if self._terminal_channel is not None:
+            # The master is sent before the exec: it is in the socket by now, or never comes.
+            with trio.move_on_after(TERMINAL_SETTLE_SECONDS):
+                await self._terminal_settled.wait()
         # Output written before the exit is in the pipes now: sequence it before `exited`.
         for stream, data in self._drain_readable():
             await self._emit_output(stream, data)
@@ -292,10 +366,15 @@ class ManagedProcess:
         await self._emit(self.exited)
 
     async def _denial_report(self, exit_code: int) -> DenialReport:
-        """The sandbox's verdict; a failure to reach one must not cost the client its record."""
+        """The sandbox's verdict; a failure to reach one must not cost the client its record.
+
+        With a terminal, stdout and stderr are one stream: the stderr heuristic reads the
+        terminal's output (the kernel-audit source does not read output at all).
+        """
+        diagnostics = self._tails[Stream.PTY] if self.is_tty else self._tails[Stream.STDERR]
         try:
             return await self._sandbox.denial_report(
-                self._plan, self.pid, exit_code, bytes(self._tails[Stream.STDOUT]), bytes(self._tails[Stream.STDERR])
+                self._plan, self.pid, exit_code, bytes(self._tails[Stream.STDOUT]), bytes(diagnostics)
             )
         except Exception:
             log.exception("denial report failed for %s; sandboxDenied is unknown", self.process_id)
@@ -313,8 +392,13 @@ class ManagedProcess:
         return _tree.signal_tree(self.pid, self._marker, signum, reaped=self._popen.returncode is not None)
 
     def signal_group(self, signum: int) -> bool:
+        """``process/signal``: the command's process group; with a terminal, its foreground
+        process group (what Ctrl-C reaches) -- and for anything but SIGINT the session
+        leader's group too, so that terminate/hangup/kill reach the shell behind a job."""
         if self.is_closed:
             return False
+        if self.terminal is not None:
+            return self._signal_terminal(signum)
         return _tree.signal_tree(
             self.pid, self._marker, signum, reaped=self._popen.returncode is not None, group_only=True
         )
@@ -327,8 +411,43 @@ class ManagedProcess:
             return
         self.signal_tree(signal_module.SIGKILL)
 
+    def _signal_terminal(self, signum: int) -> bool:
+        assert self.terminal is not None
+        groups: list[int] = []
+        foreground = self.terminal.foreground_group()
+        if foreground is not None:
+            groups.append(foreground)
+        session = self.terminal.session() if signum != signal_module.SIGINT else None
+        if session is not None and session not in groups:
+            groups.append(session)
+        delivered = False
+        for group in groups:
+            try:
+                os.killpg(group, signum)
+                delivered = True
+            except (ProcessLookupError, PermissionError):
+                pass
+        return delivered
+
     def kill_now(self) -> None:
         self.signal_tree(signal_module.SIGKILL)
+
+    def resize(self, size: TerminalSize) -> None:
+        """``process/resize``: the terminal's new window size (kept until the master arrives;
+        a no-op once the terminal is gone)."""
+        assert self.is_tty
+        if self.terminal is None:
+            if not self._terminal_settled.is_set():
+                self._pending_size = size
+            return
+        self._resize_now(size)
+
+    def _resize_now(self, size: TerminalSize) -> None:
+        assert self.terminal is not None
+        try:
+            self.terminal.resize(size)
+        except OSError:
+            pass  # closed already
 
     async def write_stdin(self, data: bytes, write_id: str | None, eof: bool) -> bool:
         """Write to stdin; a repeated ``write_id`` is not applied again but gets the first outcome.
@@ -347,6 +466,8 @@ class ManagedProcess:
             return accepted
 
     async def _write_all(self, data: bytes, eof: bool) -> bool:
+        if self._terminal_channel is not None:
+            return await self._type(data, eof)
         if self._stdin_fd is None:
             return False
         view = memoryview(data)
@@ -365,6 +486,28 @@ class ManagedProcess:
             return False
         if eof:
             self._close_stdin()
+        return True
+
+    async def _type(self, data: bytes, eof: bool) -> bool:
+        """Write to the terminal (like typing). ``eof`` types VEOF (``Terminal.eof_bytes``);
+        unlike a pipe the input stays open: a terminal's EOF ends one read, not the input."""
+        await self._terminal_settled.wait()
+        terminal = self.terminal
+        if terminal is None or terminal.fd < 0:
+            return False
+        fd = terminal.fd
+        terminal.wrote(data)
+        view = memoryview(data + terminal.eof_bytes() if eof else data)
+        try:
+            while view:
+                try:
+                    written = os.write(fd, view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(fd)
+                    continue
+                view = view[written:]
+        except (trio.ClosedResourceError, OSError):  # closed while we waited; EIO: no slave
+            return False
         return True
 
     def _close_stdin(self) -> None:

@@ -275,6 +275,7 @@ class Server:
                 release=True,
                 sandbox=self.sandbox.capabilities(),
                 binary_output=binary_output,
+                pty=self.sandbox.terminals_available,
             ),
             limits=p.Limits(
                 max_message_bytes=config.max_message_bytes,

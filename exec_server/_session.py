@@ -50,11 +50,13 @@ from protocol import (
     ReadParams,
     ReadResult,
     ReleaseParams,
+    ResizeParams,
     SandboxMode,
     SignalParams,
     SignalResult,
     StartParams,
     StartResult,
+    TerminalSize,
     TerminateParams,
     TerminateResult,
     WriteParams,
@@ -67,8 +69,9 @@ from ._config import ServerConfig
 from ._lifecycle import Lifecycle
 from ._outbound import OutboundQueue
 from ._process import ManagedProcess, wait_closed
+from ._pty import DEFAULT_SIZE, TerminalChannel
 from ._retention import RetainedOutput, RetentionBudget
-from .sandbox import Sandbox, SandboxUnavailable
+from .sandbox import Sandbox, SandboxUnavailable, TerminalRequest
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +387,6 @@ class Session:
         server = self._server
         if server.shutting_down:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down: no new processes")
-        if params.tty:
-            raise ProtocolError(ErrorCode.INVALID_PARAMS, "invalid params: tty: true is not supported by this server @ $.params.tty")
         if params.process_id in self.processes or params.process_id in self._tombstones:
             raise ProtocolError(ErrorCode.DUPLICATE_PROCESS, f"duplicate processId {params.process_id!r}")
         if len(self.processes) >= self._config.max_processes_per_session:
@@ -413,16 +414,22 @@ class Session:
         marker = f"{server.id}:{secrets.token_hex(8)}"
         env = _spawn.build_env(params.env, params.inherit_env, marker, _tree.TREE_MARKER_VAR)
         _spawn.check_spawnable(params.argv[0], cwd, env)
+        channel, terminal = self._terminal_for(params)
         try:
-            plan = server.sandbox.prepare(policy, list(params.argv), cwd, env, limits=params.limits)
+            plan = server.sandbox.prepare(policy, list(params.argv), cwd, env, limits=params.limits, terminal=terminal)
         except SandboxUnavailable as exc:
+            _close(channel)
             raise ProtocolError(ErrorCode.SANDBOX_UNAVAILABLE, f"sandbox unavailable: {exc}") from None
         except OSError as exc:  # the private temp dir: ENOSPC, EMFILE... the host's state, not our bug
+            _close(channel)
             raise _spawn.spawn_failed(exc, "sandbox setup") from None
         try:
-            spawned = _spawn.spawn(plan.argv, cwd=cwd, env=plan.env, pipe_stdin=params.pipe_stdin, pass_fds=plan.pass_fds)
+            spawned = _spawn.spawn(
+                plan.argv, cwd=cwd, env=plan.env, pipe_stdin=params.pipe_stdin, pass_fds=plan.pass_fds, terminal=channel
+            )
         except ProtocolError:
             plan.cleanup()
+            _close(channel)
             raise
         process = ManagedProcess(
             process_id=params.process_id,
@@ -444,6 +451,18 @@ class Session:
         self._command_bytes[params.process_id] = command_bytes
         _tree.register_waited(process.pid)
         return StartResult(process_id=params.process_id, pid=process.pid, sandbox_type=plan.sandbox_type), process
+
+    @staticmethod
+    def _terminal_for(params: StartParams) -> tuple[TerminalChannel | None, TerminalRequest | None]:
+        """For ``tty: true``: the socketpair the launcher sends the master over, and its request."""
+        if not params.tty:
+            return None, None
+        try:
+            channel = TerminalChannel()
+        except OSError as exc:  # EMFILE/ENFILE
+            raise _spawn.spawn_failed(exc, "terminal channel") from None
+        size = params.size or DEFAULT_SIZE
+        return channel, TerminalRequest(fd=channel.launcher_fd, rows=size.rows, cols=size.cols)
 
     def begin(self, process: ManagedProcess) -> None:
         """Start pumping a process whose start response is already queued."""
@@ -497,6 +516,18 @@ class Session:
         process = self._process(params.process_id)
         return SignalResult(delivered=process.signal_group(_tree.SIGNALS[params.signal.value]))
 
+    def resize(self, params: ResizeParams) -> EmptyResult:
+        """``process/resize``: a ``tty: true`` process's window size; a no-op once it closed."""
+        process = self._process(params.process_id)
+        if not process.is_tty:
+            raise ProtocolError(
+                ErrorCode.INVALID_PARAMS,
+                f"invalid params: process {params.process_id!r} has no terminal (it was started without tty: true)"
+                " @ $.params.processId",
+            )
+        process.resize(TerminalSize(rows=params.rows, cols=params.cols))
+        return EmptyResult()
+
     def terminate(self, params: TerminateParams) -> TerminateResult:
         process = self._process(params.process_id)
         running = process.exited is None
@@ -534,3 +565,8 @@ class Session:
 def _command_bytes(params: StartParams) -> int:
     env = params.env or {}
     return sum(map(len, params.argv)) + sum(len(name) + len(value) for name, value in env.items())
+
+
+def _close(channel: TerminalChannel | None) -> None:
+    if channel is not None:
+        channel.close()

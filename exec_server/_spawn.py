@@ -17,6 +17,8 @@ import attrs
 
 from protocol import ErrorCode, ProtocolError
 
+from ._pty import TerminalChannel
+
 _F_SETPIPE_SZ: Final = 1031
 # Bigger pipes mean fewer wake-ups per megabyte when a command streams output.
 PIPE_BYTES: Final = 1024 * 1024
@@ -27,10 +29,18 @@ SECRET_NAME_WORDS: Final = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
 
 @attrs.frozen
 class SpawnedProcess:
+    """A forked command and the server's ends of its pipes.
+
+    With a terminal (``tty: true``) ``stdin_fd`` and ``stdout_fd`` are None, ``stderr_fd``
+    carries only the launcher's own diagnostics (a setup failure) and ``terminal`` delivers
+    the pty master once the command has its terminal (``_pty.py``).
+    """
+
     popen: subprocess.Popen[bytes]
     stdin_fd: int | None
-    stdout_fd: int
+    stdout_fd: int | None
     stderr_fd: int
+    terminal: TerminalChannel | None = None
 
 
 def spawn_failed(err: OSError, what: str) -> ProtocolError:
@@ -84,12 +94,26 @@ def check_spawnable(argv0: str, cwd: str, env: dict[str, str]) -> None:
         raise spawn_failed(OSError(errno.ENOENT, ""), argv0)
 
 
-def spawn(argv: list[str], *, cwd: str, env: dict[str, str], pipe_stdin: bool, pass_fds: tuple[int, ...] = ()) -> SpawnedProcess:
+def spawn(
+    argv: list[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    pipe_stdin: bool,
+    pass_fds: tuple[int, ...] = (),
+    terminal: TerminalChannel | None = None,
+) -> SpawnedProcess:
     """Fork and exec ``argv`` in a new process group with piped output.
+
+    With ``terminal`` (the plan's argv is the launcher's with ``--pty-fd``) the launcher
+    starts in a session of its own and the command gets its stdio from the pty: the server
+    keeps only a pipe for the launcher's diagnostics.
 
     Raises:
         ProtocolError: -32007 when the kernel refuses the spawn.
     """
+    if terminal is not None:
+        return _spawn_with_terminal(argv, cwd=cwd, env=env, pass_fds=pass_fds, terminal=terminal)
     # Our own pipes (not Popen's file objects): the process core reads the raw fds with
     # os.read and trio's wait_readable.
     stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
@@ -125,3 +149,32 @@ def spawn(argv: list[str], *, cwd: str, env: dict[str, str], pipe_stdin: bool, p
         except OSError:
             pass  # over /proc/sys/fs/pipe-max-size for unprivileged users: keep the default
     return SpawnedProcess(popen, stdin_w, stdout_r, stderr_r)
+
+
+def _spawn_with_terminal(
+    argv: list[str], *, cwd: str, env: dict[str, str], pass_fds: tuple[int, ...], terminal: TerminalChannel
+) -> SpawnedProcess:
+    # A new session rather than a new group: under --limits-only the launcher is the
+    # command and must be a session leader to take the terminal (setsid would fail for a
+    # group leader). Its pid is still its process group's id, as the tree code expects.
+    stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_w,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as err:
+        os.close(stderr_r)
+        raise spawn_failed(err, argv[0]) from None
+    finally:
+        os.close(stderr_w)
+        terminal.launched()
+    os.set_blocking(stderr_r, False)
+    return SpawnedProcess(popen, None, None, stderr_r, terminal)

@@ -31,7 +31,7 @@ import trio_websocket
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 TERMINAL_METHODS: Final = frozenset({"process/exited", "process/closed"})
 _BINARY_HEADER: Final = struct.Struct(">BBQB")
-_BINARY_STREAMS: Final = {1: "stdout", 2: "stderr"}
+_BINARY_STREAMS: Final = {1: "stdout", 2: "stderr", 3: "pty"}
 
 
 class RpcError(Exception):

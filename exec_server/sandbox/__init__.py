@@ -10,7 +10,9 @@ What a sandboxed command gets:
 
 - **Its own namespaces**: mount (the view below), PID (``ps`` shows only its tree; the init
   is PID 1 and killing it kills the tree), IPC (SysV IPC private to it, and a private writable
-  ``/dev/shm`` for POSIX shared memory and semaphores), and network
+  ``/dev/shm`` for POSIX shared memory and semaphores; a ``/dev`` of its own with the memory
+  devices, ``/dev/tty`` and a devpts instance of its own, so no host terminal or disk is
+  reachable), and network
   (empty) unless the policy allows the network. Unsandboxed commands of a root server get the
   PID namespace too, for the tree.
 - **Filesystem**: the host's tree read-only (bubblewrap's model, built in place with one
@@ -47,6 +49,6 @@ from ._errors import SandboxUnavailable as SandboxUnavailable
 from ._kernel import KernelSupport as KernelSupport, detect as detect
 from ._launcher import Launcher as Launcher, find_launcher as find_launcher
 from ._limits import CommandLimits as CommandLimits, LimitVerdict as LimitVerdict, ResourceLimiter as ResourceLimiter
-from ._plan import NO_CLEANUP as NO_CLEANUP, LaunchPlan as LaunchPlan
+from ._plan import NO_CLEANUP as NO_CLEANUP, LaunchPlan as LaunchPlan, TerminalRequest as TerminalRequest
 from ._sandbox import Sandbox as Sandbox
 from ._settings import SandboxSettings as SandboxSettings

@@ -58,6 +58,20 @@ class LaunchPlan:
 
 
 @attrs.frozen
+class TerminalRequest:
+    """A command that gets a pseudo-terminal (``tty: true``): the launcher allocates it where
+    the command runs and sends the master back over ``fd`` (one end of a unix socketpair)."""
+
+    fd: int
+    rows: int
+    cols: int
+
+    def launcher_args(self) -> list[str]:
+        """The launcher's first flags (``launcher.c``: before the limit flags)."""
+        return ["--pty-fd", str(self.fd), "--pty-size", f"{self.rows}:{self.cols}"]
+
+
+@attrs.frozen
 class Masks:
     """What the view hides: the paths, and the mode-000 placeholders bound over them."""
 

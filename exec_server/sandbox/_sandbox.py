@@ -22,7 +22,7 @@ from ._kernel import KernelSupport, detect
 from ._launcher import Launcher, find_launcher, self_test
 from ._limits import CommandLimits, ResourceLimiter
 from ._netns import SHARED_NETNS_MIN_ABI, open_empty_netns
-from ._plan import NO_CLEANUP, LaunchPlan, Masks, launcher_args
+from ._plan import NO_CLEANUP, LaunchPlan, Masks, TerminalRequest, launcher_args
 from ._policy import LANDLOCK_LOG_ABI, MAX_LAUNCHER_PATHS, check_enforceable, writable_paths
 from ._settings import SandboxSettings
 
@@ -253,6 +253,11 @@ class Sandbox:
         """Whether sandboxed (readOnly / workspaceWrite) requests can run at all."""
         return self.unavailable_reason is None
 
+    @property
+    def terminals_available(self) -> bool:
+        """Whether ``tty: true`` commands can start: the launcher allocates their terminal."""
+        return self._launcher is not None
+
     def capabilities(self) -> dict[str, Any]:
         """The ``capabilities.sandbox`` object of the ``initialize`` result (JSON-able)."""
         modes = [SandboxMode.READ_ONLY.value, SandboxMode.WORKSPACE_WRITE.value] if self.available else []
@@ -316,6 +321,7 @@ class Sandbox:
         env: dict[str, str],
         *,
         limits: ResourceLimits | None = None,
+        terminal: TerminalRequest | None = None,
     ) -> LaunchPlan:
         """Build the launch plan for ``argv`` under ``policy``.
 
@@ -323,6 +329,9 @@ class Sandbox:
         ``TMPDIR``/``TMP``/``TEMP`` at it. Through the launcher, the command's environment
         goes into a memfd the plan passes on. ``limits`` (the request's) are resolved against
         the operator's ceilings (``_limits.py``). The plan's ``cleanup`` releases all three.
+        With ``terminal`` the command always goes through the launcher (it allocates the
+        pseudo-terminal; ``--limits-only`` when there is no PID namespace): in the view for
+        a sandboxed command, so the pty is one of the view's own devpts instance.
 
         Raises:
             SandboxUnavailable: the policy or a limit cannot be enforced, or a request is
@@ -333,14 +342,14 @@ class Sandbox:
             if not self.settings.allow_unsandboxed:
                 raise SandboxUnavailable('mode "none" is not allowed on this server (see --allow-unsandboxed)')
             if not self._pid_namespace:
-                if resolved_limits == ResourceLimits():
+                if resolved_limits == ResourceLimits() and terminal is None:
                     return LaunchPlan(
                         list(argv), dict(env), (), SANDBOX_TYPE_NONE, policy=policy, cwd=cwd, command_env=dict(env)
                     )
-                return self._limits_only(policy, argv, cwd, env, resolved_limits)
+                return self._limits_only(policy, argv, cwd, env, resolved_limits, terminal)
             none_limits = self._limits.prepare(resolved_limits)
             return self._through_launcher(
-                policy, argv, cwd, env, (), (), None, NO_CLEANUP, SANDBOX_TYPE_NONE, limits=none_limits
+                policy, argv, cwd, env, (), (), None, NO_CLEANUP, SANDBOX_TYPE_NONE, limits=none_limits, terminal=terminal
             )
         if self.unavailable_reason is not None:
             raise SandboxUnavailable(self.unavailable_reason)
@@ -383,20 +392,29 @@ class Sandbox:
             SANDBOX_TYPE_LANDLOCK,
             netns_fd=netns_fd,
             limits=command_limits,
+            terminal=terminal,
         )
 
     def _limits_only(
-        self, policy: SandboxPolicy, argv: list[str], cwd: str, env: dict[str, str], limits: ResourceLimits
+        self,
+        policy: SandboxPolicy,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        limits: ResourceLimits,
+        terminal: TerminalRequest | None,
     ) -> LaunchPlan:
-        """An unsandboxed command with limits where there is no PID namespace (a non-root
-        server): the launcher applies the limits and execs, nothing more."""
+        """An unsandboxed command with limits or a terminal where there is no PID namespace
+        (a non-root server): the launcher applies them and execs, nothing more."""
         if self._launcher is None:
-            raise SandboxUnavailable("limits of an unsandboxed command need the sandbox launcher; there is none")
+            what = "a terminal (tty: true)" if terminal is not None else "limits"
+            raise SandboxUnavailable(f"{what} of an unsandboxed command need the sandbox launcher; there is none")
         none_limits = self._limits.prepare(limits)
+        pty_args = terminal.launcher_args() if terminal is not None else []
         return LaunchPlan(
-            [self._launcher.path, *none_limits.launcher_args, "--limits-only", "--", *argv],
+            [self._launcher.path, *pty_args, *none_limits.launcher_args, "--limits-only", "--", *argv],
             dict(env),
-            (),
+            (terminal.fd,) if terminal is not None else (),
             SANDBOX_TYPE_NONE,
             cleanup=none_limits.close,
             policy=policy,
@@ -419,6 +437,7 @@ class Sandbox:
         *,
         netns_fd: int | None = None,
         limits: CommandLimits,
+        terminal: TerminalRequest | None = None,
     ) -> LaunchPlan:
         assert self._launcher is not None  # available / pid_namespace imply a launcher
         cleanup = _both(cleanup, limits)
@@ -440,9 +459,14 @@ class Sandbox:
             self.settings, self.kernel, policy, writable, netns_fd, read_only=read_only, masks=masks, env_fd=env_fd
         )
         pass_fds = (env_fd,) if netns_fd is None else (env_fd, netns_fd)
-        # The limit flags come first: the launcher applies them before anything else.
+        pty_args: list[str] = []
+        if terminal is not None:
+            pass_fds = (*pass_fds, terminal.fd)
+            pty_args = terminal.launcher_args()
+        # The pty flags, then the limit flags come first: the launcher takes them out before
+        # anything else.
         return LaunchPlan(
-            [self._launcher.path, *limits.launcher_args, *policy_args, "--", *argv],
+            [self._launcher.path, *pty_args, *limits.launcher_args, *policy_args, "--", *argv],
             {key: env[key] for key in LAUNCHER_ENV_KEYS if key in env},
             pass_fds,
             sandbox_type,

@@ -8,7 +8,8 @@
  *
  * Usage (the Python side builds the arguments; see exec_server/sandbox/_plan.py):
  *
- *   exec-sandbox-launcher --mode none|readOnly|workspaceWrite [--abi N] [--net 0|1]
+ *   exec-sandbox-launcher [--pty-fd FD --pty-size ROWS:COLS] [limit flags]
+ *                         --mode none|readOnly|workspaceWrite [--abi N] [--net 0|1]
  *                         [--rw PATH]... [--ro PATH]... [--mask PATH]...
  *                         [--mask-file FILE --mask-dir DIR] [--netns-fd FD] [--env-fd FD]
  *                         [--log-new-exec] [--check] -- argv...
@@ -33,6 +34,13 @@
  *                   alive until stdin closes: the server opens /proc/PID/ns/net meanwhile.
  *   --log-new-exec  LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON: audit denials after execve.
  *   --check         apply everything, print "ok" and exit 0 instead of exec (self-test).
+ *   --pty-fd FD     (first of all flags) the command gets a new pseudo-terminal: it opens
+ *                   /dev/ptmx where it runs (in the view: the view's own devpts instance),
+ *                   becomes a session leader with the terminal as its controlling terminal
+ *                   and stdin/stdout/stderr, and sends the master to the server over FD (a
+ *                   unix socket, SCM_RIGHTS). --pty-size is the initial window size. With
+ *                   --limits-only the launcher itself is the command (the server started it
+ *                   in a new session).
  *
  * Three processes, and why:
  *   launcher (the pid the server knows): sets no_new_privs, unshares the namespaces (mount,
@@ -89,7 +97,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #ifndef LAUNCHER_SOURCE_ID
@@ -151,6 +161,21 @@ struct ll_path_beneath_attr {
 #ifndef __NR_pidfd_open
 #define __NR_pidfd_open 434
 #endif
+#ifndef __NR_open_tree
+#define __NR_open_tree 428
+#endif
+#ifndef __NR_move_mount
+#define __NR_move_mount 429
+#endif
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef OPEN_TREE_CLOEXEC
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
 struct mnt_attr {
     uint64_t attr_set;
     uint64_t attr_clr;
@@ -192,6 +217,14 @@ struct options {
     int check;
     char **command;
 };
+
+/* --pty-fd/--pty-size: -1 when the command gets the server's pipes. */
+struct pty_request {
+    int fd;
+    int requested;
+    unsigned short rows, cols;
+};
+static struct pty_request pty = {.fd = -1};
 
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...) {
@@ -363,6 +396,92 @@ static void detach_terminal(void) {
     close(fd);
 }
 
+/* Take the leading --pty-fd FD --pty-size ROWS:COLS out of argv; returns the new argc. */
+static int take_pty_args(int argc, char **argv) {
+    int i = 1;
+    while (i + 1 < argc && (strcmp(argv[i], "--pty-fd") == 0 || strcmp(argv[i], "--pty-size") == 0)) {
+        if (strcmp(argv[i], "--pty-fd") == 0) {
+            pty.fd = (int)parse_number("--pty-fd", argv[i + 1], 3, 1 << 20);
+        } else {
+            char *colon = strchr(argv[i + 1], ':');
+            if (colon == NULL)
+                FAIL("--pty-size wants ROWS:COLS, not '%s'", argv[i + 1]);
+            *colon = '\0';
+            pty.rows = (unsigned short)parse_number("--pty-size", argv[i + 1], 1, 65535);
+            pty.cols = (unsigned short)parse_number("--pty-size", colon + 1, 1, 65535);
+        }
+        i += 2;
+    }
+    if (pty.fd >= 0 && (pty.rows == 0 || fcntl(pty.fd, F_SETFD, FD_CLOEXEC) != 0))
+        FAIL("--pty-fd needs --pty-size and an open fd");
+    pty.requested = pty.fd >= 0;
+    int taken = i - 1;
+    for (int j = i; j <= argc; j++) /* argv[argc] is NULL and moves too */
+        argv[j - taken] = argv[j];
+    return argc - taken;
+}
+
+static void send_fd(int sock, int fd) {
+    char byte = 'M';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) {
+        if (errno != EINTR)
+            die("sendmsg(--pty-fd)");
+    }
+}
+
+/* In the command, where it will run (inside the view when sandboxed, so /dev/ptmx is the
+ * view's own devpts instance): a new pseudo-terminal, this process the leader of a new
+ * session whose controlling terminal it is, its slave as stdin/stdout/stderr, and the
+ * master sent to the server. The slave is opened from the master (TIOCGPTPEER), never by
+ * path, so no other devpts instance can be involved. Only this process (then the command
+ * and what it starts) holds the slave: when the last holder is gone the server's read of
+ * the master fails with EIO, and that is the process's "closed". */
+static void setup_terminal(void) {
+    if (pty.fd < 0)
+        return;
+    int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0)
+        die("open /dev/ptmx");
+    int unlock = 0;
+    if (ioctl(master, TIOCSPTLCK, &unlock) != 0)
+        die("ioctl(TIOCSPTLCK)");
+    struct winsize size = {.ws_row = pty.rows, .ws_col = pty.cols};
+    if (ioctl(master, TIOCSWINSZ, &size) != 0)
+        die("ioctl(TIOCSWINSZ)");
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0)
+        die("ioctl(TIOCGPTPEER)");
+    /* The PID-namespace path forks us from the launcher's group; --limits-only was started
+     * as a session leader already (setsid would fail with EPERM). */
+    if (setsid() < 0 && getsid(0) != getpid())
+        die("setsid");
+    if (ioctl(slave, TIOCSCTTY, 0) != 0)
+        die("ioctl(TIOCSCTTY)");
+    send_fd(pty.fd, master);
+    close(master);
+    close(pty.fd);
+    pty.fd = -1;
+    for (int fd = 0; fd <= 2; fd++) {
+        if (dup2(slave, fd) < 0)
+            die("dup2(terminal)");
+    }
+    if (slave > 2)
+        close(slave);
+}
+
 /* ---- namespaces ---------------------------------------------------------------- */
 
 static void write_file(const char *path, const char *text) {
@@ -522,6 +641,7 @@ static void apply_limits(const struct limits *lim) {
 static int exec_limited(int argc, char **argv) {
     if (argc < 3 || strcmp(argv[1], "--") != 0)
         FAIL("--limits-only wants '-- argv...' and no policy options");
+    setup_terminal();
     execvp(argv[2], argv + 2);
     int saved = errno;
     fprintf(stderr, PROG ": cannot execute '%s': %s\n", argv[2], strerror(saved));
@@ -567,6 +687,65 @@ static void set_mount_attr(const char *path, int flags, uint64_t set, uint64_t c
         die("mount_setattr %s", path);
 }
 
+/* The view's /dev is a new one, like bubblewrap's --dev: the host's holds other sessions'
+ * terminals (/dev/pts/N, /dev/console, /dev/tty1, a serial console), raw disks and the
+ * kernel log, which the read-only view and Landlock's read rights would still let a root
+ * command (uid 0 owns them; no capability needed) open for reading: it could read another
+ * session's keystrokes, or a masked file's blocks off the disk. Here: a tmpfs holding the
+ * memory devices and /dev/tty (bound from the host's nodes: a user namespace cannot mknod),
+ * the usual /proc/self/fd links, a private /dev/shm, and a devpts instance of its own on
+ * /dev/pts with /dev/ptmx pointing into it -- a terminal the command is given (--pty-fd) is
+ * allocated there, so `tty` shows /dev/pts/0 and no host pty is reachable. The tmpfs is made
+ * read-only once filled. */
+static const char *const dev_nodes[] = {"null", "zero", "full", "random", "urandom", "tty", NULL};
+static const char *const dev_links[][2] = {
+    {"fd", "/proc/self/fd"},     {"stdin", "/proc/self/fd/0"}, {"stdout", "/proc/self/fd/1"},
+    {"stderr", "/proc/self/fd/2"}, {"ptmx", "pts/ptmx"},       {NULL, NULL},
+};
+#define DEV_PTS_OPTIONS "newinstance,ptmxmode=0666,mode=0620"
+
+static void build_dev(void) {
+    int nodes[sizeof dev_nodes / sizeof dev_nodes[0]];
+    for (int i = 0; dev_nodes[i]; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/dev/%s", dev_nodes[i]);
+        /* A detached bind mount of the host's node, moved into the new /dev below. */
+        nodes[i] = (int)syscall(__NR_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        if (nodes[i] < 0 && errno != ENOENT)
+            die("open_tree %s", path);
+    }
+    if (mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k") != 0)
+        die("mount /dev");
+    for (int i = 0; dev_nodes[i]; i++) {
+        if (nodes[i] < 0)
+            continue;
+        char path[64];
+        snprintf(path, sizeof path, "/dev/%s", dev_nodes[i]);
+        int fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0666);
+        if (fd < 0)
+            die("create %s", path);
+        close(fd);
+        if (syscall(__NR_move_mount, nodes[i], "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH) != 0)
+            die("move_mount %s", path);
+        close(nodes[i]);
+    }
+    for (int i = 0; dev_links[i][0]; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/dev/%s", dev_links[i][0]);
+        if (symlink(dev_links[i][1], path) != 0)
+            die("symlink %s", path);
+    }
+    if (mkdir("/dev/pts", 0755) != 0 || mkdir(SHM_DIR, 01777) != 0)
+        die("mkdir /dev/pts, " SHM_DIR);
+    if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, DEV_PTS_OPTIONS) != 0)
+        die("mount /dev/pts");
+    /* POSIX shared memory and semaphores (multiprocessing's locks) live in /dev/shm: the
+     * command gets an empty one of its own, as its SysV IPC namespace is its own. */
+    if (mount("tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, SHM_OPTIONS) != 0)
+        die("mount %s", SHM_DIR);
+    set_mount_attr("/dev", 0, MNT_ATTR_RDONLY, 0);
+}
+
 /* bubblewrap's view built in place: the host's tree, made read-only (and nosuid) in one
  * recursive mount_setattr, with the writable roots bound onto themselves first and made
  * writable again, the carve-outs bound again inside them (so they stay read-only), the
@@ -597,11 +776,7 @@ static void build_view(const struct options *opt) {
         set_mount_attr(opt->rw.paths[i], 0, 0, MNT_ATTR_RDONLY);
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) != 0)
         die("mount /proc");
-    /* POSIX shared memory and semaphores (multiprocessing's locks) live in /dev/shm: the
-     * command gets an empty one of its own, as its SysV IPC namespace is its own. */
-    if (exists(SHM_DIR, &st) && S_ISDIR(st.st_mode) &&
-        mount("tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, SHM_OPTIONS) != 0)
-        die("mount %s", SHM_DIR);
+    build_dev();
 }
 /* ---- Landlock ------------------------------------------------------------------ */
 
@@ -668,9 +843,10 @@ static int prepare_landlock(const struct options *opt) {
     for (const char *const *dev = writable_devices; *dev; dev++) {
         /* Memory devices take ioctls too: `ls > /dev/null` asks isatty(), and refusing it
          * would read as a sandbox denial. Not /dev/tty: a terminal's ioctls (TIOCSTI) could
-         * type into the operator's shell. */
+         * type into the operator's shell -- unless the command was given a terminal of its
+         * own (--pty-fd): then /dev/tty is that one (less, vi, sudo reopen it). */
         uint64_t rights = device_rights;
-        if (strcmp(*dev, "/dev/tty") != 0)
+        if (strcmp(*dev, "/dev/tty") != 0 || pty.requested)
             rights |= LL_FS_IOCTL_DEV & handled_fs;
         add_path_rule(ruleset, *dev, rights, 0);
     }
@@ -689,6 +865,11 @@ static void add_view_rules(const struct options *opt, int ruleset) {
     add_path_rule(ruleset, "/proc", LL_FS_MAKE_REG, 0);
     /* The private /dev/shm (the view's own tmpfs) is writable in both modes. */
     add_path_rule(ruleset, SHM_DIR, fs_rights_for_abi(opt->abi), 0);
+    /* A command with a terminal may reopen it (/dev/pts/0) and make more (script, tmux):
+     * the view's devpts is its own instance, no host terminal is in it. */
+    if (pty.requested)
+        add_path_rule(ruleset, "/dev/pts",
+                      (LL_FS_READ_FILE | LL_FS_WRITE_FILE | LL_FS_TRUNCATE | LL_FS_IOCTL_DEV) & fs_rights_for_abi(opt->abi), 0);
 }
 
 static void restrict_self(const struct options *opt, int ruleset) {
@@ -861,12 +1042,16 @@ static void exec_command(const struct options *opt, int ready_fd, int init_pidfd
         /* setns put us at the namespace's root: re-resolve the cwd in the view. */
         if (cwd == NULL || chdir(cwd) != 0)
             die("chdir %s", cwd ? cwd : "(unknown cwd)");
+        if (!opt->check)
+            setup_terminal(); /* in the view: its own devpts, before Landlock applies */
         add_view_rules(opt, ruleset);
         drop_capabilities();
         restrict_self(opt, ruleset);
         if (!opt->network)
             apply_seccomp(opt->abi >= 4);
     }
+    if (opt->mode == MODE_NONE && !opt->check)
+        setup_terminal(); /* unsandboxed: a pty of the host's devpts */
     if (opt->check) {
         printf("ok %s\n", LAUNCHER_SOURCE_ID);
         fflush(stdout);
@@ -1054,6 +1239,8 @@ static int launch(const struct options *opt, char **command_env) {
         close(ready[0]);
         close(alive[1]);
         close(built[0]);
+        if (pty.fd >= 0)
+            close(pty.fd); /* only the command talks to the server about the terminal */
         run_init(opt, ready[1], built[1], alive[0], server_pidfd);
     }
     close(ready[1]);
@@ -1076,6 +1263,8 @@ static int launch(const struct options *opt, char **command_env) {
     if (opt->mode != MODE_NONE)
         close(ready[0]);
     close(init_pidfd);
+    if (pty.fd >= 0)
+        close(pty.fd); /* a command that dies before sending the master: end of file */
     quiet_std_fds();
     int status; /* alive[1] stays open until we exit: the init learns we are gone */
     if (wait_for(command, &status) < 0)
@@ -1112,6 +1301,7 @@ int main(int argc, char **argv) {
     }
     if (argc == 2 && strcmp(argv[1], "--hold-netns") == 0)
         return hold_netns();
+    argc = take_pty_args(argc, argv);
     /* --- limits (begin) --- */
     /* Before the namespaces and the forks: the init, the command and every descendant are
      * inside the cgroups and inherit the rlimits. */
