@@ -17,6 +17,7 @@ import trio
 
 import exec_client
 import protocol as p
+from rawclient import no_leftover_processes  # noqa: F401  (a fixture)
 from fake_server import FAKE_TOKEN, FakeProcessScript, FakeServer, ScriptedProcess, make_events
 from test_cli import exec_client as run_exec_client
 from test_cli import one_line

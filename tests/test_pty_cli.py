@@ -8,6 +8,7 @@ then records the CLI's exit status and ``stty -a`` again. The test types with
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import pwd
@@ -16,7 +17,9 @@ import secrets
 import shlex
 import shutil
 import signal
+import struct
 import sys
+import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
@@ -25,13 +28,15 @@ import psutil
 import pytest
 import trio
 
-from rawclient import cli_env, run_cli_server
+from rawclient import cli_env, no_leftover_processes, run_cli_server  # noqa: F401  (a fixture)
 
 TMUX: Final = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux): no PTY end-to-end tests")
 
 SCREEN_DEADLINE: Final = 20.0
 TEST_DEADLINE: Final = 60
+BASH: Final = ["bash", "--norc", "--noprofile", "-i"]
+PROMPT: Final = r"^pty-test[$#] ?$"  # the remote bash's (PS1 set by the test; capture-pane trims the space)
 _names = itertools.count()
 
 
@@ -120,17 +125,18 @@ class Pane:
             return int(rc.read_text())
         raise AssertionError(f"the CLI did not exit within {deadline}s")
 
-    def terminal_unchanged(self) -> None:
+    def terminal_unchanged(self, *, resized: bool = False) -> None:
         before = (self.workdir / "before").read_text()
         after = (self.workdir / "after").read_text()
+        if resized:  # the window size is the one thing the test itself changed
+            before, after = (re.sub(r"rows \d+; columns \d+;", "", text) for text in (before, after))
         assert "-icanon" not in before and "icanon" in before  # the pane starts cooked
         assert after == before
 
 
-def pane_env(tmp_path: Path, url: str, token: str, marker: str) -> dict[str, str]:
+def pane_env(tmp_path: Path, url: str, token: str) -> dict[str, str]:
     env = cli_env(EXEC_SERVER_URL=url, EXEC_SERVER_TOKEN=token, HOME=str(tmp_path))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["EXEC_PTY_TEST"] = marker  # the remote commands inherit it: find them by it
     return env
 
 
@@ -141,7 +147,10 @@ class Session:
         self.marker = marker
 
     async def run(self, cli_args: list[str], env: dict[str, str]) -> None:
-        await self.tmux.start(self.pane.script(cli_args), env)
+        """The CLI with ``cli_args`` in the pane; the remote commands get the marker."""
+        subcommand, *rest = cli_args
+        marked = [subcommand, "--env", f"EXEC_PTY_TEST={self.marker}", *rest]
+        await self.tmux.start(self.pane.script(marked), env)
 
     async def wait_remote(self, argv: list[str], deadline: float = SCREEN_DEADLINE) -> psutil.Process:
         """The running remote process ``argv`` of this test (found by its environment marker)."""
@@ -156,12 +165,30 @@ class Session:
                 await trio.sleep(0.05)
         raise AssertionError(f"{argv} never ran")
 
+    async def wait_remote_size(self, process: psutil.Process, size: tuple[int, int]) -> None:
+        """Until the remote terminal of ``process`` (its stdin) has ``size``: the resize
+        travels on its own, so a command typed right after it could otherwise overtake it."""
+        with trio.move_on_after(SCREEN_DEADLINE):
+            while _terminal_size(process.pid) != size:
+                await trio.sleep(0.05)
+            return
+        raise AssertionError(f"the remote terminal never got the size {size}: {_terminal_size(process.pid)}")
+
     async def cli_process(self) -> psutil.Process:
         shell = psutil.Process(await self.tmux.pane_pid())
         for child in shell.children():
             if "exec_client" in child.cmdline():
                 return child
         raise AssertionError("the CLI is not running in the pane")
+
+
+def _terminal_size(pid: int) -> tuple[int, int]:
+    fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    finally:
+        os.close(fd)
+    return rows, cols
 
 
 @pytest.fixture
@@ -176,9 +203,9 @@ async def session(tmp_path: Path) -> AsyncIterator[Session]:
 
 async def _bash(session: Session, server: Any, tmp_path: Path, *extra: str) -> None:
     """``exec-client run -t -- bash --norc -i`` in the pane, at its first prompt."""
-    env = pane_env(tmp_path, server.url, server.token, session.marker)
-    await session.run(["run", "-t", *extra, "--", "bash", "--norc", "--noprofile", "-i"], env)
-    await session.tmux.wait_screen(r"[$#] $")
+    env = pane_env(tmp_path, server.url, server.token)
+    await session.run(["run", "-t", "--env", r"PS1=pty-test\$ ", *extra, "--", *BASH], env)
+    await session.tmux.wait_screen(PROMPT)
 
 
 async def _answer(session: Session, command: str, pattern: str) -> re.Match[str]:
@@ -208,14 +235,15 @@ async def test_window_size_at_start_and_on_resize(
 ) -> None:
     with trio.fail_after(TEST_DEADLINE):
         await _bash(session, server, tmp_path)
+        bash = await session.wait_remote(BASH)
         await _answer(session, "stty size", r"^24 80\s*$")
-        await session.tmux.tmux("resize-window", "-t", "main", "-x", "100", "-y", "30")
-        await _answer(session, "stty size", r"^30 100\s*$")
-        await session.tmux.tmux("resize-window", "-t", "main", "-x", "60", "-y", "20")
-        await _answer(session, "stty size", r"^20 60\s*$")
+        for rows, cols in ((30, 100), (20, 60)):
+            await session.tmux.tmux("resize-window", "-t", "main", "-x", str(cols), "-y", str(rows))
+            await session.wait_remote_size(bash, (rows, cols))
+            await _answer(session, "stty size", rf"^{rows} {cols}\s*$")
         await session.tmux.type("exit")
         assert await session.pane.exit_status() == 0
-        session.pane.terminal_unchanged()
+        session.pane.terminal_unchanged(resized=True)
 
 
 async def test_ctrl_c_ctrl_z_and_ctrl_backslash_reach_the_remote_program(
@@ -246,9 +274,9 @@ async def test_ctrl_c_ctrl_z_and_ctrl_backslash_reach_the_remote_program(
 
 async def test_python_repl(session: Session, server: Any, tmp_path: Path, no_leftover_processes: None) -> None:
     with trio.fail_after(TEST_DEADLINE):
-        env = pane_env(tmp_path, server.url, server.token, session.marker)
+        env = pane_env(tmp_path, server.url, server.token)
         await session.run(["run", "-t", "--", sys.executable, "-i", "-q"], env)
-        await session.tmux.wait_screen(r"^>>> $")
+        await session.tmux.wait_screen(r"^>>> ?$")
         await _answer(session, "6*7", r"^42\s*$")
         await _answer(session, "import sys; sys.stdin.isatty()", r"^True\s*$")
         await session.tmux.key("C-d")  # the terminal's EOF ends the REPL
@@ -267,8 +295,9 @@ async def test_full_screen_program(
     text = tmp_path / "story.txt"
     text.write_text("".join(f"line {n} of the story\n" for n in range(1, 101)))
     with trio.fail_after(TEST_DEADLINE):
-        env = pane_env(tmp_path, server.url, server.token, session.marker)
-        await session.run(["run", "-t", "--", *program, str(text)], env)
+        env = pane_env(tmp_path, server.url, server.token)
+        # A short name: vi's file message must fit one line, or it waits for Enter.
+        await session.run(["run", "-t", "--cwd", str(tmp_path), "--", *program, text.name], env)
         await session.tmux.wait_screen(r"^line 1 of the story\s*\n(?:.*\n){20}line 22 of the story")
         screen = await session.tmux.screen()
         assert "line 30 of the story" not in screen  # one screenful: it knows the size
@@ -286,7 +315,7 @@ async def test_a_signal_to_the_cli_ends_the_command_and_restores_the_terminal(
     session: Session, server: Any, tmp_path: Path, no_leftover_processes: None, signum: signal.Signals
 ) -> None:
     with trio.fail_after(TEST_DEADLINE):
-        env = pane_env(tmp_path, server.url, server.token, session.marker)
+        env = pane_env(tmp_path, server.url, server.token)
         await session.run(["run", "-t", "--", "sleep", "100"], env)
         sleeper = await session.wait_remote(["sleep", "100"])
         (await session.cli_process()).send_signal(signum)
@@ -297,7 +326,7 @@ async def test_a_signal_to_the_cli_ends_the_command_and_restores_the_terminal(
 
 
 async def test_dash_t_needs_a_terminal_and_dash_tt_forces_one(server: Any, tmp_path: Path) -> None:
-    env = pane_env(tmp_path, server.url, server.token, "-")
+    env = pane_env(tmp_path, server.url, server.token)
     with trio.fail_after(TEST_DEADLINE):
         refused = await trio.run_process(
             [sys.executable, "-m", "exec_client", "run", "-t", "--", "tty"],
@@ -334,9 +363,9 @@ async def test_run_t_and_shell_on_a_sandboxed_server_started_by_hand(
 ) -> None:
     url, token, cli = user_server
     with trio.fail_after(TEST_DEADLINE):
-        env = pane_env(tmp_path, url, token, session.marker)
+        env = pane_env(tmp_path, url, token)
         await session.run(["shell", "--token-file", str(tmp_path / "server-token")], env)
-        await session.tmux.wait_screen(r"[$#] $")
+        await session.tmux.wait_screen(r"[$#] ?$")
         await _answer(session, "echo $((6*7))", r"^42\s*$")
         await _answer(session, "tty", r"^/dev/pts/\d+\s*$")
         await _answer(session, "pwd", "^" + re.escape(pwd.getpwuid(os.getuid()).pw_dir) + r"\s*$")  # login: home
