@@ -180,8 +180,6 @@ class CodexDialect:
         return await self._files.dispatch(request.method, params)
 
     def _start_params(self, params: c.StartParams) -> p.StartParams:
-        if params.tty:
-            raise ProtocolError(ErrorCode.INVALID_PARAMS, "invalid params: tty: true is not supported by this server (no PTY) @ $.params.tty")
         if params.arg0 is not None and params.arg0 != params.argv[0]:
             raise ProtocolError(
                 ErrorCode.INVALID_PARAMS, "invalid params: an arg0 different from argv[0] is not supported @ $.params.arg0"
@@ -198,7 +196,10 @@ class CodexDialect:
                 cwd=cwd,
                 env=env,
                 inherit_env=False,
+                # Like Codex's own server: with tty the terminal is stdin whatever pipeStdin
+                # says, stdout and stderr merged into stream "pty", Codex's 24x80 size.
                 pipe_stdin=params.pipe_stdin,
+                tty=params.tty,
                 sandbox=policy,
             )
         except (p.FieldError, ValueError) as exc:

@@ -224,6 +224,7 @@ class ManagedProcess:
                 self.terminal.close()
             if self._terminal_channel is not None:
                 self._terminal_channel.close()
+                self._terminal_settled.set()  # a write waiting for the master gives up
             if self._plan.cleanup is not NO_CLEANUP:
                 # Off the event loop: a command can leave 100k files in its temp dir.
                 with trio.CancelScope(shield=True):

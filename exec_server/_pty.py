@@ -107,16 +107,17 @@ class Terminal:
         self._at_line_start = True
 
     def resize(self, size: TerminalSize) -> None:
-        """TIOCSWINSZ: the kernel sends SIGWINCH to the foreground process group."""
+        """TIOCSWINSZ: the kernel sends SIGWINCH to the foreground process group (a no-op
+        once closed)."""
+        if self.fd < 0:
+            return
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, _WINSIZE.pack(size.rows, size.cols, 0, 0))
-
-    def size(self) -> TerminalSize:
-        rows, cols, _x, _y = _WINSIZE.unpack(fcntl.ioctl(self.fd, termios.TIOCGWINSZ, bytes(_WINSIZE.size)))
-        return TerminalSize(rows=rows, cols=cols)
 
     def foreground_group(self) -> int | None:
         """The terminal's foreground process group (our pid namespace), None when there is
         none (the session leader is gone). Never 0: ``killpg(0)`` would signal the server."""
+        if self.fd < 0:
+            return None
         try:
             pgid = os.tcgetpgrp(self.fd)
         except OSError:
@@ -125,6 +126,8 @@ class Terminal:
 
     def session(self) -> int | None:
         """The terminal's session id: the command's pid, which is also its process group."""
+        if self.fd < 0:
+            return None
         try:
             raw = fcntl.ioctl(self.fd, _TIOCGSID, bytes(4))
         except OSError:

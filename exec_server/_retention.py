@@ -67,7 +67,7 @@ class RetainedOutput:
         self._chunks: collections.deque[_Retained] = collections.deque()
         self.retained_bytes = 0
         self._evicted_through_seq = 0
-        self._evicted = {Stream.STDOUT: 0, Stream.STDERR: 0}
+        self._evicted = {Stream.STDOUT: 0, Stream.STDERR: 0, Stream.PTY: 0}
         budget._register(self)
 
     def append(self, seq: int, stream: Stream, data: bytes) -> None:
@@ -96,7 +96,9 @@ class RetainedOutput:
 
     @property
     def evicted_bytes(self) -> StreamBytes:
-        return StreamBytes(stdout=self._evicted[Stream.STDOUT], stderr=self._evicted[Stream.STDERR])
+        return StreamBytes(
+            stdout=self._evicted[Stream.STDOUT], stderr=self._evicted[Stream.STDERR], pty=self._evicted[Stream.PTY]
+        )
 
     @property
     def output_lost(self) -> bool:

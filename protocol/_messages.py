@@ -324,6 +324,8 @@ class ReadParams:
 class StreamBytes:
     stdout: int = 0
     stderr: int = 0
+    # A tty: true process's output (stream "pty"); off the wire at 0, like the PTY seam.
+    pty: int = attrs.field(default=0, metadata={OMIT_IF_DEFAULT: True})
 
 
 @attrs.frozen(kw_only=True)

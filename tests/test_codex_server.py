@@ -244,7 +244,6 @@ async def test_interrupt_is_delivered_and_answered_empty(codex: RawClient, tmp_p
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        ({"tty": True}, "tty"),
         ({"arg0": "other-name"}, "arg0"),
         ({"cwd": "/not/a/uri"}, "file:// URI"),
         ({"cwd": "file://remote-host/x"}, "remote host"),
@@ -257,6 +256,23 @@ async def test_what_we_cannot_honour_is_refused_clearly(codex: RawClient, tmp_pa
         error = await _error(codex, "process/start", params)
     assert error["code"] == -32602 and needle in error["message"], error
     assert codex.events_of("refused") == []
+
+
+async def test_tty_runs_on_a_terminal_its_output_is_stream_pty_and_stdin_is_the_terminal(codex: RawClient, tmp_path: Path) -> None:
+    """Like Codex's own server: stdout and stderr merged as "pty", writes accepted although
+    pipeStdin is false (the terminal is stdin), a 24x80 terminal."""
+    argv = ["sh", "-c", "tty; stty size; echo err >&2; read line; echo got:$line"]
+    with trio.fail_after(TIMEOUT):
+        await _result(codex, "process/start", _start("tty", argv, tmp_path, tty=True, pipeStdin=False))
+        await codex.wait_output("tty", b"err", stream="pty")
+        written = await _result(codex, "process/write", {"processId": "tty", "chunk": base64.b64encode(b"hi\n").decode()})
+        events = await codex.events_for("tty")
+        read = await _result(codex, "process/read", {"processId": "tty", "afterSeq": 0, "maxBytes": None, "waitMs": 0})
+    assert written == {"status": "accepted"}
+    out = output_of(events, "pty")
+    assert out.startswith(b"/dev/pts/") and b"24 80\r\n" in out and b"err\r\n" in out and b"got:hi\r\n" in out
+    assert {e.params["stream"] for e in events if e.kind == "output"} == {"pty"}
+    assert {chunk["stream"] for chunk in read["chunks"]} == {"pty"}
 
 
 async def test_unknown_process_and_unknown_method_use_codex_codes(codex: RawClient) -> None:

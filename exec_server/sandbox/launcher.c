@@ -53,8 +53,9 @@
  *       tree. When it dies the kernel kills every process of the namespace, whatever
  *       setsid or a scrubbed environment did: that is how the server kills a tree. It also
  *       dies when the server dies (it watches a pidfd of the server).
- *   command: restricts itself with Landlock and seccomp and execs the command. Being in a
- *       child Landlock domain it can neither signal nor ptrace the init.
+ *   command: (--pty-fd) takes a new pseudo-terminal as its controlling terminal, restricts
+ *       itself with Landlock and seccomp and execs the command. Being in a child Landlock
+ *       domain it can neither signal nor ptrace the init.
  *
  * Order inside, and why:
  *   1. no_new_privs      required for unprivileged seccomp/Landlock; stops setuid gains.
@@ -63,6 +64,8 @@
  *                        non-root caller writes /proc/self/uid_map mapping only itself.
  *   3. view (init)       mounts, while the init still has CAP_SYS_ADMIN (Landlock would
  *                        forbid changing the mount topology afterwards).
+ *   3b. own terminal     (--pty-fd) in the command once it joined the view, before Landlock
+ *                        and the capability drop: /dev/ptmx is the view's devpts (build_dev).
  *   4. Landlock rules    opened while still privileged (root can open any rule path).
  *   5. capabilities      bounding set and securebits need CAP_SETPCAP: dropped last; the
  *                        uid stays the server's (root stays uid 0, with no capability).
