@@ -530,7 +530,11 @@ class Assembler:
         self._contiguous = boundary - 1
         self._accounted_through = max(self._accounted_through, self._contiguous)
         if result.evicted_bytes is not None:
-            evicted = {Stream.STDOUT: result.evicted_bytes.stdout, Stream.STDERR: result.evicted_bytes.stderr}
+            # A tty process's evicted output (evictedBytes.pty) is lost stdout, as it is kept.
+            evicted = {
+                Stream.STDOUT: result.evicted_bytes.stdout + result.evicted_bytes.pty,
+                Stream.STDERR: result.evicted_bytes.stderr,
+            }
             self._lost = {stream: max(0, evicted[stream] - held_below[stream]) for stream in _STREAMS}
             if any(self._lost.values()):
                 self._output_lost = True

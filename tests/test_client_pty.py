@@ -64,7 +64,7 @@ def test_assembler_counts_evicted_pty_output_as_stdout() -> None:
         retained_from_seq=3,
         sandbox_denied=False,
         last_seq=5,
-        evicted_bytes=p.StreamBytes(stdout=10, stderr=0),
+        evicted_bytes=p.StreamBytes(pty=10),
     )
     done = assembler.read_result(result)
     assert isinstance(done.action, p.Complete)
