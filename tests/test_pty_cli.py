@@ -376,3 +376,40 @@ async def test_run_t_and_shell_on_a_sandboxed_server_started_by_hand(
         assert not Path("/etc/exec-pty-x").exists()
         await session.tmux.wait_screen(r"exec-client: sandbox denied")
 
+
+
+async def test_a_lost_server_ends_the_cli_with_the_terminal_restored(
+    session: Session, user_server: tuple[str, str, Any], tmp_path: Path
+) -> None:
+    url, token, cli = user_server
+    with trio.fail_after(TEST_DEADLINE):
+        env = pane_env(tmp_path, url, token)
+        await session.run(["run", "-t", "--no-resume", "--env", r"PS1=pty-test\$ ", "--", *BASH], env)
+        await session.tmux.wait_screen(PROMPT)
+        bash = await session.wait_remote(BASH)
+        await _answer(session, "echo $((6*7))", r"^42\s*$")
+        cli.process.kill()  # the connection drops without a close frame
+        assert await session.pane.exit_status() == 255
+        session.pane.terminal_unchanged()
+        await session.tmux.wait_screen(r"^exec-client: failure: connection lost")
+        with trio.move_on_after(SCREEN_DEADLINE):
+            while bash.is_running() and bash.status() != psutil.STATUS_ZOMBIE:
+                await trio.sleep(0.05)
+        assert not bash.is_running() or bash.status() == psutil.STATUS_ZOMBIE, "the remote shell outlived its server"
+
+
+async def test_shell_without_a_terminal_reads_commands_from_stdin(
+    user_server: tuple[str, str, Any], tmp_path: Path
+) -> None:
+    url, token, _cli = user_server
+    with trio.fail_after(TEST_DEADLINE):
+        done = await trio.run_process(
+            [sys.executable, "-m", "exec_client", "shell"],
+            env=pane_env(tmp_path, url, token),
+            stdin=b"echo $((6*7)); [ -t 0 ] || echo no-tty; exit 6\n",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    # (stderr may hold what the login profile says about the read-only sandbox)
+    assert (done.returncode, done.stdout) == (6, b"42\nno-tty\n"), done.stderr
