@@ -5,11 +5,12 @@ chunks arrive, forwards our stdin when it is not a terminal (``-n``: never), and
 with the command's exit code (a signal's ``128+N`` is what ``exitCode`` already holds).
 ``--json`` prints exactly one record, a failure to start included. ``ps`` and ``kill``
 act on the processes of a session (``--session``, e.g. the ``sessionId`` of a ``--json``
-record). ``run -t`` gives the command a remote pseudo-terminal, ours in raw mode, like
-``ssh -t``; ``shell`` is the server user's login shell that way (see ``_run_tty``). Exit
-statuses: 255 connection/auth failure or a record with ``failure``; 127/126
+record). Exit statuses: 255 connection/auth failure or a record with ``failure``; 127/126
 program missing / not executable; 125 the working directory is missing; 141 our stdout
 closed (``| head``); 2 usage errors.
+
+``run -t`` gives the command a remote pseudo-terminal, ours in raw mode, like ``ssh -t``;
+``shell`` is the server user's login shell that way (see ``_run_tty``).
 
 Imports are deferred to the code that needs them: a build tool calls this once per
 command, and interpreter start-up is most of its cost.
