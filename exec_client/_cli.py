@@ -596,6 +596,7 @@ async def _run_tty(client: Client, args: argparse.Namespace, command: list[str])
         try:
             if terminal is not None:
                 terminal.enter_raw()
+                _stderr_newline("\r\n")
             async with anyio.create_task_group() as group:
                 group.start_soon(_forward_tty_signals, handle, received, signalled, group.cancel_scope)
                 if size is not None:
@@ -612,6 +613,7 @@ async def _run_tty(client: Client, args: argparse.Namespace, command: list[str])
                 group.cancel_scope.cancel()
         finally:
             if terminal is not None:
+                _stderr_newline(None)
                 terminal.restore()
     if broken_pipe:
         return EXIT_BROKEN_PIPE
@@ -624,6 +626,15 @@ async def _run_tty(client: Client, args: argparse.Namespace, command: list[str])
         return 128 + signalled[0]
     _report(record)
     return _exit_code(record)
+
+
+def _stderr_newline(newline: str | None) -> None:
+    """Our own notes while the terminal is raw (a resume, say) end in "\\r\\n": raw mode
+    turns off the output processing that would add the carriage return."""
+    reconfigure = getattr(sys.stderr, "reconfigure", None)
+    if reconfigure is not None:
+        sys.stderr.flush()
+        reconfigure(newline=newline)
 
 
 def _fresh_line() -> None:

@@ -29,6 +29,7 @@ import pytest
 import trio
 
 from rawclient import cli_env, no_leftover_processes, run_cli_server  # noqa: F401  (a fixture)
+from test_delivery_support import StallProxy
 
 TMUX: Final = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux): no PTY end-to-end tests")
@@ -341,6 +342,25 @@ async def test_dash_t_needs_a_terminal_and_dash_tt_forces_one(server: Any, tmp_p
     assert forced.returncode == 5, forced.stderr
     assert re.fullmatch(rb"/dev/pts/\d+\r\n", forced.stdout), forced.stdout
     assert forced.stderr == b""
+
+
+async def test_a_cut_connection_is_resumed_under_the_terminal(
+    session: Session, server: Any, tmp_path: Path, nursery: trio.Nursery, no_leftover_processes: None
+) -> None:
+    proxy = await nursery.start(StallProxy(int(server.url.rsplit(":", 1)[1])).serve)
+    with trio.fail_after(TEST_DEADLINE):
+        env = pane_env(tmp_path, f"ws://127.0.0.1:{proxy.port}", server.token)
+        await session.run(["run", "-t", "--env", r"PS1=pty-test\$ ", "--", *BASH], env)
+        await session.tmux.wait_screen(PROMPT)
+        await _answer(session, "echo $((6*7))", r"^42\s*$")
+        proxy.cut()
+        # The notice is a line of its own even in raw mode ("\r\n"), and the shell goes on.
+        await session.tmux.wait_screen(r"^exec-client: session \S+ resumed on a new connection")
+        await _answer(session, "echo again-$((6*7))", r"^again-42\s*$")
+        await session.tmux.type("exit 9")
+        assert await session.pane.exit_status() == 9
+        session.pane.terminal_unchanged()
+    assert proxy.accepted == 2
 
 
 # --- against a server started the way a user starts one --------------------------------------
