@@ -141,6 +141,17 @@ async def test_an_interactive_bash_has_job_control_and_computes(client: RawClien
     assert exited_of(events)["exitCode"] == 3
 
 
+async def test_a_python_repl_reads_and_prints_through_the_terminal(client: RawClient) -> None:
+    with trio.fail_after(15):
+        await client.start("py", [PY, "-i", "-q"], tty=True, env={"PYTHONSTARTUP": "", "TERM": "dumb"})
+        await client.wait_output("py", b">>> ", "pty")
+        await type_(client, "py", b"6 * 7\n")
+        await client.wait_output("py", b"\r\n42\r\n>>> ", "pty")
+        await type_(client, "py", b"", eof=True)  # ^D at the prompt leaves the REPL
+        events = await client.events_for("py")
+    assert exited_of(events)["exitCode"] == 0
+
+
 async def _wait_for_child(client: RawClient, process_id: str, name: str) -> int:
     """The pid of the command's descendant called ``name`` (polls /proc: there is no event for it)."""
     pid = next(p["pid"] for p in (await client.call("process/list"))["processes"] if p["processId"] == process_id)
@@ -351,7 +362,8 @@ async def test_a_sandboxed_tty_session_has_its_own_devpts_and_its_denials_are_re
     server = await start_server(sandbox=SandboxSettings(default_mode=SandboxMode.WORKSPACE_WRITE, audit_denials=audit))
     if not server.server.sandbox.available:
         pytest.skip(f"no kernel sandbox here: {server.server.sandbox.unavailable_reason}")
-    script = "tty; ls -1 /dev/pts; test -t 0 && test -t 1 && echo ttys; touch /etc/x"
+    # /dev/tty is the command's own terminal, ioctls included (less, vi, sudo reopen it).
+    script = "tty; ls -1 /dev/pts; test -t 0 && test -t 1 && echo ttys; stty -F /dev/tty size; touch /etc/x"
     with trio.fail_after(20):
         async with open_raw_client(server.url, server.token) as raw:
             await raw.initialize()
@@ -360,7 +372,7 @@ async def test_a_sandboxed_tty_session_has_its_own_devpts_and_its_denials_are_re
             piped = exited_of(await raw.run("piped", ["touch", "/etc/x"], cwd=str(workspace)))
     assert result["sandboxType"] == "landlock"
     out = output_of(events, "pty")
-    assert out.startswith(b"/dev/pts/0\r\n0\r\nptmx\r\nttys\r\n"), out
+    assert out.startswith(b"/dev/pts/0\r\n0\r\nptmx\r\nttys\r\n24 80\r\n"), out
     assert b"/etc/x" in out and not os.path.exists("/etc/x")
     exited = exited_of(events)
     assert exited["exitCode"] != 0 and exited["sandboxDenied"] is True, exited
@@ -402,7 +414,7 @@ async def test_a_sandboxed_command_cannot_reach_a_host_terminal(
 
 
 @contextlib.asynccontextmanager
-async def tester_server(home: Path) -> AsyncIterator[tuple[str, str]]:
+async def serve_as_the_test_user(home: Path) -> AsyncIterator[tuple[str, str]]:
     """``exec-server serve`` run by the non-root test user (as tests/test_sandbox_view.py
     does it); yields its URL and token."""
     site = _copy_for_the_test_user(home)
@@ -445,7 +457,7 @@ async def test_a_non_root_server_gives_terminals_sandboxed_and_not(no_leftover_p
         workspace = Path(name)
         os.chown(workspace, entry.pw_uid, entry.pw_gid)
         with trio.fail_after(120):
-            async with tester_server(home) as (url, token), open_raw_client(url, token) as raw:
+            async with serve_as_the_test_user(home) as (url, token), open_raw_client(url, token) as raw:
                 init = await raw.initialize()
                 assert init["capabilities"]["pty"] is True
                 script = "tty; id -u; stty size; touch ok && echo wrote; touch /etc/x"

@@ -1228,8 +1228,18 @@ static int launch(const struct options *opt, char **command_env) {
     struct sigaction sa = {.sa_handler = ignore_signal, .sa_flags = SA_RESTART};
     sigemptyset(&sa.sa_mask);
     const int caught[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM};
-    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++)
+    /* Blocked until the command exists: a signal the server sends the group before the
+     * fork (its start answer goes out once this program runs) is forwarded to the command
+     * below instead of being swallowed here; one sent between the fork and the command's
+     * reset_signals() waits there, blocked, and then takes its default action. */
+    sigset_t forwarded, previous;
+    sigemptyset(&forwarded);
+    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++) {
         sigaction(caught[i], &sa, NULL);
+        sigaddset(&forwarded, caught[i]);
+    }
+    if (sigprocmask(SIG_BLOCK, &forwarded, &previous) != 0)
+        die("sigprocmask");
     enter_pid_namespace();
     int ready[2], alive[2], built[2];
     if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(alive, O_CLOEXEC) != 0 ||
@@ -1263,6 +1273,14 @@ static int launch(const struct options *opt, char **command_env) {
         close(built[0]);
         exec_command(opt, ready[0], init_pidfd, command_env, command_cwd);
     }
+    sigset_t pending;
+    if (sigpending(&pending) == 0) {
+        for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++) {
+            if (sigismember(&pending, caught[i]) == 1)
+                kill(command, caught[i]);
+        }
+    }
+    sigprocmask(SIG_SETMASK, &previous, NULL); /* what is pending here now meets the handler */
     if (opt->mode != MODE_NONE)
         close(ready[0]);
     close(init_pidfd);
