@@ -311,7 +311,7 @@ async def test_full_screen_program(
         session.pane.terminal_unchanged()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_to_the_cli_ends_the_command_and_restores_the_terminal(
     session: Session, server: Any, tmp_path: Path, no_leftover_processes: None, signum: signal.Signals
 ) -> None:
@@ -320,7 +320,8 @@ async def test_a_signal_to_the_cli_ends_the_command_and_restores_the_terminal(
         await session.run(["run", "-t", "--", "sleep", "100"], env)
         sleeper = await session.wait_remote(["sleep", "100"])
         (await session.cli_process()).send_signal(signum)
-        # The remote command got it (SIGHUP: our terminal hung up; SIGTERM: terminated).
+        # The remote command got it (SIGHUP: our terminal hung up; SIGTERM: terminated;
+        # SIGINT, which raw mode never makes of a key: an interrupt of its foreground job).
         assert await session.pane.exit_status() == 128 + signum
         assert not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE
         session.pane.terminal_unchanged()
@@ -433,3 +434,21 @@ async def test_shell_without_a_terminal_reads_commands_from_stdin(
         )
     # (stderr may hold what the login profile says about the read-only sandbox)
     assert (done.returncode, done.stdout) == (6, b"42\nno-tty\n"), done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the server as the test user")
+async def test_shell_is_the_login_shell_of_the_servers_user(session: Session, tmp_path: Path) -> None:
+    from test_pty_server import TEST_USER, _user_exists, serve_as_the_test_user
+
+    if not _user_exists(TEST_USER) or not os.path.exists("/usr/bin/python3"):
+        pytest.skip(f"needs a user {TEST_USER!r} (useradd -m {TEST_USER}) and /usr/bin/python3")
+    entry = pwd.getpwnam(TEST_USER)
+    with trio.fail_after(120):
+        async with serve_as_the_test_user(Path(entry.pw_dir)) as (url, token):
+            await session.run(["shell", "--sandbox", "readOnly"], pane_env(tmp_path, url, token))
+            await session.tmux.wait_screen(r"[$#] ?$")
+            # Its passwd shell as a login shell, as that user, in that user's home, on a terminal.
+            await _answer(session, 'echo "$0:$(id -un):$PWD"; tty', rf"^{re.escape(entry.pw_shell)}:{TEST_USER}:{re.escape(entry.pw_dir)}\s*\n/dev/pts/\d+\s*$")
+            await session.tmux.type("exit 7")
+            assert await session.pane.exit_status() == 7
+            session.pane.terminal_unchanged()
