@@ -595,8 +595,11 @@ async def _run_tty(client: Client, args: argparse.Namespace, command: list[str])
         terminal = RawTerminal(sys.stdin.fileno()) if raw else None
         try:
             if terminal is not None:
-                terminal.enter_raw()
-                _stderr_newline("\r\n")
+                try:
+                    terminal.enter_raw()
+                    _stderr_newline("\r\n")
+                except OSError as exc:  # as ssh does: say so, and go on with the terminal as it is
+                    _note(str(exc))
             async with anyio.create_task_group() as group:
                 group.start_soon(_forward_tty_signals, handle, received, signalled, group.cancel_scope)
                 if size is not None:

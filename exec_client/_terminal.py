@@ -88,7 +88,7 @@ class RawTerminal:
     ``__enter__`` saves the attributes and switches to raw mode; ``restore()`` (also on
     ``__exit__``, whatever ended the block) puts the saved attributes back, waiting until
     our output has been written (TCSADRAIN) and keeping any typed-ahead input. It is
-    idempotent, so a signal path and the normal path may both call it.
+    idempotent, so an error path and the normal path may both call it.
 
     Raises (on enter):
         OSError: ``fd`` is not a terminal.
@@ -104,11 +104,10 @@ class RawTerminal:
         return self._lifecycle.state
 
     def enter_raw(self) -> None:
-        """Save the attributes and switch to raw mode (``termios.error`` is an ``OSError``)."""
+        """Save the attributes and switch to raw mode (``termios.error`` becomes an ``OSError``)."""
         try:
             saved = termios.tcgetattr(self.fd)
-            # The target mode is set before the change: a signal handler that restores
-            # between the two lines then finds RAW and puts the saved attributes back.
+            # RAW before the change, so that whatever interrupts it finds something to restore.
             self._saved = saved
             self._lifecycle.move(TerminalMode.RAW)
             termios.tcsetattr(self.fd, termios.TCSADRAIN, raw_attributes(saved))
