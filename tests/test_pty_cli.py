@@ -1,6 +1,6 @@
 """``exec-client run -t`` and ``exec-client shell`` end to end: the real CLI in a real terminal.
 
-Each test starts a private tmux server (its own ``-L`` socket, killed afterwards) whose one
+Each terminal test starts a private tmux server (its own ``-L`` socket, killed afterwards) whose one
 pane runs a small sh script: it records ``stty -a``, runs the CLI against a real server,
 then records the CLI's exit status and ``stty -a`` again. The test types with
 ``send-keys`` and reads the screen with ``capture-pane``, polling it against a deadline.
@@ -32,13 +32,17 @@ from rawclient import cli_env, no_leftover_processes, run_cli_server  # noqa: F4
 from test_delivery_support import StallProxy
 
 TMUX: Final = shutil.which("tmux")
-pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux): no PTY end-to-end tests")
 
 SCREEN_DEADLINE: Final = 20.0
 TEST_DEADLINE: Final = 60
 BASH: Final = ["bash", "--norc", "--noprofile", "-i"]
 PROMPT: Final = r"^pty-test[$#] ?$"  # the remote bash's (PS1 set by the test; capture-pane trims the space)
 _names = itertools.count()
+
+
+def _outside_tmux(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the variables by which tmux refuses to nest (pytest may run in tmux)."""
+    return {k: v for k, v in env.items() if k not in ("TMUX", "TMUX_PANE")}
 
 
 class Tmux:
@@ -48,6 +52,7 @@ class Tmux:
         assert TMUX is not None
         self.workdir = workdir
         self._base = [TMUX, "-L", f"exec-pty-{os.getpid()}-{next(_names)}-{secrets.token_hex(3)}", "-f", os.devnull]
+        self._env = _outside_tmux(dict(os.environ))
 
     async def tmux(self, *args: str, check: bool = True) -> str:
         done = await trio.run_process(
@@ -59,7 +64,7 @@ class Tmux:
 
     async def start(self, script: str, env: dict[str, str]) -> None:
         """Run ``script`` (sh) as the pane's program, in an 80x24 window."""
-        self._env = {k: v for k, v in env.items() if k not in ("TMUX", "TMUX_PANE")}
+        self._env = _outside_tmux(env)
         path = self.workdir / "pane.sh"
         path.write_text(script)
         await self.tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "main", f"sh {shlex.quote(str(path))}")
@@ -194,6 +199,8 @@ def _terminal_size(pid: int) -> tuple[int, int]:
 
 @pytest.fixture
 async def session(tmp_path: Path) -> AsyncIterator[Session]:
+    if TMUX is None:
+        pytest.skip("tmux is not installed (apt-get install tmux): no terminal to drive the CLI in")
     tmux = Tmux(tmp_path)
     try:
         yield Session(tmux, Pane(tmp_path), secrets.token_hex(8))
