@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     stdin = run.add_mutually_exclusive_group()
     stdin.add_argument("-n", "--no-stdin", action="store_true", help="never forward our stdin (the command reads EOF)")
     stdin.add_argument("--stdin", action="store_true", help="forward our stdin even when it is a terminal")
-    _add_tty_option(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
+    _add_tty_option(run)
     _add_shell_parser(commands)
     ps = commands.add_parser("ps", help="list the processes of a session (takes the session over)")
     _add_connection_options(ps)
@@ -440,34 +440,6 @@ async def _run_command(client: Client, args: argparse.Namespace, command: list[s
     return _exit_code(record)
 
 
-async def _ps(args: argparse.Namespace) -> int:
-    async with _open(args, _url(args), session_id=args.session) as client:
-        listed = await client.list()
-        await client.detach()  # the session stays (detached, for its TTL) rather than ending
-    for entry in listed:
-        sys.stdout.write(f"{entry.process_id}\t{entry.pid}\t{entry.state.value}\t{' '.join(entry.argv)}\n")
-    sys.stdout.flush()
-    return 0
-
-
-async def _kill(args: argparse.Namespace) -> int:
-    import protocol as p
-
-    async with _open(args, _url(args), session_id=args.session) as client:
-        if args.signal == "terminate":
-            result: p.TerminateResult = await client.call(p.TerminateParams(process_id=args.process_id, grace_ms=2000))
-            running = result.running
-        else:
-            signalled: p.SignalResult = await client.call(
-                p.SignalParams(process_id=args.process_id, signal=p.SignalName(args.signal))
-            )
-            running = signalled.delivered
-        await client.detach()
-    if not running:
-        _note(f"{args.process_id} was not running")
-    return 0
-
-
 # --- run -t and shell: a remote pseudo-terminal, like ssh -t ---------------------------------
 
 # SIGTERM/SIGHUP to the CLI in tty mode: the remote command gets the signal, and this long
@@ -711,6 +683,34 @@ async def _stream_terminal(handle: ProcessHandle) -> None:
                 raise _BrokenPipe from None
     except OutputOverrun as exc:
         _note(str(exc))
+
+async def _ps(args: argparse.Namespace) -> int:
+    async with _open(args, _url(args), session_id=args.session) as client:
+        listed = await client.list()
+        await client.detach()  # the session stays (detached, for its TTL) rather than ending
+    for entry in listed:
+        sys.stdout.write(f"{entry.process_id}\t{entry.pid}\t{entry.state.value}\t{' '.join(entry.argv)}\n")
+    sys.stdout.flush()
+    return 0
+
+
+async def _kill(args: argparse.Namespace) -> int:
+    import protocol as p
+
+    async with _open(args, _url(args), session_id=args.session) as client:
+        if args.signal == "terminate":
+            result: p.TerminateResult = await client.call(p.TerminateParams(process_id=args.process_id, grace_ms=2000))
+            running = result.running
+        else:
+            signalled: p.SignalResult = await client.call(
+                p.SignalParams(process_id=args.process_id, signal=p.SignalName(args.signal))
+            )
+            running = signalled.delivered
+        await client.detach()
+    if not running:
+        _note(f"{args.process_id} was not running")
+    return 0
+
 
 def _spawn_exit(exc: SpawnFailed, command: list[str], cwd: str | None) -> tuple[int, str]:
     import errno

@@ -23,12 +23,12 @@ class ServerInfo:
     lossless: bool
     release: bool
     binary_output: bool
+    # capabilities.pty: process/start tty: true and process/resize work (defaulted, so
+    # that a ServerInfo made without it — another dialect's — says no terminals).
+    pty: bool = False
     sandbox: dict[str, Any]
     limits: dict[str, Any]
     resumed: bool
-    # capabilities.pty: process/start tty: true and process/resize work (a later field,
-    # defaulted so that older constructions of ServerInfo still hold).
-    pty: bool = False
 
     @property
     def detached_session_ttl_ms(self) -> int | None:
@@ -58,10 +58,10 @@ class ServerInfo:
             lossless=capabilities.get("lossless") is True,
             release=capabilities.get("release") is True,
             binary_output=capabilities.get("binaryOutput") is True,
+            pty=capabilities.get("pty") is True,
             sandbox=sandbox if isinstance(sandbox, dict) else {},
             limits=limits if isinstance(limits, dict) else {},
             resumed=raw.get("resumed") is True,
-            pty=capabilities.get("pty") is True,
         )
 
 
