@@ -21,7 +21,7 @@ import anyio.from_thread
 
 import protocol as p
 
-from ._arguments import Command, StdinSource, TerminalSizeArg
+from ._arguments import Command, StdinSource
 from ._client import Client, ClientState, open_client
 from ._handle import HandleState, OutputCallback, ProcessHandle
 from ._info import ListedProcess, ServerInfo
@@ -186,7 +186,7 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         tty: bool = False,
-        size: TerminalSizeArg | None = None,
+        size: p.TerminalSize | tuple[int, int] | None = None,
     ) -> p.TerminalRecord:
         """``Client.run`` (same arguments): run to completion; Ctrl-C terminates the remote process."""
         return self._loop.call(
@@ -225,7 +225,7 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         tty: bool = False,
-        size: TerminalSizeArg | None = None,
+        size: p.TerminalSize | tuple[int, int] | None = None,
     ) -> SyncProcessHandle:
         """``Client.start`` (same arguments): start and return a handle at once."""
         handle = self._loop.call(
