@@ -459,3 +459,20 @@ async def test_shell_is_the_login_shell_of_the_servers_user(session: Session, tm
             await session.tmux.type("exit 7")
             assert await session.pane.exit_status() == 7
             session.pane.terminal_unchanged()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.parametrize(("shell_env", "expected"), [({"SHELL": "/bin/bash"}, "/bin/bash"), ({}, "/bin/sh")])
+def test_the_login_shell_of_a_user_without_a_passwd_entry(shell_env: dict[str, str], expected: str) -> None:
+    """Without a passwd entry (getent finds nothing) ``shell`` falls back to $SHELL, then /bin/sh."""
+    import subprocess
+
+    from exec_client._cli import _login_shell_command
+
+    assert pwd.getpwall() and all(entry.pw_uid != 4242 for entry in pwd.getpwall())
+    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", **shell_env}
+    done = subprocess.run(
+        ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", *_login_shell_command(None)],
+        input=b'echo "$0 $(id -u) $PWD"\n', capture_output=True, env=env, cwd="/", timeout=30, check=False,
+    )
+    assert (done.returncode, done.stdout.decode()) == (0, f"{expected} 4242 /tmp\n"), done.stderr
