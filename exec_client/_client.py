@@ -170,14 +170,6 @@ class Client:
     def session_id(self) -> str:
         return self.info.session_id
 
-    def _usable_info(self) -> ServerInfo:
-        """``info``, or the one error of a session that is over (as ``_new_handle`` raises)."""
-        if self.state is ClientState.LOST:
-            raise ConnectionLost(self._failure or "session lost")
-        if self.state is ClientState.CLOSED or self._info is None:
-            raise ConnectionLost("client closed")
-        return self._info
-
     @property
     def state(self) -> ClientState:
         return self._lifecycle.state
@@ -432,6 +424,14 @@ class Client:
             self._task_group.start_soon(self._release, handle.process_id)
 
     # --- requests ----------------------------------------------------------------------
+
+    def _usable_info(self) -> ServerInfo:
+        """``info``, or the one error of a session that is over (as ``_new_handle`` raises)."""
+        if self.state is ClientState.LOST:
+            raise ConnectionLost(self._failure or "session lost")
+        if self.state is ClientState.CLOSED or self._info is None:
+            raise ConnectionLost("client closed")
+        return self._info
 
     def _new_handle(
         self,
