@@ -669,7 +669,7 @@ async def _stream_terminal(handle: ProcessHandle) -> None:
     turned "\\n" into "\\r\\n"; our terminal is raw, so it adds nothing).
 
     Raises:
-        _BrokenPipe: our stdout's reader went away.
+        _BrokenPipe: our stdout's reader went away, or our terminal did (EIO after a hangup).
     """
     from ._errors import OutputOverrun
 
@@ -679,7 +679,7 @@ async def _stream_terminal(handle: ProcessHandle) -> None:
             try:
                 out.write(chunk.chunk)
                 out.flush()
-            except BrokenPipeError:
+            except OSError:  # EPIPE, or EIO from a terminal that is gone
                 raise _BrokenPipe from None
     except OutputOverrun as exc:
         _note(str(exc))

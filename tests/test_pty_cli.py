@@ -110,9 +110,11 @@ class Pane:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
 
-    def script(self, cli_args: list[str]) -> str:
+    def script(self, cli_args: list[str], *, stderr_to_file: bool = False) -> str:
         cli = shlex.join([sys.executable, "-m", "exec_client", *cli_args])
         d = shlex.quote(str(self.workdir))
+        if stderr_to_file:  # what the CLI says where the test can read it after the pane is gone
+            cli += f" 2> {d}/stderr"
         return (
             f"stty -a > {d}/before\n"
             f"{cli}\n"
@@ -152,11 +154,11 @@ class Session:
         self.pane = pane
         self.marker = marker
 
-    async def run(self, cli_args: list[str], env: dict[str, str]) -> None:
+    async def run(self, cli_args: list[str], env: dict[str, str], *, stderr_to_file: bool = False) -> None:
         """The CLI with ``cli_args`` in the pane; the remote commands get the marker."""
         subcommand, *rest = cli_args
         marked = [subcommand, "--env", f"EXEC_PTY_TEST={self.marker}", *rest]
-        await self.tmux.start(self.pane.script(marked), env)
+        await self.tmux.start(self.pane.script(marked, stderr_to_file=stderr_to_file), env)
 
     async def wait_remote(self, argv: list[str], deadline: float = SCREEN_DEADLINE) -> psutil.Process:
         """The running remote process ``argv`` of this test (found by its environment marker)."""
@@ -332,6 +334,35 @@ async def test_a_signal_to_the_cli_ends_the_command_and_restores_the_terminal(
         assert await session.pane.exit_status() == 128 + signum
         assert not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE
         session.pane.terminal_unchanged()
+
+
+async def test_a_closed_terminal_ends_the_cli_and_the_remote_command(
+    session: Session, server: Any, tmp_path: Path, no_leftover_processes: None
+) -> None:
+    with trio.fail_after(TEST_DEADLINE):
+        env = pane_env(tmp_path, server.url, server.token)
+        ticker = ["sh", "-c", "while :; do echo tick; sleep 0.05; done"]
+        await session.run(["run", "-t", "--", *ticker], env, stderr_to_file=True)
+        remote = await session.wait_remote(ticker)
+        await session.tmux.wait_screen(r"^tick")
+        cli = await session.cli_process()
+        await session.tmux.kill()  # the window closes: SIGHUP, and writes to it fail (EIO)
+        with trio.move_on_after(SCREEN_DEADLINE):
+            while _alive(cli) or _alive(remote):
+                await trio.sleep(0.05)
+        assert not _alive(cli), "the CLI outlived its terminal"
+        assert not _alive(remote), "the remote command outlived the CLI's terminal"
+    # It left quietly: the hangup was forwarded, and a write to the dead terminal (EIO) is
+    # the end of our screen, not a crash.
+    said = (tmp_path / "stderr").read_text()
+    assert "Traceback" not in said and "Error" not in said, said
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def test_dash_t_needs_a_terminal_and_dash_tt_forces_one(server: Any, tmp_path: Path) -> None:
