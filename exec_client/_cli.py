@@ -592,15 +592,18 @@ async def _run_tty(client: Client, args: argparse.Namespace, command: list[str])
                 terminal.restore()
     if broken_pipe:
         return EXIT_BROKEN_PIPE
-    if record is None or record.failure is not None:
-        # The command did not end by itself: our notes start a line of their own, not
-        # after whatever the remote program left at the cursor (its prompt).
-        _fresh_line()
-    if record is None:  # SIGTERM/SIGHUP and the record did not come in time
-        _note(f"{signal.Signals(signalled[0]).name}: left without the command's record")
-        return 128 + signalled[0]
-    _report(record)
-    return _exit_code(record)
+    try:
+        if record is None or record.failure is not None:
+            # The command did not end by itself: our notes start a line of their own, not
+            # after whatever the remote program left at the cursor (its prompt).
+            _fresh_line()
+        if record is None:  # SIGTERM/SIGHUP and the record did not come in time
+            _note(f"{signal.Signals(signalled[0]).name}: left without the command's record")
+        else:
+            _report(record)
+    except OSError:
+        pass  # our terminal is gone (a hangup): there is nobody to tell
+    return 128 + signalled[0] if record is None else _exit_code(record)
 
 
 def _stderr_newline(newline: str | None) -> None:
