@@ -266,6 +266,8 @@ class ManagedProcess:
             if not data:
                 self._mark_eof(source)
                 return
+            if source.stream is Stream.PTY:
+                data = _read_more(fd, data)
             await self._emit_output(source.stream, data)
             # A fast producer keeps the pipe readable and delivery may not wait: without a
             # checkpoint this loop would hold the event loop for the whole flood.
@@ -554,6 +556,23 @@ async def wait_closed(processes: Iterable[ManagedProcess], timeout: float) -> No
     with trio.move_on_after(timeout):
         for process in processes:
             await process.closed_event.wait()
+
+
+def _read_more(fd: int, first: bytes) -> bytes:
+    """A terminal's master hands out at most a few KiB per read (the line discipline's
+    buffer): gather what is there already, up to READ_CHUNK_BYTES, into one event."""
+    parts = [first]
+    size = len(first)
+    while size < READ_CHUNK_BYTES:
+        try:
+            more = os.read(fd, READ_CHUNK_BYTES - size)
+        except OSError:  # EAGAIN, or EIO (the next read in the pump sees it again)
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _close_quietly(fd: int) -> None:

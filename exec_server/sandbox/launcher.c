@@ -1140,7 +1140,7 @@ static void supervise(int launcher_fd, int server_pidfd) {
 /* Build the namespaces and the view, tell the command (one byte on ready_fd; end of file
  * without it means setup failed), drop every capability, then supervise. */
 static void run_init(const struct options *opt, int ready_fd, int built_fd, int launcher_fd,
-                     int server_pidfd) {
+                     int server_pidfd, int released_fd) {
     sigset_t set;
     init_signal_set(&set);
     if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
@@ -1152,6 +1152,7 @@ static void run_init(const struct options *opt, int ready_fd, int built_fd, int 
     /* Neither the init nor the launcher holds the command's stdio: EOF on stdout means the
      * command's tree let go of it, and a command that closes stdin sees writes fail. */
     quiet_std_fds();
+    close(released_fd);
     /* The launcher learns the view was built: a command killed before this byte was
      * killed by this process's failed setup (the init's exit takes the namespace down). */
     char built = 1;
@@ -1241,9 +1242,12 @@ static int launch(const struct options *opt, char **command_env) {
     if (sigprocmask(SIG_BLOCK, &forwarded, &previous) != 0)
         die("sigprocmask");
     enter_pid_namespace();
-    int ready[2], alive[2], built[2];
+    /* released: the command starts once this process and the init let go of its stdio (end
+     * of file there), so only the command's tree holds it: a command that closes its stdin
+     * sees the server's next write fail, whichever process the scheduler ran first. */
+    int ready[2], alive[2], built[2], released[2];
     if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(alive, O_CLOEXEC) != 0 ||
-        pipe2(built, O_CLOEXEC | O_NONBLOCK) != 0)
+        pipe2(built, O_CLOEXEC | O_NONBLOCK) != 0 || pipe2(released, O_CLOEXEC) != 0)
         die("pipe2");
     pid_t init = fork(); /* PID 1 of the new namespace */
     if (init < 0)
@@ -1254,7 +1258,8 @@ static int launch(const struct options *opt, char **command_env) {
         close(built[0]);
         if (pty.fd >= 0)
             close(pty.fd); /* only the command talks to the server about the terminal */
-        run_init(opt, ready[1], built[1], alive[0], server_pidfd);
+        close(released[0]);
+        run_init(opt, ready[1], built[1], alive[0], server_pidfd, released[1]);
     }
     close(ready[1]);
     close(alive[0]);
@@ -1271,8 +1276,21 @@ static int launch(const struct options *opt, char **command_env) {
         die("fork (command)");
     if (command == 0) {
         close(built[0]);
+        close(released[1]);
+        char byte;
+        while (read(released[0], &byte, 1) < 0 && errno == EINTR) {
+        }
+        close(released[0]);
         exec_command(opt, ready[0], init_pidfd, command_env, command_cwd);
     }
+    close(released[0]);
+    if (opt->mode != MODE_NONE)
+        close(ready[0]);
+    close(init_pidfd);
+    if (pty.fd >= 0)
+        close(pty.fd); /* a command that dies before sending the master: end of file */
+    quiet_std_fds();
+    close(released[1]);
     sigset_t pending;
     if (sigpending(&pending) == 0) {
         for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++) {
@@ -1281,12 +1299,6 @@ static int launch(const struct options *opt, char **command_env) {
         }
     }
     sigprocmask(SIG_SETMASK, &previous, NULL); /* what is pending here now meets the handler */
-    if (opt->mode != MODE_NONE)
-        close(ready[0]);
-    close(init_pidfd);
-    if (pty.fd >= 0)
-        close(pty.fd); /* a command that dies before sending the master: end of file */
-    quiet_std_fds();
     int status; /* alive[1] stays open until we exit: the init learns we are gone */
     if (wait_for(command, &status) < 0)
         die("waitpid(command)");
