@@ -149,6 +149,8 @@ def pane_env(tmp_path: Path, url: str, token: str) -> dict[str, str]:
 
 
 class Session:
+    """One test's terminal: its tmux, its pane's results, and the marker of its remote commands."""
+
     def __init__(self, tmux: Tmux, pane: Pane, marker: str) -> None:
         self.tmux = tmux
         self.pane = pane
