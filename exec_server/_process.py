@@ -402,6 +402,10 @@ class ManagedProcess:
             return False
         if self.terminal is not None:
             return self._signal_terminal(signum)
+        if self.is_tty:
+            # The master has not arrived yet: the command may have left the launcher's group
+            # for its own session already, so every member of the tree gets it.
+            return self.signal_tree(signum)
         return _tree.signal_tree(
             self.pid, self._marker, signum, reaped=self._popen.returncode is not None, group_only=True
         )

@@ -387,6 +387,8 @@ class Session:
         server = self._server
         if server.shutting_down:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server shutting down: no new processes")
+        if params.size is not None and not params.tty:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, "invalid params: size needs tty: true @ $.params.size")
         if params.process_id in self.processes or params.process_id in self._tombstones:
             raise ProtocolError(ErrorCode.DUPLICATE_PROCESS, f"duplicate processId {params.process_id!r}")
         if len(self.processes) >= self._config.max_processes_per_session:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -120,6 +121,8 @@ async def test_resize_is_refused_for_a_pipe_process_and_an_unknown_one(client: R
         await client.expect_error("process/resize", {"processId": "pipes", "rows": 0, "cols": 10}, -32602)
         await client.expect_error("process/resize", {"processId": "pipes", "rows": 10, "cols": 10001}, -32602)
         await client.expect_error("process/start", {"processId": "big", "argv": ["true"], "tty": True, "size": {"rows": 1, "cols": 0}}, -32602)
+        error = await client.expect_error("process/start", {"processId": "sz", "argv": ["true"], "size": {"rows": 9, "cols": 9}}, -32602)
+        assert "size needs tty: true" in error.message
         # A closed tty process: nothing to resize, and no error either (a late SIGWINCH).
         await client.run("gone", ["true"], tty=True)
         assert await client.call("process/resize", {"processId": "gone", "rows": 10, "cols": 10}) == {}
@@ -339,12 +342,18 @@ def host_pty() -> Iterator[tuple[int, str]]:
     names = [os.ttyname(slave) for _master, slave in pairs]
     keep = max(range(2), key=lambda i: int(names[i].rsplit("/", 1)[1]))
     for i, (master, slave) in enumerate(pairs):
-        os.close(slave)
         if i != keep:
+            os.close(slave)
             os.close(master)
-    master = pairs[keep][0]
+    master, slave = pairs[keep]
     os.set_blocking(master, False)
+    termios_attrs = termios.tcgetattr(slave)
+    termios_attrs[3] &= ~termios.ECHO  # what the master reads back is then only what was written to the slave
+    termios.tcsetattr(slave, termios.TCSANOW, termios_attrs)
+    # Keystrokes waiting to be read: on the host's /dev a root command could take them.
+    os.write(master, b"secret-keystrokes\n")
     yield master, names[keep]
+    os.close(slave)
     os.close(master)
 
 
@@ -407,6 +416,7 @@ async def test_a_sandboxed_command_cannot_reach_a_host_terminal(
     assert f"cannot create {name}".encode() in out, out  # no such file, or devpts refuses a create
     assert f"cat: {name}: No such file or directory".encode() in out, out
     assert out.count(b"No such file or directory") == 4, out  # the read and the three ls
+    assert b"secret" not in out
     assert _host_pty_received(master) == b""
 
 

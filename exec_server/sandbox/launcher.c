@@ -691,10 +691,11 @@ static void set_mount_attr(const char *path, int flags, uint64_t set, uint64_t c
 }
 
 /* The view's /dev is a new one, like bubblewrap's --dev: the host's holds other sessions'
- * terminals (/dev/pts/N, /dev/console, /dev/tty1, a serial console), raw disks and the
- * kernel log, which the read-only view and Landlock's read rights would still let a root
- * command (uid 0 owns them; no capability needed) open for reading: it could read another
- * session's keystrokes, or a masked file's blocks off the disk. Here: a tmpfs holding the
+ * terminals (/dev/pts/N, the consoles /dev/ttyN, serial ports), which the read-only view and
+ * Landlock's read rights still let a root command (uid 0 owns them; opening for reading needs
+ * no capability) open: it could read another session's pending keystrokes. Raw disks and the
+ * kernel log are there too (the kernel refuses them to a capability-less root today; nothing
+ * here depends on that). Here: a tmpfs holding the
  * memory devices and /dev/tty (bound from the host's nodes: a user namespace cannot mknod),
  * the usual /proc/self/fd links, a private /dev/shm, and a devpts instance of its own on
  * /dev/pts with /dev/ptmx pointing into it -- a terminal the command is given (--pty-fd) is
