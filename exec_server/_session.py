@@ -150,7 +150,9 @@ class Session:
     """
 
     def __init__(self, host: SessionHost, peer: str | None = None) -> None:
-        self.id = secrets.token_urlsafe(18)
+        # Hex: an id is typed on command lines (`exec-client ps --session ID`), where a
+        # url-safe token's leading '-' (1 in 64) reads as an option.
+        self.id = secrets.token_hex(16)
         self.peer = peer
         self._server = host
         self._config = host.config

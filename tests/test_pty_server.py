@@ -230,6 +230,15 @@ async def test_hangup_reaches_the_shell_behind_the_foreground_job_and_a_timeout_
     assert timed["timedOut"] is True and timed["signal"] == "SIGKILL", timed
 
 
+async def test_terminate_kills_an_interactive_shell_that_ignores_sigterm_after_the_grace(client: RawClient) -> None:
+    with trio.fail_after(15):
+        await client.start("sh", ["bash", "--norc", "--noprofile", "-i"], tty=True, env=BASH_ENV)
+        await client.wait_output("sh", b"PROMPT> ", "pty")
+        assert (await client.call("process/terminate", {"processId": "sh", "graceMs": 200}))["running"] is True
+        exited = exited_of(await client.events_for("sh"))
+    assert exited["signal"] == "SIGKILL", exited  # an interactive bash ignores SIGTERM
+
+
 async def test_binary_output_frames_carry_the_pty_stream(server: Any, no_leftover_processes: None) -> None:
     with trio.fail_after(10):
         async with open_raw_client(server.url, server.token) as raw:

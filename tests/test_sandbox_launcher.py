@@ -13,11 +13,13 @@ import errno
 import os
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -456,6 +458,28 @@ async def test_a_setup_failure_exits_125_and_runs_nothing(workspace: Path, outsi
         assert result.returncode == EXIT_SETUP_FAILED
         assert b"sandbox setup failed: bind /no/such/dir" in result.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("mode", ["none", "readOnly"])
+def test_a_signal_right_after_the_start_is_never_lost(mode: str) -> None:
+    """The server may signal a command the moment its start is answered: before the launcher
+    forked it, or while it still runs the launcher's code. Each such signal must end it."""
+    launcher = find_launcher()
+    sandbox_args = ["--mode", "none"] if mode == "none" else ["--abi", str(KERNEL.landlock_abi), "--mode", mode, "--net", "1"]
+    argv = [launcher.path, *sandbox_args, "--", "sleep", "30"]
+    for attempt in range(60):
+        child = subprocess.Popen(argv, env=BASE_ENV, start_new_session=True, stderr=subprocess.PIPE)
+        # Sweeps the signal across the launcher's first milliseconds (not a synchronisation:
+        # every point of the sweep must give the same answer).
+        time.sleep((attempt % 20) * 0.0001)
+        os.killpg(child.pid, signal.SIGHUP)
+        try:
+            _, stderr = child.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            pytest.fail(f"the SIGHUP sent {(attempt % 20) * 0.1:.1f} ms after the start was lost")
+        assert child.returncode == -signal.SIGHUP, stderr
 
 
 async def test_a_kernel_older_than_the_plan_is_a_setup_failure(workspace: Path) -> None:

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -65,7 +66,8 @@ async def test_initialize_result(server: Any, no_leftover_processes: None) -> No
                 "initialize", {"clientName": "t", "clientVersion": "0", "protocolVersion": 1, "delivery": "bestEffort"}
             )
             await raw.notify("initialized", {})
-            assert isinstance(result["sessionId"], str) and len(result["sessionId"]) >= 16
+            # Hex, so a session id is safe as a command-line argument (never a leading "-").
+            assert re.fullmatch(r"[0-9a-f]{32}", result["sessionId"]), result["sessionId"]
             assert result["protocolVersion"] == 1
             assert result["serverName"] and result["serverVersion"]
             caps = result["capabilities"]

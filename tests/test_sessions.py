@@ -336,4 +336,9 @@ async def test_a_process_that_ends_while_detached_is_completed_by_the_resume(
             assert client.resumes == 1
     assert record.failure is None and (record.exit_code, record.signal) == (3, None)
     assert record.stdout == b"first\n" + data
-    assert record.completion == "recovered" and record.read_calls >= 1
+    if delivery == "bestEffort":
+        assert record.completion == "recovered" and record.read_calls >= 1
+    else:
+        # Lossless: the resume's read repairs the gap, or, when the pump had not yet sent
+        # anything past the cut, the resumed stream alone holds the rest in order.
+        assert record.completion in ("recovered", "pushed")

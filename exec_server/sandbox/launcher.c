@@ -1026,9 +1026,8 @@ static void reset_signals(void) {
  * while the init builds it; then join it (mount, IPC and, network off, network namespace)
  * through a pidfd of the init, confine itself and exec. It is the launcher's own child, so
  * the launcher's wait reports its exit and its resource usage, exactly as if unlaunched. */
-static void exec_command(const struct options *opt, int ready_fd, int init_pidfd, char **command_env,
-                         const char *cwd) {
-    reset_signals();
+static void exec_command(const struct options *opt, int ready_fd, int let_go_fd, int init_pidfd,
+                         char **command_env, const char *cwd) {
     if (opt->mode != MODE_NONE) {
         int ruleset = prepare_landlock(opt);
         clear_bounding_set(KEEP_UNTIL_JOINED);
@@ -1056,6 +1055,16 @@ static void exec_command(const struct options *opt, int ready_fd, int init_pidfd
     }
     if (opt->mode == MODE_NONE && !opt->check)
         setup_terminal(); /* unsandboxed: a pty of the host's devpts */
+    /* End of file once the launcher and the init dropped their copies of the command's
+     * stdio (from its first instruction the command alone holds them: a command that closes
+     * stdin sees the server's writes fail) and the launcher passed on the signals that came
+     * before this process existed. Until then every signal stays blocked (pending ones,
+     * sent twice, count once); now they take their default action. */
+    char byte;
+    while (read(let_go_fd, &byte, 1) < 0 && errno == EINTR) {
+    }
+    close(let_go_fd);
+    reset_signals();
     if (opt->check) {
         printf("ok %s\n", LAUNCHER_SOURCE_ID);
         fflush(stdout);
@@ -1140,8 +1149,8 @@ static void supervise(int launcher_fd, int server_pidfd) {
 
 /* Build the namespaces and the view, tell the command (one byte on ready_fd; end of file
  * without it means setup failed), drop every capability, then supervise. */
-static void run_init(const struct options *opt, int ready_fd, int built_fd, int launcher_fd,
-                     int server_pidfd, int released_fd) {
+static void run_init(const struct options *opt, int ready_fd, int built_fd, int let_go_fd,
+                     int launcher_fd, int server_pidfd) {
     sigset_t set;
     init_signal_set(&set);
     if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
@@ -1153,7 +1162,7 @@ static void run_init(const struct options *opt, int ready_fd, int built_fd, int 
     /* Neither the init nor the launcher holds the command's stdio: EOF on stdout means the
      * command's tree let go of it, and a command that closes stdin sees writes fail. */
     quiet_std_fds();
-    close(released_fd);
+    close(let_go_fd);
     /* The launcher learns the view was built: a command killed before this byte was
      * killed by this process's failed setup (the init's exit takes the namespace down). */
     char built = 1;
@@ -1174,7 +1183,11 @@ static void run_init(const struct options *opt, int ready_fd, int built_fd, int 
 
 /* ---- the launcher: the pid the server waits for --------------------------------- */
 
-static void ignore_signal(int sig) { (void)sig; }
+/* The catchable signals that reached this process before the command existed (it runs
+ * with every signal blocked while it sets this, so the update cannot tear). */
+static volatile sig_atomic_t caught_early;
+
+static void note_signal(int sig) { caught_early |= 1 << sig; }
 
 /* End the way the command ended: its exit code, or killed by its signal. */
 static void mirror_status(int status) __attribute__((noreturn));
@@ -1227,28 +1240,15 @@ static int launch(const struct options *opt, char **command_env) {
      * live on to report how the command ended. Caught (not ignored: the command's exec
      * resets a handler, never an SIG_IGN), and before the forks: the command may print
      * "ready" and be signalled before this process is scheduled again. */
-    struct sigaction sa = {.sa_handler = ignore_signal, .sa_flags = SA_RESTART};
-    sigemptyset(&sa.sa_mask);
+    struct sigaction sa = {.sa_handler = note_signal, .sa_flags = SA_RESTART};
+    sigfillset(&sa.sa_mask);
     const int caught[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM};
-    /* Blocked until the command exists: a signal the server sends the group before the
-     * fork (its start answer goes out once this program runs) is forwarded to the command
-     * below instead of being swallowed here; one sent between the fork and the command's
-     * reset_signals() waits there, blocked, and then takes its default action. */
-    sigset_t forwarded, previous;
-    sigemptyset(&forwarded);
-    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++) {
+    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++)
         sigaction(caught[i], &sa, NULL);
-        sigaddset(&forwarded, caught[i]);
-    }
-    if (sigprocmask(SIG_BLOCK, &forwarded, &previous) != 0)
-        die("sigprocmask");
     enter_pid_namespace();
-    /* released: the command starts once this process and the init let go of its stdio (end
-     * of file there), so only the command's tree holds it: a command that closes its stdin
-     * sees the server's next write fail, whichever process the scheduler ran first. */
-    int ready[2], alive[2], built[2], released[2];
+    int ready[2], alive[2], built[2], let_go[2];
     if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(alive, O_CLOEXEC) != 0 ||
-        pipe2(built, O_CLOEXEC | O_NONBLOCK) != 0 || pipe2(released, O_CLOEXEC) != 0)
+        pipe2(built, O_CLOEXEC | O_NONBLOCK) != 0 || pipe2(let_go, O_CLOEXEC) != 0)
         die("pipe2");
     pid_t init = fork(); /* PID 1 of the new namespace */
     if (init < 0)
@@ -1257,10 +1257,10 @@ static int launch(const struct options *opt, char **command_env) {
         close(ready[0]);
         close(alive[1]);
         close(built[0]);
+        close(let_go[0]);
         if (pty.fd >= 0)
             close(pty.fd); /* only the command talks to the server about the terminal */
-        close(released[0]);
-        run_init(opt, ready[1], built[1], alive[0], server_pidfd, released[1]);
+        run_init(opt, ready[1], built[1], let_go[1], alive[0], server_pidfd);
     }
     close(ready[1]);
     close(alive[0]);
@@ -1272,34 +1272,37 @@ static int launch(const struct options *opt, char **command_env) {
     int init_pidfd = (int)syscall(__NR_pidfd_open, init, 0);
     if (init_pidfd < 0)
         die("pidfd_open(init)");
+    /* Every signal stays blocked across the fork: the command unblocks them only after the
+     * signals sent before it existed were passed on (see exec_command), else one sent right
+     * after the start would hit the handler it inherits, or miss it, and be lost. */
+    sigset_t all, before;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &before);
     pid_t command = fork(); /* PID 2: the command */
     if (command < 0)
         die("fork (command)");
     if (command == 0) {
         close(built[0]);
-        close(released[1]);
-        char byte;
-        while (read(released[0], &byte, 1) < 0 && errno == EINTR) {
-        }
-        close(released[0]);
-        exec_command(opt, ready[0], init_pidfd, command_env, command_cwd);
+        close(let_go[1]);
+        exec_command(opt, ready[0], let_go[0], init_pidfd, command_env, command_cwd);
     }
-    close(released[0]);
+    close(let_go[0]);
     if (opt->mode != MODE_NONE)
         close(ready[0]);
     close(init_pidfd);
     if (pty.fd >= 0)
         close(pty.fd); /* a command that dies before sending the master: end of file */
     quiet_std_fds();
-    close(released[1]);
+    /* Caught before the fork, or pending here now: the command may have missed them. */
     sigset_t pending;
-    if (sigpending(&pending) == 0) {
-        for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++) {
-            if (sigismember(&pending, caught[i]) == 1)
-                kill(command, caught[i]);
-        }
+    if (sigpending(&pending) != 0)
+        sigemptyset(&pending);
+    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++) {
+        if ((caught_early & (1 << caught[i])) || sigismember(&pending, caught[i]))
+            kill(command, caught[i]);
     }
-    sigprocmask(SIG_SETMASK, &previous, NULL); /* what is pending here now meets the handler */
+    sigprocmask(SIG_SETMASK, &before, NULL);
+    close(let_go[1]); /* the command may run now */
     int status; /* alive[1] stays open until we exit: the init learns we are gone */
     if (wait_for(command, &status) < 0)
         die("waitpid(command)");
