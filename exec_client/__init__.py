@@ -59,6 +59,7 @@ _EXPORTS: dict[str, str] = {
             "OutputOverrun",
             "ProcessReleased",
             "ProtocolViolation",
+            "PtyUnsupported",
             "RemoteFileError",
             "RemoteFileNotFound",
             "RemotePermissionError",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:
     from ._errors import OutputOverrun as OutputOverrun
     from ._errors import ProcessReleased as ProcessReleased
     from ._errors import ProtocolViolation as ProtocolViolation
+    from ._errors import PtyUnsupported as PtyUnsupported
     from ._errors import RemoteFileError as RemoteFileError
     from ._errors import RemoteFileNotFound as RemoteFileNotFound
     from ._errors import RemotePermissionError as RemotePermissionError

@@ -67,5 +67,31 @@ def sandbox_policy(sandbox: p.SandboxPolicy | Mapping[str, Any] | str | None) ->
         raise ValueError(f"invalid sandbox policy: {exc.message}") from None
 
 
+TerminalSizeArg: TypeAlias = "p.TerminalSize | tuple[int, int]"
+
+
+def terminal_size(tty: bool, size: TerminalSizeArg | None) -> p.TerminalSize | None:
+    """``size`` as the wire's ``TerminalSize`` (``(rows, cols)`` or a ``TerminalSize``).
+
+    Raises:
+        ValueError: a size without ``tty=True``, or rows/cols outside 1..MAX_TERMINAL_DIMENSION.
+        TypeError: not a pair of ints.
+    """
+    if size is None:
+        return None
+    if not tty:
+        raise ValueError("size is the window size of a pseudo-terminal: it needs tty=True")
+    if isinstance(size, p.TerminalSize):
+        return size
+    if isinstance(size, str | bytes) or not isinstance(size, Sequence) or len(size) != 2:
+        raise TypeError(f"size must be (rows, cols), not {size!r}")
+    rows, cols = size
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (rows, cols)):
+        raise TypeError(f"size must be (rows, cols) as ints, not {size!r}")
+    if not (1 <= rows <= p.MAX_TERMINAL_DIMENSION and 1 <= cols <= p.MAX_TERMINAL_DIMENSION):
+        raise ValueError(f"size {size!r}: rows and cols must be 1..{p.MAX_TERMINAL_DIMENSION}")
+    return p.TerminalSize(rows=rows, cols=cols)
+
+
 def check_failed(record: p.TerminalRecord) -> bool:
     return bool(record.failure is not None or record.exit_code != 0 or record.timed_out or record.sandbox_denied)

@@ -10,6 +10,9 @@ the copy fails). Exit statuses: 255 connection/auth failure or a record with ``f
 program missing / not executable; 125 the working directory is missing; 141 our stdout
 closed (``| head``); 2 usage errors.
 
+``run -t`` gives the command a remote pseudo-terminal, ours in raw mode, like ``ssh -t``;
+``shell`` is the server user's login shell that way (see ``_run_tty``).
+
 Imports are deferred to the code that needs them: a build tool calls this once per
 command, and interpreter start-up is most of its cost.
 """
@@ -107,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
         help="forward our stdin even when it is a terminal, or to codex exec-server (which cannot close it)",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
+    _add_tty_option(run)
+    _add_shell_parser(commands)
     ps = commands.add_parser("ps", help="list the processes of a session (takes the session over)")
     _add_connection_options(ps)
     ps.add_argument("--session", required=True, metavar="ID", help="the session (a --json record's sessionId)")
@@ -451,6 +456,253 @@ async def _run_command(client: Client, args: argparse.Namespace, command: list[s
     return _exit_code(record)
 
 
+# --- run -t and shell: a remote pseudo-terminal, like ssh -t ---------------------------------
+
+# SIGTERM/SIGHUP to the CLI in tty mode: the remote command gets the signal, and this long
+# to end (and its record to arrive) before we leave without it, restoring the terminal.
+_TTY_SIGNAL_EXIT_SECONDS: Final = 3.0
+# `exec-client shell`: the server user's login shell, from the passwd database (getent,
+# so NSS users count too), else $SHELL, else /bin/sh, started as a login shell (-l) in
+# the user's home directory unless --cwd says where (as ssh does).
+_LOGIN_SHELL_SCRIPT: Final = (
+    'entry=$(getent passwd "$(id -u)" 2>/dev/null); '
+    'shell=$(printf %s "$entry" | cut -d: -f7); home=$(printf %s "$entry" | cut -d: -f6); '
+    '[ -x "$shell" ] || shell=${SHELL:-/bin/sh}; [ -x "$shell" ] || shell=/bin/sh; '
+)
+_LOGIN_SHELL_CD: Final = 'cd "${home:-${HOME:-/}}" 2>/dev/null; '
+_LOGIN_SHELL_EXEC: Final = 'exec "$shell" -l'
+
+
+def _add_tty_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-t",
+        "--tty",
+        action="count",
+        default=0,
+        help="run it on a remote pseudo-terminal, our terminal in raw mode (like ssh -t); "
+        "needs a terminal on stdin unless given twice (-tt)",
+    )
+
+
+def _add_shell_parser(commands: Any) -> None:
+    shell = commands.add_parser(
+        "shell",
+        help="the server user's login shell (a remote terminal when stdin is one, like ssh HOST)",
+        description="Start the server user's login shell (getent passwd, else $SHELL, else /bin/sh; "
+        "with -l, in the home directory unless --cwd). With a terminal on stdin it runs on a remote "
+        "pseudo-terminal (as run -t); otherwise it reads commands from stdin, like ssh HOST.",
+    )
+    _add_connection_options(shell)
+    shell.add_argument("--cwd", metavar="DIR", help="start in DIR on the server host (default: the user's home)")
+    shell.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set an environment variable")
+    shell.add_argument("--sandbox", choices=["none", "readOnly", "workspaceWrite"], help="sandbox mode (default: the server's)")
+    shell.add_argument("--network", action="store_true", help="allow network access inside the sandbox")
+    _add_tty_option(shell)
+    shell.set_defaults(json=False, binary=False, timeout=None, no_stdin=False, stdin=False, command=["sh"])
+
+
+def _login_shell_command(cwd: str | None) -> list[str]:
+    script = _LOGIN_SHELL_SCRIPT + ("" if cwd is not None else _LOGIN_SHELL_CD) + _LOGIN_SHELL_EXEC
+    return ["sh", "-c", script]
+
+
+def _local_terminal() -> bool:
+    return _stdin_usable() and os.isatty(sys.stdin.fileno())
+
+
+def _check_tty_request(args: argparse.Namespace) -> None:
+    """``-t`` needs a terminal on our stdin (``-tt`` forces one remotely anyway); no ``--json``.
+
+    ``shell`` without ``-t`` takes a remote terminal exactly when stdin is one.
+    """
+    if args.subcommand == "shell" and not args.tty:
+        args.tty = 1 if _local_terminal() else 0
+        return
+    if args.json:
+        raise _UsageError("-t does not combine with --json (a terminal's output is for a person)")
+    if args.tty == 1 and not _local_terminal():
+        raise _UsageError("-t needs a terminal on stdin (stdin is not a tty); -tt forces a remote terminal")
+
+
+def _tty_env(pairs: list[str]) -> dict[str, str] | None:
+    """``--env``, plus our ``TERM`` (as ssh sends it) unless given: the remote programs draw for it."""
+    env = _env(pairs) or {}
+    term = os.environ.get("TERM")
+    if term and "TERM" not in env:
+        env["TERM"] = term
+    return env or None
+
+
+async def _shell(args: argparse.Namespace) -> int:
+    command = _login_shell_command(args.cwd)
+    args.command = command
+    async with _open(args, _url(args)) as client:
+        if args.tty:
+            return await _run_tty(client, args, command)
+        return await _run_command(client, args, command)
+
+
+async def _run_tty_command(args: argparse.Namespace, command: list[str]) -> int:
+    async with _open(args, _url(args)) as client:
+        return await _run_tty(client, args, command)
+
+
+async def _run_tty(client: Client, args: argparse.Namespace, command: list[str]) -> int:
+    """``run -t``: the command on a remote pty; our keyboard and screen are its terminal.
+
+    Our terminal (stdin) goes into raw mode for as long as the command runs and is restored
+    on every way out (``RawTerminal``); SIGINT/SIGTERM/SIGHUP are caught from before raw
+    mode until after the restore, so none of them can leave it raw.
+    """
+    import signal
+
+    import anyio
+
+    from ._terminal import RawTerminal, window_size
+
+    forward_stdin = not args.no_stdin and _stdin_usable()
+    raw = forward_stdin and _local_terminal()
+    # The size comes from our stdin's terminal (as ssh takes it), else our stdout's.
+    size_fd = 0 if window_size(0) is not None else 1
+    size = window_size(size_fd)
+    handle = await client.start(
+        command,
+        cwd=args.cwd,
+        env=_tty_env(args.env),
+        timeout=args.timeout,
+        sandbox=_sandbox(args),
+        stream_output=True,
+        max_output_bytes=0,  # every byte goes to our screen as it arrives
+        tty=True,
+        size=size,
+    )
+    signalled: list[int] = []
+    broken_pipe = False
+    record = None
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
+        terminal = RawTerminal(sys.stdin.fileno()) if raw else None
+        try:
+            if terminal is not None:
+                try:
+                    terminal.enter_raw()
+                    _stderr_newline("\r\n")
+                except OSError as exc:  # as ssh does: say so, and go on with the terminal as it is
+                    _note(str(exc))
+            async with anyio.create_task_group() as group:
+                group.start_soon(_forward_tty_signals, handle, received, signalled, group.cancel_scope)
+                if size is not None:
+                    group.start_soon(_follow_window_size, handle, size_fd, size)
+                if forward_stdin:
+                    group.start_soon(_forward_stdin, handle)
+                try:
+                    await _stream_terminal(handle)
+                except _BrokenPipe:
+                    broken_pipe = True
+                    _silence_stdout()
+                    await handle.terminate(grace=_BROKEN_PIPE_GRACE)
+                record = await handle.wait()
+                group.cancel_scope.cancel()
+        finally:
+            if terminal is not None:
+                _stderr_newline(None)
+                terminal.restore()
+    if broken_pipe:
+        return EXIT_BROKEN_PIPE
+    try:
+        if record is None or record.failure is not None:
+            # The command did not end by itself: our notes start a line of their own, not
+            # after whatever the remote program left at the cursor (its prompt).
+            _fresh_line()
+        if record is None:  # SIGTERM/SIGHUP and the record did not come in time
+            _note(f"{signal.Signals(signalled[0]).name}: left without the command's record")
+        else:
+            _report(record)
+    except OSError:
+        pass  # our terminal is gone (a hangup): there is nobody to tell
+    return 128 + signalled[0] if record is None else _exit_code(record)
+
+
+def _stderr_newline(newline: str | None) -> None:
+    """Our own notes while the terminal is raw (a resume, say) end in "\\r\\n": raw mode
+    turns off the output processing that would add the carriage return."""
+    reconfigure = getattr(sys.stderr, "reconfigure", None)
+    if reconfigure is not None:
+        sys.stderr.flush()
+        reconfigure(newline=newline)
+
+
+def _fresh_line() -> None:
+    try:
+        if os.isatty(sys.stderr.fileno()):
+            sys.stderr.write("\n")
+    except (OSError, ValueError):
+        pass
+
+
+async def _forward_tty_signals(handle: ProcessHandle, received: Any, signalled: list[int], scope: Any) -> None:
+    """In raw mode Ctrl-C is a byte; a SIGINT that still reaches us (``kill -INT``) interrupts
+    the remote foreground group. SIGTERM terminates the command and SIGHUP hangs it up (our
+    terminal is gone), then we leave within ``_TTY_SIGNAL_EXIT_SECONDS`` either way."""
+    import signal
+
+    import anyio
+
+    from ._errors import ExecClientError
+
+    async for signum in received:
+        if signum == signal.SIGINT:
+            try:
+                await handle.signal("interrupt")
+            except ExecClientError:
+                pass
+            continue
+        signalled.append(signum)
+        with anyio.move_on_after(_TTY_SIGNAL_EXIT_SECONDS):
+            try:
+                if signum == signal.SIGTERM:
+                    await handle.terminate()
+                else:
+                    await handle.signal("hangup")
+            except ExecClientError:
+                pass
+            await handle.wait()
+            return  # the main flow has the record and ends the group
+        scope.cancel()
+        return
+
+
+async def _follow_window_size(handle: ProcessHandle, fd: int, size: tuple[int, int]) -> None:
+    """Every SIGWINCH: the new size goes to the remote pty (``process/resize``)."""
+    from ._errors import ExecClientError
+    from ._terminal import window_changes
+
+    async for rows, cols in window_changes(fd, size):
+        try:
+            await handle.resize(rows, cols)
+        except ExecClientError:
+            pass  # the command may have ended; its record tells
+
+
+async def _stream_terminal(handle: ProcessHandle) -> None:
+    """The remote terminal's output goes to our stdout untouched (the remote pty already
+    turned "\\n" into "\\r\\n"; our terminal is raw, so it adds nothing).
+
+    Raises:
+        _BrokenPipe: our stdout's reader went away, or our terminal did (EIO after a hangup).
+    """
+    from ._errors import OutputOverrun
+
+    out = sys.stdout.buffer
+    try:
+        async for chunk in handle:
+            try:
+                out.write(chunk.chunk)
+                out.flush()
+            except OSError:  # EPIPE, or EIO from a terminal that is gone
+                raise _BrokenPipe from None
+    except OutputOverrun as exc:
+        _note(str(exc))
+
 async def _ps(args: argparse.Namespace) -> int:
     async with _open(args, _url(args), session_id=args.session) as client:
         listed = await client.list()
@@ -596,6 +848,12 @@ def _command_of(args: argparse.Namespace) -> list[str]:
 def _dispatch(args: argparse.Namespace) -> int:
     import anyio
 
+    if args.subcommand == "shell":
+        _check_tty_request(args)
+        return anyio.run(_shell, args)
+    if args.subcommand == "run" and args.tty:
+        _check_tty_request(args)
+        return anyio.run(_run_tty_command, args, _command_of(args))
     if args.subcommand == "ps":
         return anyio.run(_ps, args)
     if args.subcommand == "kill":

@@ -41,7 +41,17 @@ import anyio.abc
 import protocol as p
 from protocol import _codex as codex
 
-from ._arguments import Command, StdinSource, check_failed, check_stdin, command_argv, new_process_id, sandbox_policy
+from ._arguments import (
+    Command,
+    StdinSource,
+    TerminalSizeArg,
+    check_failed,
+    check_stdin,
+    command_argv,
+    new_process_id,
+    sandbox_policy,
+    terminal_size,
+)
 from ._connection import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, CloseInfo, Connection
 from ._core import Backoff, GiveUp, after_close
 from ._dialect import CODEX_NAME, NATIVE_NAME, CodexDialect, dialect_for
@@ -54,6 +64,7 @@ from ._errors import (
     InitializeRefused,
     NotSupported,
     ProtocolViolation,
+    PtyUnsupported,
     ServerError,
     UnknownProcess,
 )
@@ -207,6 +218,8 @@ class Client:
         max_output_bytes: int | None = p.DEFAULT_MAX_OUTPUT_BYTES,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        tty: bool = False,
+        size: TerminalSizeArg | None = None,
     ) -> p.TerminalRecord:
         """Run a command to completion and return its terminal record.
 
@@ -222,11 +235,19 @@ class Client:
             sandbox: a ``SandboxPolicy``, its wire dict, a mode name, or ``None`` (server default).
             max_output_bytes: per-stream cap of kept output; beyond it head + tail are kept.
             on_stdout, on_stderr: called with each chunk as it arrives, in order.
+            tty: run it on a new pseudo-terminal (its controlling terminal, in its own
+                session; stdin, stdout and stderr are the pty). Its output is one stream,
+                ``"pty"``: chunks carry ``Stream.PTY``, ``on_stdout`` gets them, and the
+                record keeps them as ``stdout`` (``stderr`` stays empty). The terminal is
+                always writable (``pipe_stdin`` is implied); ``close_stdin`` sends the
+                terminal's EOF (Ctrl-D) rather than closing anything.
+            size: the terminal's window size, ``(rows, cols)`` (default: the server's, 24x80).
 
         Returns:
             The ``TerminalRecord``; a record with ``failure`` set if the session was lost.
 
         Raises:
+            PtyUnsupported: ``tty=True`` and the server has no pseudo-terminals (nothing ran).
             ServerError: the server refused the start (``SpawnFailed``, ``SandboxUnavailable``...).
             ConnectionLost: the session was already lost.
             CommandFailed: with ``check=True``, as above.
@@ -247,6 +268,8 @@ class Client:
             stream_output=False,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            tty=tty,
+            size=size,
         )
         try:
             record = await handle.wait()
@@ -275,6 +298,8 @@ class Client:
         process_id: str | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        tty: bool = False,
+        size: TerminalSizeArg | None = None,
     ) -> ProcessHandle:
         """Start a command and return its ``ProcessHandle`` at once.
 
@@ -282,8 +307,10 @@ class Client:
             pipe_stdin: keep stdin open for ``handle.write``/``handle.close_stdin``.
             stream_output: buffer chunks for ``async for chunk in handle``.
             process_id: choose the processId (default: a fresh unique one).
+            (``tty``/``size``: see ``run``; ``handle.resize`` changes the size later.)
 
         Raises:
+            PtyUnsupported: ``tty=True`` and the server has no pseudo-terminals (nothing ran).
             ServerError: the server refused the start.
             ConnectionLost: the session is lost.
             TypeError, ValueError: invalid arguments (nothing was started).
@@ -296,6 +323,11 @@ class Client:
                     "pass pipe_stdin=True to keep it open (and terminate the command when done)"
                 )
         argv = command_argv(command, shell)
+        window = terminal_size(tty, size)
+        if tty and not self._usable_info().pty:
+            raise PtyUnsupported(
+                f"the server at {self.url} has no pseudo-terminals (capabilities.pty is false): cannot start with tty=True"
+            )
         process_id = process_id or new_process_id()
         params = p.StartParams(
             process_id=process_id,
@@ -303,9 +335,11 @@ class Client:
             cwd=os.fspath(cwd) if cwd is not None else None,
             env=dict(env) if env is not None else None,
             inherit_env=inherit_env,
-            pipe_stdin=pipe_stdin or stdin is not None,
+            pipe_stdin=pipe_stdin or stdin is not None or tty,
             timeout_ms=math.ceil(timeout * 1000) if timeout is not None else None,
             sandbox=sandbox_policy(sandbox),
+            tty=tty,
+            size=window,
         )
         handle = self._new_handle(process_id, argv, stream_output, max_output_bytes, on_stdout, on_stderr)
         try:
@@ -502,6 +536,14 @@ class Client:
             self._task_group.start_soon(self._release, handle.process_id)
 
     # --- requests ----------------------------------------------------------------------
+
+    def _usable_info(self) -> ServerInfo:
+        """``info``, or the one error of a session that is over (as ``_new_handle`` raises)."""
+        if self.state is ClientState.LOST:
+            raise ConnectionLost(self._failure or "session lost")
+        if self.state is ClientState.CLOSED or self._info is None:
+            raise ConnectionLost("client closed")
+        return self._info
 
     def _new_handle(
         self,

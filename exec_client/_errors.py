@@ -44,6 +44,13 @@ class CommandFailed(ExecClientError):
         self.record = record
 
 
+class PtyUnsupported(ExecClientError):
+    """``tty=True`` asked of a server without pseudo-terminals (``capabilities.pty`` is false).
+
+    Raised by ``start``/``run`` before anything is sent: nothing was started.
+    """
+
+
 class ProtocolViolation(ExecClientError):
     """The server sent something that does not follow the protocol."""
 

@@ -113,7 +113,8 @@ class ProcessHandle:
         self._done = anyio.Event()
         self._record: p.TerminalRecord | None = None
         self._stream_output = stream_output
-        self._callbacks = {p.Stream.STDOUT: on_stdout, p.Stream.STDERR: on_stderr}
+        # A tty process's one stream ("pty") is its stdout for callbacks, as in the record.
+        self._callbacks = {p.Stream.STDOUT: on_stdout, p.Stream.STDERR: on_stderr, p.Stream.PTY: on_stdout}
         self._chunks: collections.deque[p.OutputChunk] = collections.deque()
         self._chunk_bytes = 0
         self._overrun = False
@@ -173,6 +174,20 @@ class ProcessHandle:
         )
         return result.delivered
 
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the window size of a ``tty=True`` process's terminal (``process/resize``).
+
+        The server applies it to the pty; the kernel sends SIGWINCH to the terminal's
+        foreground process group. Idempotent, so retried across a session resume.
+
+        Raises:
+            ValueError: rows or cols outside 1..MAX_TERMINAL_DIMENSION (nothing sent).
+            InvalidParams: the process has no terminal (not started with ``tty=True``).
+            UnknownProcess: the process is gone.
+        """
+        params = p.ResizeParams(process_id=self.process_id, rows=rows, cols=cols)
+        await self._host.call(params, retry=True)
+
     async def terminate(self, grace: float = DEFAULT_TERMINATE_GRACE) -> bool:
         """SIGTERM the whole tree, SIGKILL after ``grace`` seconds; ``True`` if it was running."""
         result: p.TerminateResult = await self._host.call(
@@ -199,17 +214,19 @@ class ProcessHandle:
     async def lines(self, stream: str | p.Stream = p.Stream.STDOUT) -> AsyncGenerator[str, None]:
         """The lines of one stream as they arrive (UTF-8, without the newline; the last
         line may lack one). Consumes the chunk iterator: chunks of the other stream are
-        skipped."""
+        skipped. A tty process's ``"pty"`` chunks are its stdout (as in the record); the
+        terminal ends their lines in "\\r\\n", and that "\\r" is dropped too."""
         wanted = p.Stream(stream)
+        accepted = {wanted, p.Stream.PTY} if wanted is p.Stream.STDOUT else {wanted}
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""
         async for chunk in self:
-            if chunk.stream is not wanted:
+            if chunk.stream not in accepted:
                 continue
             pending += decoder.decode(chunk.chunk)
             *complete, pending = pending.split("\n")
             for line in complete:
-                yield line
+                yield line[:-1] if chunk.stream is p.Stream.PTY and line.endswith("\r") else line
         pending += decoder.decode(b"", final=True)
         if pending:
             yield pending

@@ -23,6 +23,9 @@ class ServerInfo:
     lossless: bool
     release: bool
     binary_output: bool
+    # capabilities.pty: process/start tty: true and process/resize work (defaulted, so
+    # that a ServerInfo made without it — another dialect's — says no terminals).
+    pty: bool = False
     sandbox: dict[str, Any]
     limits: dict[str, Any]
     resumed: bool
@@ -61,6 +64,7 @@ class ServerInfo:
             lossless=capabilities.get("lossless") is True,
             release=capabilities.get("release") is True,
             binary_output=capabilities.get("binaryOutput") is True,
+            pty=capabilities.get("pty") is True,
             sandbox=sandbox if isinstance(sandbox, dict) else {},
             limits=limits if isinstance(limits, dict) else {},
             resumed=raw.get("resumed") is True,

@@ -113,6 +113,10 @@ class SyncProcessHandle:
     def terminate(self, grace: float = 2.0) -> bool:
         return self._loop.call(self._handle.terminate, grace)
 
+    def resize(self, rows: int, cols: int) -> None:
+        """``ProcessHandle.resize``: the window size of a ``tty=True`` process's terminal."""
+        self._loop.call(self._handle.resize, rows, cols)
+
     def __iter__(self) -> Iterator[p.OutputChunk]:
         iterator = self._handle.__aiter__()
         while True:
@@ -184,6 +188,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         max_output_bytes: int | None = p.DEFAULT_MAX_OUTPUT_BYTES,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        tty: bool = False,
+        size: p.TerminalSize | tuple[int, int] | None = None,
     ) -> p.TerminalRecord:
         """``Client.run`` (same arguments): run to completion; Ctrl-C terminates the remote process."""
         return self._loop.call(
@@ -200,6 +206,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
             max_output_bytes=max_output_bytes,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            tty=tty,
+            size=size,
         )
 
     def start(
@@ -219,6 +227,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         process_id: str | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        tty: bool = False,
+        size: p.TerminalSize | tuple[int, int] | None = None,
     ) -> SyncProcessHandle:
         """``Client.start`` (same arguments): start and return a handle at once."""
         handle = self._loop.call(
@@ -237,6 +247,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
             process_id=process_id,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            tty=tty,
+            size=size,
         )
         return SyncProcessHandle(self._loop, handle)
 

@@ -87,6 +87,9 @@ LONG_POLL_WAIT_MS: Final = 10_000
 DEFAULT_MAX_OUTPUT_BYTES: Final = 64 * 1024 * 1024
 
 _STREAMS: Final = (Stream.STDOUT, Stream.STDERR)
+# Where each wire stream is kept in the record: a ``tty: true`` process has one output,
+# its terminal's (stdout and stderr merged on the pty), and the record holds it as stdout.
+_RECORD_STREAM: Final = {Stream.STDOUT: Stream.STDOUT, Stream.STDERR: Stream.STDERR, Stream.PTY: Stream.STDOUT}
 
 
 class Completion(str, enum.Enum):
@@ -143,7 +146,9 @@ class TerminalRecord:
     why). ``stdout``/``stderr`` are exact unless ``*_omitted_bytes`` (client cap: head +
     tail kept) or ``output_lost`` (evicted on the server before the client saw it;
     ``*_lost_bytes`` is the exact count, ``None`` if the server did not report it).
-    ``sandbox_denied`` is ``None`` only if the server never said.
+    ``sandbox_denied`` is ``None`` only if the server never said. For a ``tty: true``
+    process ``stdout`` holds the terminal's output (stream ``"pty"``: what the program
+    wrote to stdout and stderr, through the pty's line discipline) and ``stderr`` is empty.
     """
 
     process_id: str
@@ -494,8 +499,9 @@ class Assembler:
         return item
 
     def _consume(self, item: OutputEvent | OutputChunk) -> None:
-        self._received[item.stream] += len(item.chunk)
-        self._captures[item.stream].append(item.chunk)
+        kept_as = _RECORD_STREAM[item.stream]
+        self._received[kept_as] += len(item.chunk)
+        self._captures[kept_as].append(item.chunk)
         self._emitted.append(
             item if isinstance(item, OutputChunk) else OutputChunk(seq=item.seq, stream=item.stream, chunk=item.chunk)
         )
@@ -521,7 +527,7 @@ class Assembler:
         for seq in range(self._contiguous + 1, boundary):
             item = self._held.get(seq)
             if item is not None:
-                held_below[item.stream] += len(item.chunk)
+                held_below[_RECORD_STREAM[item.stream]] += len(item.chunk)
             elif seq != self._exit_seq:
                 missing = True
         # Consume what we hold below the boundary in seq order; the rest is lost.
@@ -530,7 +536,11 @@ class Assembler:
         self._contiguous = boundary - 1
         self._accounted_through = max(self._accounted_through, self._contiguous)
         if result.evicted_bytes is not None:
-            evicted = {Stream.STDOUT: result.evicted_bytes.stdout, Stream.STDERR: result.evicted_bytes.stderr}
+            # A tty process's evicted output (evictedBytes.pty) is lost stdout, as it is kept.
+            evicted = {
+                Stream.STDOUT: result.evicted_bytes.stdout + result.evicted_bytes.pty,
+                Stream.STDERR: result.evicted_bytes.stderr,
+            }
             self._lost = {stream: max(0, evicted[stream] - held_below[stream]) for stream in _STREAMS}
             if any(self._lost.values()):
                 self._output_lost = True
