@@ -324,6 +324,8 @@ def dialect_for(raw: Any, *, forced: str | None, resume_session_id: str | None) 
         lossless=True,
         release=False,
         binary_output=False,
+        # tty: true gives a pty of its own fixed size (no size, no process/resize).
+        pty=True,
         sandbox={},
         limits={"detachedSessionTtlMs": CODEX_DETACHED_SESSION_TTL_MS},
         # Codex answers a resume with the session's own id (an unknown one is an error).

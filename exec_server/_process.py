@@ -190,8 +190,12 @@ class ManagedProcess:
 
     # --- running -----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Pump the pipes, reap the process, push ``exited`` then ``closed``."""
+    async def run(self, *, on_closed: Callable[[], None] = lambda: None) -> None:
+        """Pump the pipes, reap the process, push ``exited`` then ``closed``.
+
+        ``on_closed`` runs as the process turns closed, before ``closed`` is queued: what it
+        records (metrics, the close log line) is there by the time a client sees the event.
+        """
         try:
             async with trio.open_nursery() as nursery:
                 for source in self._sources:
@@ -208,6 +212,7 @@ class ManagedProcess:
                 if not self._pipes_eof.is_set():
                     await self._pipes_eof.wait()
                 self._move(_Lifecycle.CLOSED)
+                on_closed()
                 await self._emit(ClosedEvent(process_id=self.process_id, seq=self._next_seq()))
                 nursery.cancel_scope.cancel()
         finally:

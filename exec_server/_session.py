@@ -474,11 +474,19 @@ class Session:
         self._nursery.start_soon(self._supervise, process)
 
     async def _supervise(self, process: ManagedProcess) -> None:
+        observed = False
+
+        def observe_close() -> None:
+            nonlocal observed
+            observed = True
+            _observe.closed(self.id, process, attached=self.attachment is not None)
+
         try:
-            await process.run()
+            await process.run(on_closed=observe_close)
         finally:
             _tree.unregister_waited(process.pid)
-            _observe.closed(self.id, process, attached=self.attachment is not None)
+            if not observed:  # cancelled before it closed (the server is stopping)
+                observe_close()
         await trio.sleep(process.retain_after_close)
         self._forget(process, ErrorCode.UNKNOWN_PROCESS)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -137,6 +138,18 @@ async def test_stdin_writes_reach_the_command(codex_url: str, wire: list[str]) -
             record = await handle.wait()
     pushed(record, exit_code=0, stdout=b"got one\ngot two\n", stderr=b"")
     assert wire.count("process/write") == 2 and "process/read" not in wire
+
+
+async def test_a_tty_command_gets_codexs_terminal(codex_url: str, wire: list[str]) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with exec_client.open_client(codex_url) as client:
+            handle = await client.start(["sh", "-c", "tty; test -t 0 && test -t 1 && echo both"], tty=True)
+            record = await handle.wait()
+            with pytest.raises(exec_client.NotSupported):
+                await handle.resize(30, 100)
+    assert record.exit_code == 0 and record.stderr == b"", record
+    assert re.fullmatch(rb"/dev/pts/\d+\r\nboth\r\n", record.stdout), record.stdout
+    assert "process/read" not in wire
 
 
 async def test_what_codex_cannot_do_is_refused_before_anything_starts(codex_url: str, wire: list[str]) -> None:
