@@ -116,6 +116,9 @@ class FileHost(Protocol):
     @property
     def info(self) -> ServerInfo: ...
 
+    #: How many times the session was resumed: a file handle lives on one connection.
+    resumes: int
+
     async def call(
         self, params: Any, method: str | None = None, *, retry: bool = False, wait_for_resume: bool = True, raw: bool = False
     ) -> Any: ...
@@ -373,22 +376,33 @@ class RemoteFiles:
         profile = self._profile(sandbox, path)
         handle_id = _handle_id()
         await self._call(c.OpenParams(handle_id=handle_id, path=uri, sandbox=profile), "fs/open", path, retry=True)
+        # The connection the handle lives on (read at once: no resume can come in between).
+        opened_on: int | None = self._host.resumes
         offset = 0
-        resumes = 0
+        reopened = 0
         try:
             if on_open is not None:
                 await on_open()
             while True:
+                if opened_on != self._host.resumes:
+                    # The handle died with its connection: open the file again on this one
+                    # (waits for a resume under way; raises if the session is lost).
+                    reopened += 1
+                    if reopened > MAX_TRANSFER_RESUMES:
+                        raise ConnectionLost(f"{path}: the connection was cut {reopened} times during the transfer")
+                    handle_id = _handle_id()
+                    await self._call(c.OpenParams(handle_id=handle_id, path=uri, sandbox=profile), "fs/open", path, retry=True)
+                    opened_on = self._host.resumes
                 params = c.ReadBlockParams(handle_id=handle_id, offset=offset, len=DOWNLOAD_BLOCK_BYTES)
                 try:
                     raw = await self._call(params, "fs/readBlock", path)
                 except ConnectionLost:
-                    resumes += 1
-                    if resumes > MAX_TRANSFER_RESUMES:
-                        raise
-                    handle_id = _handle_id()  # waits for the resume; raises if the session is lost
-                    await self._call(c.OpenParams(handle_id=handle_id, path=uri, sandbox=profile), "fs/open", path, retry=True)
+                    opened_on = None  # cut while asking: open again once resumed
                     continue
+                except RemoteFileNotFound:
+                    if opened_on == self._host.resumes:
+                        raise
+                    continue  # asked on a newer connection than the handle's: open again
                 block: c.ReadBlockResult = _structure(raw, c.ReadBlockResult, "fs/readBlock")
                 if len(block.chunk) > DOWNLOAD_BLOCK_BYTES:
                     raise ProtocolViolation(f"fs/readBlock answered {len(block.chunk)} bytes for {DOWNLOAD_BLOCK_BYTES}")

@@ -69,12 +69,16 @@ def _read_file(path: str, limit: int) -> dict[str, Any]:
     return {"dataBase64": base64.b64encode(b"".join(chunks)).decode("ascii")}
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_file(path: str, data: bytes) -> dict[str, Any]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
     return {}
@@ -88,9 +92,7 @@ def _append_file(path: str, data: bytes, offset: int) -> dict[str, Any]:
             raise Refused(f"path `{path}` is not a file")
         if info.st_size != offset:
             raise Refused(f"file `{path}` is {info.st_size} bytes, not {offset}: refusing to append out of order")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
     return {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -33,14 +32,12 @@ import pytest
 import trio
 
 import exec_client
-import protocol as p
 from codex_peer import codex_binary, codex_exec_server
 from exec_client import _files
 from exec_client._errors import ServerError
-from exec_client._info import ServerInfo
 from exec_server.sandbox import detect
 from protocol import _codex as c
-from rawclient import no_leftover_processes, open_raw_client  # noqa: F401  (fixture used by name)
+from rawclient import no_leftover_processes  # noqa: F401  (fixture used by name)
 from test_cli import exec_client as run_cli, one_line
 from test_delivery_support import StallProxy
 from test_sandbox_view import IS_ROOT, TEST_USER, _user_exists, user_server
@@ -456,28 +453,6 @@ async def test_the_append_extension_appends_only_at_the_exact_size_and_never_cre
 # --- the same file layer against Codex's own exec-server ----------------------------------------
 
 
-class CodexHost:
-    """The client's request path to ``codex exec-server``, as a test-side ``FileHost``.
-
-    What the codex-client dialect layer will give the real client; until then this drives
-    ``exec_client._files`` (the code under test) over a raw connection to the real Codex.
-    """
-
-    def __init__(self, raw: Any, info: Any) -> None:
-        self._raw = raw
-        self._ids = iter(range(100, 1_000_000))
-        self.info = info
-
-    async def call(self, params: Any, method: str | None = None, *, raw: bool = False, **_ignored: Any) -> Any:
-        request_id = next(self._ids)
-        await self._raw.send_raw(json.dumps({"id": request_id, "method": method, "params": p.unstructure(params)}))
-        response = await self._raw.response(request_id)
-        if "error" in response:
-            error = response["error"]
-            raise ServerError.from_error(error["code"], error["message"], error.get("data"))
-        return response["result"]
-
-
 async def test_the_file_layer_drives_codex_exec_server_unchanged(tmp_path: Path, local_dir: Path, no_leftover_processes: None) -> None:
     codex_binary()  # skips (one line) only without npm
     workspace = _scratch("exec-files-codex-", 0o777)
@@ -488,11 +463,8 @@ async def test_the_file_layer_drives_codex_exec_server_unchanged(tmp_path: Path,
     victim = Path("/etc") / f"exec-files-codex-{secrets.token_hex(4)}"
     try:
         with trio.fail_after(TIMEOUT):
-            async with codex_exec_server(tmp_path / "codex-home") as url, open_raw_client(url) as raw:
-                await raw.send_raw(json.dumps({"id": 1, "method": "initialize", "params": {"clientName": "exec-client"}}))
-                info = ServerInfo.from_result((await raw.response(1))["result"])
-                await raw.send_raw(json.dumps({"method": "initialized", "params": {}}))
-                files = _files.RemoteFiles(CodexHost(raw, info))
+            async with codex_exec_server(tmp_path / "codex-home") as url, exec_client.open_client(url) as files:
+                assert files.dialect == "codex"
                 sandbox = writable(workspace)
                 await files.write_file(f"{workspace}/p.bin", payload, sandbox=sandbox)
                 read = await files.read_file(f"{workspace}/p.bin")
@@ -522,7 +494,7 @@ async def test_the_file_layer_drives_codex_exec_server_unchanged(tmp_path: Path,
         shutil.rmtree(workspace, ignore_errors=True)
 
 
-# --- the Codex dialect's error shapes (no Codex server speaks to this client yet) ---------------
+# --- the Codex dialect's error shapes ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
