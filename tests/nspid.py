@@ -39,11 +39,17 @@ def host_pid(ns_pid: int, launched: int) -> int:
         wanted: str | None = os.readlink(f"/proc/{launched}/ns/pid_for_children")
     except OSError:
         wanted = None
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        seen = _ns_pid(child.pid)
-        if seen is not None and seen[1] == ns_pid and wanted in (None, seen[0]):
-            found.append(child.pid)
+    # A scan of /proc is not atomic: a launcher that exits during it re-parents the init, and
+    # the scan can miss the link. A later scan sees the settled tree.
+    found: list[int] = []
+    for _attempt in range(3):
+        found = []
+        for child in psutil.Process().children(recursive=True):
+            seen = _ns_pid(child.pid)
+            if seen is not None and seen[1] == ns_pid and wanted in (None, seen[0]):
+                found.append(child.pid)
+        if found:
+            break
     if len(found) != 1:
         raise LookupError(f"pid {ns_pid} of the namespace of {launched}: {found or 'not found'}")
     return found[0]

@@ -453,9 +453,12 @@ async def test_terminate_escalates_to_sigkill_after_grace(client: RawClient) -> 
 
 async def test_terminate_running_false_after_exit_before_close(client: RawClient) -> None:
     with trio.fail_after(10):
-        started = await client.start("hold", ["sh", "-c", "sleep 60 & echo $!"])
+        # The shell waits for a line before it exits, so the holder is looked up while its
+        # namespace's launcher still lives (once it is gone the lookup races the re-parenting).
+        started = await client.start("hold", ["sh", "-c", "sleep 60 & echo $!; read line"], pipeStdin=True)
         holder = host_pid(int((await client.wait_output("hold", b"\n")).split()[0]), started["pid"])
         watch = PidWatch(holder)
+        await client.call("process/write", {"processId": "hold", "chunk": b64(b"\n")})
         await client.wait_event("hold", lambda e: e.kind == "exited")
         # Exited, but a grandchild still holds stdout: not closed, and not running either.
         assert (await client.call("process/terminate", {"processId": "hold", "graceMs": 5000}))["running"] is False
