@@ -31,9 +31,18 @@ def become_subreaper() -> bool:
 
 
 def own_children() -> list[int]:
-    """Our direct children, from /proc/self/task/*/children (no scan of every process)."""
-    children = _children_of("self")
-    return [child.pid for child in psutil.Process().children()] if children is None else children
+    """Our direct children, from /proc/self/task/*/children (no scan of every process).
+
+    The kernel walks that list by position: a sibling that exits or is re-parented to us
+    during the read can make it skip a child that was there all along (proc(5) calls the
+    file unreliable; a marked orphan was missed this way once in CI). Two reads, united,
+    make a miss need two such races in a row.
+    """
+    first = _children_of("self")
+    if first is None:
+        return [child.pid for child in psutil.Process().children()]
+    second = _children_of("self") or []
+    return list(dict.fromkeys([*first, *second]))
 
 
 def _children_of(pid: int | str) -> list[int] | None:
