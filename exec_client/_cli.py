@@ -25,6 +25,8 @@ import sys
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import protocol as p
 
     from ._client import Client
@@ -391,6 +393,18 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+async def _stream_until_broken_pipe(handle: ProcessHandle, stream: Callable[[ProcessHandle], Awaitable[None]]) -> bool:
+    """Write the command's output with ``stream``; True if our stdout closed first (``| head``):
+    it is silenced and the command terminated, as a local pipeline's writer would be."""
+    try:
+        await stream(handle)
+    except _BrokenPipe:
+        _silence_stdout()
+        await handle.terminate(grace=_BROKEN_PIPE_GRACE)
+        return True
+    return False
+
+
 def _open(args: argparse.Namespace, url: str, **kwargs: Any) -> Any:
     from ._client import open_client
 
@@ -440,12 +454,7 @@ async def _run_command(client: Client, args: argparse.Namespace, command: list[s
         if forward_stdin:
             group.start_soon(_forward_stdin, handle)
         if not args.json:
-            try:
-                await _stream(handle)
-            except _BrokenPipe:
-                broken_pipe = True
-                _silence_stdout()
-                await handle.terminate(grace=_BROKEN_PIPE_GRACE)
+            broken_pipe = await _stream_until_broken_pipe(handle, _stream)
         record = await handle.wait()
         group.cancel_scope.cancel()
     if broken_pipe:
@@ -594,12 +603,7 @@ async def _run_tty(client: Client, args: argparse.Namespace, command: list[str])
                     group.start_soon(_follow_window_size, handle, size_fd, size)
                 if forward_stdin:
                     group.start_soon(_forward_stdin, handle)
-                try:
-                    await _stream_terminal(handle)
-                except _BrokenPipe:
-                    broken_pipe = True
-                    _silence_stdout()
-                    await handle.terminate(grace=_BROKEN_PIPE_GRACE)
+                broken_pipe = await _stream_until_broken_pipe(handle, _stream_terminal)
                 record = await handle.wait()
                 group.cancel_scope.cancel()
         finally:

@@ -21,7 +21,7 @@ import anyio.from_thread
 
 import protocol as p
 
-from ._arguments import Command, StdinSource
+from ._arguments import Command, StdinSource, TerminalSizeArg
 from ._client import Client, ClientState, FileSandbox, open_client
 from ._handle import HandleState, OutputCallback, ProcessHandle
 from ._info import ListedProcess, ServerInfo
@@ -189,7 +189,7 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         tty: bool = False,
-        size: p.TerminalSize | tuple[int, int] | None = None,
+        size: TerminalSizeArg | None = None,
     ) -> p.TerminalRecord:
         """``Client.run`` (same arguments): run to completion; Ctrl-C terminates the remote process."""
         return self._loop.call(
@@ -228,7 +228,7 @@ class SyncClient(AbstractContextManager["SyncClient"]):
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         tty: bool = False,
-        size: p.TerminalSize | tuple[int, int] | None = None,
+        size: TerminalSizeArg | None = None,
     ) -> SyncProcessHandle:
         """``Client.start`` (same arguments): start and return a handle at once."""
         handle = self._loop.call(

@@ -463,6 +463,21 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
 
+def json_object(text: str | bytes, kind: str = "request") -> dict[str, Any]:
+    """Parse one JSON-RPC message's JSON: strict (no NaN/Infinity), and an object.
+
+    Raises:
+        ProtocolError: -32700 for bad JSON, -32600 ("invalid ``kind``") for another value.
+    """
+    try:
+        payload = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.PARSE_ERROR, "parse error: not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"invalid {kind}: expected a JSON object")
+    return payload
+
+
 def decode(text: str | bytes, *, tolerant: bool = False) -> Message:
     """Decode one JSON-RPC message.
 
@@ -480,12 +495,7 @@ def decode(text: str | bytes, *, tolerant: bool = False) -> Message:
         # What a server receives is bounded before the parse. A client reading its own
         # (trusted) server is not: a read answer of many one-byte chunks is legitimate.
         check_bounds(text)
-    try:
-        payload = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise ProtocolError(ErrorCode.PARSE_ERROR, "parse error: not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: expected a JSON object")
+    payload = json_object(text)
     raw_id = payload.get("id")
     request_id = raw_id if _valid_id(raw_id) else None
     if "jsonrpc" in payload and payload["jsonrpc"] != "2.0":

@@ -466,12 +466,7 @@ def decode(text: str | bytes) -> Request | Notification:
     Raises:
         ProtocolError: with our codes (``encode_error`` maps them to Codex's).
     """
-    try:
-        payload = json.loads(text, parse_constant=_codec._reject_constant)
-    except (ValueError, RecursionError):
-        raise ProtocolError(ErrorCode.PARSE_ERROR, "parse error: not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid request: expected a JSON object")
+    payload = _codec.json_object(text)
     raw_id = payload.get("id")
     request_id = raw_id if _codec._valid_id(raw_id) else None
     method = payload.get("method")
@@ -647,12 +642,7 @@ def decode_from_server(text: str | bytes) -> Message:
     """
     if isinstance(text, bytes | bytearray):
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "a binary frame (Codex's server sends none)")
-    try:
-        payload = json.loads(text, parse_constant=_codec._reject_constant)
-    except (ValueError, RecursionError):
-        raise ProtocolError(ErrorCode.PARSE_ERROR, "parse error: not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid message: expected a JSON object")
+    payload = _codec.json_object(text, "message")
     method = payload.get("method")
     raw_id = payload.get("id")
     if method is None:

@@ -478,13 +478,13 @@ async def test_shell_without_a_terminal_reads_commands_from_stdin(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the server as the test user")
 async def test_shell_is_the_login_shell_of_the_servers_user(session: Session, tmp_path: Path) -> None:
-    from test_pty_server import TEST_USER, _user_exists, serve_as_the_test_user
+    from test_sandbox_view import TEST_USER, _user_exists, serve_as_the_test_user
 
     if not _user_exists(TEST_USER) or not os.path.exists("/usr/bin/python3"):
         pytest.skip(f"needs a user {TEST_USER!r} (useradd -m {TEST_USER}) and /usr/bin/python3")
     entry = pwd.getpwnam(TEST_USER)
     with trio.fail_after(120):
-        async with serve_as_the_test_user(Path(entry.pw_dir)) as (url, token):
+        async with serve_as_the_test_user(Path(entry.pw_dir), "--allow-unsandboxed") as (url, token, _):
             await session.run(["shell", "--sandbox", "readOnly"], pane_env(tmp_path, url, token))
             await session.tmux.wait_screen(r"[$#] ?$")
             # Its passwd shell as a login shell, as that user, in that user's home, on a terminal.

@@ -4,18 +4,16 @@ terminal, through a real server and the raw client, with real processes and the 
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import pwd
 import re
-import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import termios
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,7 +23,7 @@ import trio
 
 from exec_server.sandbox import SandboxSettings, find_launcher
 from protocol import SandboxMode
-from test_sandbox_view import TEST_USER, _copy_for_the_test_user, _user_exists
+from test_sandbox_view import TEST_USER, _user_exists, serve_as_the_test_user
 from rawclient import (  # noqa: F401  (fixtures are used by name)
     Event,
     PidWatch,
@@ -432,40 +430,6 @@ async def test_a_sandboxed_command_cannot_reach_a_host_terminal(
 # --- a non-root server ----------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def serve_as_the_test_user(home: Path) -> AsyncIterator[tuple[str, str]]:
-    """``exec-server serve`` run by the non-root test user (as tests/test_sandbox_view.py
-    does it); yields its URL and token."""
-    site = _copy_for_the_test_user(home)
-    token_path = home / "pty-token"
-    token = secrets.token_urlsafe(32)
-    token_path.write_text(token + "\n")
-    shutil.chown(token_path, TEST_USER, TEST_USER)
-    token_path.chmod(0o600)
-    argv = ["runuser", "-u", TEST_USER, "--", "env", f"PYTHONPATH={site}", f"HOME={home}"]
-    argv += ["/usr/bin/python3", "-m", "exec_server", "serve", "--listen", "ws://127.0.0.1:0", "--token-file", str(token_path)]
-    argv += ["--sandbox", "workspaceWrite", "--allow-unsandboxed", "--audit-denials", "off"]
-    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
-    assert process.stdout is not None
-    try:
-        url = b""
-        while not url.endswith(b"\n"):
-            chunk = await process.stdout.receive_some(256)
-            assert chunk, "the test user's server exited before printing its URL"
-            url += chunk
-        yield url.decode().strip(), token
-    finally:
-        process.terminate()
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stdout.aclose()
-        token_path.unlink(missing_ok=True)
-        shutil.rmtree(site, ignore_errors=True)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the server as the test user")
 async def test_a_non_root_server_gives_terminals_sandboxed_and_not(no_leftover_processes: None) -> None:
     if not _user_exists(TEST_USER) or not os.path.exists("/usr/bin/python3"):
@@ -476,7 +440,7 @@ async def test_a_non_root_server_gives_terminals_sandboxed_and_not(no_leftover_p
         workspace = Path(name)
         os.chown(workspace, entry.pw_uid, entry.pw_gid)
         with trio.fail_after(120):
-            async with serve_as_the_test_user(home) as (url, token), open_raw_client(url, token) as raw:
+            async with serve_as_the_test_user(home, "--allow-unsandboxed") as (url, token, _), open_raw_client(url, token) as raw:
                 init = await raw.initialize()
                 assert init["capabilities"]["pty"] is True
                 script = "tty; id -u; stty size; touch ok && echo wrote; touch /etc/x"

@@ -276,8 +276,9 @@ def _copy_for_the_test_user(home: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def user_server(home: Path) -> AsyncIterator[tuple[Client, str]]:
-    """``exec-server serve`` run by the test user, with this tree and the venv's packages."""
+async def serve_as_the_test_user(home: Path, *extra: str) -> AsyncIterator[tuple[str, str, Path]]:
+    """``exec-server serve`` run by the test user (workspaceWrite, audit off, then ``extra``),
+    with this tree and the venv's packages; yields its URL, its token and the token file."""
     # The test user may not read this interpreter's site-packages or this checkout (under a
     # 0700 /root, as CI has them): it gets a copy of what the server imports.
     site = _copy_for_the_test_user(home)
@@ -285,13 +286,14 @@ async def user_server(home: Path) -> AsyncIterator[tuple[Client, str]]:
     config.mkdir(parents=True, exist_ok=True, mode=0o700)
     for path in (config.parent, config):
         shutil.chown(path, TEST_USER, TEST_USER)
-    token = config / "token"
-    token.write_text(secrets.token_urlsafe(32) + "\n")
-    shutil.chown(token, TEST_USER, TEST_USER)
-    token.chmod(0o600)
+    token_file = config / "token"
+    token = secrets.token_urlsafe(32)
+    token_file.write_text(token + "\n")
+    shutil.chown(token_file, TEST_USER, TEST_USER)
+    token_file.chmod(0o600)
     argv = ["runuser", "-u", TEST_USER, "--", "env", f"PYTHONPATH={site}", f"HOME={home}"]
     argv += ["/usr/bin/python3", "-m", "exec_server", "serve", "--listen", "ws://127.0.0.1:0"]
-    argv += ["--token-file", str(token), "--sandbox", "workspaceWrite", "--audit-denials", "off"]
+    argv += ["--token-file", str(token_file), "--sandbox", "workspaceWrite", "--audit-denials", "off", *extra]
     process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
     assert process.stdout is not None
     try:
@@ -300,8 +302,7 @@ async def user_server(home: Path) -> AsyncIterator[tuple[Client, str]]:
             chunk = await process.stdout.receive_some(256)
             assert chunk, "the test user's server exited before printing its URL"
             url += chunk
-        async with open_client(url.decode().strip(), token=token.read_text().strip()) as client:
-            yield client, str(token)
+        yield url.decode().strip(), token, token_file
     finally:
         process.terminate()
         with trio.move_on_after(10):
@@ -312,6 +313,14 @@ async def user_server(home: Path) -> AsyncIterator[tuple[Client, str]]:
         await process.stdout.aclose()
         shutil.rmtree(config, ignore_errors=True)
         shutil.rmtree(site, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def user_server(home: Path) -> AsyncIterator[tuple[Client, str]]:
+    """A client of ``serve_as_the_test_user``'s server, and the path of its token file."""
+    async with serve_as_the_test_user(home) as (url, token, token_file):
+        async with open_client(url, token=token) as client:
+            yield client, str(token_file)
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to run the server as the test user")
