@@ -20,12 +20,13 @@ command, and interpreter start-up is most of its cost.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import IO, TYPE_CHECKING, Any, Final, NoReturn
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterable, Awaitable, Callable
 
     import protocol as p
 
@@ -57,6 +58,91 @@ class _UsageError(Exception):
 
 class _BrokenPipe(Exception):
     pass
+
+
+class _Stdio:
+    """Where one command's stdin comes from and its output goes.
+
+    Ours (``ours``), or, in the control master (``_control.py``), a caller's descriptors
+    (``of_caller``): those are written through a worker thread, so that a caller whose reader
+    is slow holds up its own command only, and closed when its call ends.
+    """
+
+    def __init__(self, stdin_fd: int | None, out: IO[bytes], err_bytes: IO[bytes], err: IO[str], *, callers: bool) -> None:
+        self.stdin_fd = stdin_fd
+        self.out = out
+        self.err_bytes = err_bytes
+        self.err = err
+        self._callers = callers
+
+    @classmethod
+    def ours(cls) -> _Stdio:
+        try:
+            stdin_fd: int | None = sys.stdin.fileno()
+            os.fstat(stdin_fd)  # type: ignore[arg-type]
+        except (AttributeError, OSError, ValueError):
+            stdin_fd = None  # a daemon may run us with fd 0 closed
+        return cls(stdin_fd, sys.stdout.buffer, sys.stderr.buffer, sys.stderr, callers=False)
+
+    @classmethod
+    def of_caller(cls, fds: list[int]) -> _Stdio:
+        import io
+
+        stdin_fd, out_fd, err_fd = fds
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        err_bytes = open(err_fd, "wb", buffering=0)
+        err = io.TextIOWrapper(err_bytes, encoding="utf-8", errors="backslashreplace", line_buffering=True)
+        return cls(stdin_fd, open(out_fd, "wb"), err_bytes, err, callers=True)
+
+    async def write(self, target: IO[bytes], data: bytes) -> None:
+        """Write and flush ``data`` (BrokenPipeError when its reader is gone)."""
+        if self._callers:
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(_write_flush, target, data)
+        else:
+            # A blocking write is deliberate: if our stdout is slow, the whole client
+            # pauses and TCP pushes back on the server, which repairs any drop by a read.
+            _write_flush(target, data)
+
+    def silence_stdout(self) -> None:
+        """After EPIPE: point fd 1 at /dev/null so the interpreter's final flush stays quiet."""
+        if self._callers:
+            _close_quietly(self.out)
+            self.out = open(os.devnull, "wb")
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+    def close(self) -> None:
+        """A caller's descriptors are closed (ours stay)."""
+        if self._callers:
+            for stream in (self.out, self.err):
+                _close_quietly(stream)
+            if self.stdin_fd is not None:
+                os.close(self.stdin_fd)
+
+
+def _write_flush(target: IO[bytes], data: bytes) -> None:
+    target.write(data)
+    target.flush()
+
+
+def _close_quietly(stream: IO[Any]) -> None:
+    try:
+        stream.close()
+    except OSError:
+        pass
+
+
+# The control master sets this for each caller's call; everywhere else it is our own stdio.
+_CALLER_STDIO: contextvars.ContextVar[_Stdio | None] = contextvars.ContextVar("exec_client_caller_stdio", default=None)
+
+
+def _stdio() -> _Stdio:
+    return _CALLER_STDIO.get() or _Stdio.ours()
 
 
 def _version() -> str:
@@ -111,6 +197,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="forward our stdin even when it is a terminal, or to codex exec-server (which cannot close it)",
     )
+    run.add_argument(
+        "--control-persist",
+        type=float,
+        metavar="S",
+        help="share one background connection with the calls of the next S seconds, like ssh's "
+        f"ControlPersist (env EXEC_CLIENT_CONTROL_PERSIST; default 60; 0: off)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")
     _add_tty_option(run)
     _add_shell_parser(commands)
@@ -123,27 +216,33 @@ def _parser() -> argparse.ArgumentParser:
     kill.add_argument("--signal", default="terminate", choices=["terminate", "kill", "interrupt", "hangup"])
     kill.add_argument("process_id", metavar="PROCESS_ID")
     _add_cp_parser(commands)
+    control = commands.add_parser(
+        "control", help="the control master of these connection options (see run --control-persist)"
+    )
+    _add_connection_options(control)
+    control.add_argument("action", choices=["stop"], help="stop: finish its calls and end")
     return parser
 
 
 def _resolve_token(token_file: str | None) -> str:
-    from pathlib import Path
-
-    from ._errors import ConnectionFailed
-
     if token_file is None:
         token = os.environ.get("EXEC_SERVER_TOKEN")
         if token:
             return token.strip()
         token_file = os.environ.get("EXEC_SERVER_TOKEN_FILE") or DEFAULT_TOKEN_FILE
-    path = Path(token_file).expanduser()
+    path = os.path.expanduser(token_file)
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        with open(path, encoding="utf-8") as file:
+            token = file.read().strip()
     except OSError as exc:
+        from ._errors import ConnectionFailed
+
         raise ConnectionFailed(
             f"cannot read the token file {path}: {exc.strerror or exc} (set EXEC_SERVER_TOKEN or --token-file)"
         ) from None
     if not token:
+        from ._errors import ConnectionFailed
+
         raise ConnectionFailed(f"the token file {path} is empty")
     return token
 
@@ -249,13 +348,13 @@ def _failure_json(command: list[str], failure: str, *, binary: bool) -> dict[str
 def _print_json(data: dict[str, Any]) -> None:
     import json
 
-    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    _write_flush(_stdio().out, (json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _note(message: str) -> None:
-    sys.stderr.write(f"{_PROG}: {message}\n")
-    sys.stderr.flush()
+    err = _stdio().err
+    err.write(f"{_PROG}: {message}\n")
+    err.flush()
 
 
 def _exit_code(record: p.TerminalRecord) -> int:
@@ -285,25 +384,32 @@ def _report(record: p.TerminalRecord) -> None:
         _note(f"failure: {record.failure}{exited}")
 
 
-async def _forward_signals(handle: ProcessHandle) -> None:
-    """Ctrl-C interrupts the remote command (not us); SIGTERM/SIGHUP terminate/hang it up."""
+async def _forward_signals(handle: ProcessHandle, signals: AsyncIterable[int] | None) -> None:
+    """Ctrl-C interrupts the remote command (not us); SIGTERM/SIGHUP terminate/hang it up.
+
+    ``signals``: the numbers a control master's caller forwards; None: the ones we receive.
+    """
     import signal
 
     import anyio
 
+    if signals is None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
+            await _forward_signals(handle, received)
+        return
+
     from ._errors import ExecClientError
 
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
-        async for signum in received:
-            try:
-                if signum == signal.SIGINT:
-                    await handle.signal("interrupt")
-                elif signum == signal.SIGTERM:
-                    await handle.terminate()
-                else:
-                    await handle.signal("hangup")
-            except ExecClientError:
-                pass
+    async for signum in signals:
+        try:
+            if signum == signal.SIGINT:
+                await handle.signal("interrupt")
+            elif signum == signal.SIGTERM:
+                await handle.terminate()
+            elif signum == signal.SIGHUP:
+                await handle.signal("hangup")
+        except ExecClientError:
+            pass
 
 
 async def _forward_stdin(handle: ProcessHandle) -> None:
@@ -311,24 +417,35 @@ async def _forward_stdin(handle: ProcessHandle) -> None:
 
     Read by a daemon thread, not a non-blocking fd (our stdin may be shared with the
     shell) nor a worker thread (the interpreter waits for those at exit, and a stdin that
-    never ends — ``sleep 100 | exec-client run -- true`` — must not keep us alive).
+    never ends — ``sleep 100 | exec-client run -- true`` — must not keep us alive). The
+    thread waits for input with ``poll`` next to a stop pipe, so it ends, and reads no
+    more, as soon as the command no longer wants input: in the control master the
+    descriptor is a caller's, closed when its call ends.
     """
+    import select
     import threading
 
     import anyio
     import anyio.from_thread
     import anyio.lowlevel
+    import anyio.to_thread
 
     import protocol as p
 
     from ._errors import ExecClientError, NotSupported
 
+    stdin_fd = _stdio().stdin_fd
+    assert stdin_fd is not None  # forwarded only when usable
     send, receive = anyio.create_memory_object_stream[bytes](_STDIN_QUEUE_CHUNKS)
     token = anyio.lowlevel.current_token()
+    stop_read, stop_write = os.pipe()
 
     def reader() -> None:
+        poller = select.poll()
+        poller.register(stdin_fd, select.POLLIN)
+        poller.register(stop_read, select.POLLIN)
         try:
-            while data := os.read(sys.stdin.fileno(), _STDIN_READ_BYTES):
+            while stop_read not in dict(poller.poll()) and (data := os.read(stdin_fd, _STDIN_READ_BYTES)):
                 anyio.from_thread.run(send.send, data, token=token)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.RunFinishedError):
             pass
@@ -338,7 +455,8 @@ async def _forward_stdin(handle: ProcessHandle) -> None:
             except anyio.RunFinishedError:
                 pass
 
-    threading.Thread(target=reader, name="exec-client stdin", daemon=True).start()
+    thread = threading.Thread(target=reader, name="exec-client stdin", daemon=True)
+    thread.start()
     try:
         async with receive:
             async for data in receive:
@@ -349,6 +467,12 @@ async def _forward_stdin(handle: ProcessHandle) -> None:
         _note(f"our stdin ended, but {exc}: the command's stays open")
     except ExecClientError:
         pass  # the record tells what happened to the command
+    finally:
+        os.write(stop_write, b"x")
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(thread.join)
+        os.close(stop_read)
+        os.close(stop_write)
 
 
 async def _stream(handle: ProcessHandle) -> None:
@@ -361,16 +485,12 @@ async def _stream(handle: ProcessHandle) -> None:
 
     from ._errors import OutputOverrun
 
-    out = sys.stdout.buffer
-    err = sys.stderr.buffer
+    std = _stdio()
     try:
         async for chunk in handle:
-            target = out if chunk.stream is p.Stream.STDOUT else err
-            # A blocking write is deliberate: if our stdout is slow, the whole client
-            # pauses and TCP pushes back on the server, which repairs any drop by a read.
+            target = std.out if chunk.stream is p.Stream.STDOUT else std.err_bytes
             try:
-                target.write(chunk.chunk)
-                target.flush()
+                await std.write(target, chunk.chunk)
             except BrokenPipeError:
                 raise _BrokenPipe from None
     except OutputOverrun as exc:
@@ -379,18 +499,7 @@ async def _stream(handle: ProcessHandle) -> None:
 
 def _stdin_usable() -> bool:
     """Whether we have a stdin at all (a daemon may run us with fd 0 closed)."""
-    try:
-        os.fstat(sys.stdin.fileno())
-    except (AttributeError, OSError, ValueError):
-        return False
-    return True
-
-
-def _silence_stdout() -> None:
-    """After EPIPE: point fd 1 at /dev/null so the interpreter's final flush stays quiet."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    return _stdio().stdin_fd is not None
 
 
 async def _stream_until_broken_pipe(handle: ProcessHandle, stream: Callable[[ProcessHandle], Awaitable[None]]) -> bool:
@@ -399,7 +508,7 @@ async def _stream_until_broken_pipe(handle: ProcessHandle, stream: Callable[[Pro
     try:
         await stream(handle)
     except _BrokenPipe:
-        _silence_stdout()
+        _stdio().silence_stdout()
         await handle.terminate(grace=_BROKEN_PIPE_GRACE)
         return True
     return False
@@ -423,10 +532,99 @@ def _open(args: argparse.Namespace, url: str, **kwargs: Any) -> Any:
 async def _run(args: argparse.Namespace, command: list[str]) -> int:
     url = _url(args)
     async with _open(args, url) as client:
+        _start_master(args)  # the server answers: later calls can share a connection
         return await _run_command(client, args, command)
 
 
-async def _run_command(client: Client, args: argparse.Namespace, command: list[str]) -> int:
+# --- the control master (``_control.py``): later calls share one warm client ----------------
+
+
+def _master_address(args: argparse.Namespace) -> tuple[Any, str | None, float] | None:
+    """The control master's address for our connection options, the token, and how long a
+    master persists; None if masters are off (``--control-persist 0``) or unusable here."""
+    from . import _control
+
+    persist = _control.persist_seconds(args.control_persist)
+    if persist <= 0:
+        return None
+    url = _url(args)
+    token = _resolve_token(args.token_file) if _needs_token(url) and not args.no_token else None
+    address = _control.ControlAddress.for_options(url, token, args.ca_file, not args.no_resume)
+    return None if address is None else (address, token, persist)
+
+
+def _through_master(args: argparse.Namespace) -> int | None:
+    """Run through a control master if one serves our options: its exit status, else None."""
+    found = _master_address(args)
+    if found is None:
+        return None
+    from . import _control
+
+    return _control.call_master(found[0], {"argv": args.argv})
+
+
+def _start_master(args: argparse.Namespace) -> None:
+    found = _master_address(args)
+    if found is None:
+        return
+    from . import _control
+
+    address, token, persist = found
+    ca_file = os.path.abspath(args.ca_file) if args.ca_file else None
+    _control.start_master(address, {"url": _url(args), "ca_file": ca_file, "resume": not args.no_resume, "persist": persist}, token)
+
+
+def client_usable(client: Client) -> bool:
+    """Whether a control master's client takes a new call: connected (while it resumes its
+    session, or after it lost it, a caller runs on its own rather than wait)."""
+    from ._client import ClientState
+
+    return client.state is ClientState.CONNECTED
+
+
+async def run_for_caller(client: Client, request: dict[str, Any], fds: list[int], signals: AsyncIterable[int]) -> int:
+    """One caller's ``exec-client run`` in the control master: its argv parsed as ours, its
+    stdin/stdout/stderr (``fds``, closed here), its forwarded signals; the exit status."""
+    std = _Stdio.of_caller(fds)
+    reset = _CALLER_STDIO.set(std)
+    try:
+        argv = request.get("argv")
+        if not isinstance(argv, list) or not all(isinstance(arg, str) for arg in argv):
+            return EXIT_USAGE
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit:
+            return EXIT_USAGE
+        command = [c for c in args.command if c != "--"]
+        try:
+            return await _run_command(client, args, _command_of(args), signals)
+        except Exception as exc:
+            try:
+                return _exit_for(exc, args, command, json_mode=args.json)
+            except Exception as unexpected:
+                _note(f"internal error in the control master: {unexpected!r}")
+                return EXIT_CLIENT_FAILURE
+    finally:
+        _CALLER_STDIO.reset(reset)
+        std.close()
+
+
+def _control(args: argparse.Namespace) -> int:
+    """``control stop``: the master for these connection options finishes its calls and ends."""
+    from . import _control
+
+    url = _url(args)
+    token = _resolve_token(args.token_file) if _needs_token(url) and not args.no_token else None
+    address = _control.ControlAddress.for_options(url, token, args.ca_file, not args.no_resume)
+    if address is None or not _control.stop_master(address):
+        _note(f"no control master for {url}")
+        return 1
+    return 0
+
+
+async def _run_command(
+    client: Client, args: argparse.Namespace, command: list[str], signals: AsyncIterable[int] | None = None
+) -> int:
     import anyio
 
     import protocol as p
@@ -435,7 +633,7 @@ async def _run_command(client: Client, args: argparse.Namespace, command: list[s
     # `cat` waiting forever after our EOF, so there it takes --stdin.
     closable = client.info.dialect != "codex"
     forward_stdin = (
-        not args.no_stdin and _stdin_usable() and (args.stdin or (closable and not os.isatty(sys.stdin.fileno())))
+        not args.no_stdin and _stdin_usable() and (args.stdin or (closable and not os.isatty(_stdio().stdin_fd)))  # type: ignore[arg-type]
     )
     handle = await client.start(
         command,
@@ -450,7 +648,7 @@ async def _run_command(client: Client, args: argparse.Namespace, command: list[s
     )
     broken_pipe = False
     async with anyio.create_task_group() as group:
-        group.start_soon(_forward_signals, handle)
+        group.start_soon(_forward_signals, handle, signals)
         if forward_stdin:
             group.start_soon(_forward_stdin, handle)
         if not args.json:
@@ -516,7 +714,8 @@ def _login_shell_command(cwd: str | None) -> list[str]:
 
 
 def _local_terminal() -> bool:
-    return _stdin_usable() and os.isatty(sys.stdin.fileno())
+    stdin_fd = _stdio().stdin_fd
+    return stdin_fd is not None and os.isatty(stdin_fd)
 
 
 def _check_tty_request(args: argparse.Namespace) -> None:
@@ -850,6 +1049,14 @@ def _command_of(args: argparse.Namespace) -> list[str]:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.subcommand == "run" and not args.tty:
+        _command_of(args)  # a usage error is ours to say, not a master's
+        code = _through_master(args)
+        if code is not None:
+            return code
+    if args.subcommand == "control":
+        return _control(args)
+
     import anyio
 
     if args.subcommand == "shell":
@@ -870,6 +1077,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def run_cli(argv: list[str]) -> int:
     """Run the CLI with ``argv`` (without the program name); return the exit status."""
     args = _parser().parse_args(argv)
+    args.argv = argv  # what a control master parses again
     json_mode = args.subcommand == "run" and args.json
     command = [c for c in getattr(args, "command", []) if c != "--"]
     try:
@@ -880,30 +1088,37 @@ def run_cli(argv: list[str]) -> int:
 
 
 def _run_guarded(args: argparse.Namespace, command: list[str], json_mode: bool) -> int:
+    try:
+        return _dispatch(args)
+    except Exception as exc:
+        return _exit_for(exc, args, command, json_mode=json_mode)
+
+
+def _exit_for(exc: Exception, args: argparse.Namespace, command: list[str], *, json_mode: bool) -> int:
+    """The exit status for ``exc``, after its one-line note (and with ``--json`` the one
+    record); re-raises what is not an error of the kinds we report."""
+
     def fail(code: int, message: str) -> int:
         if json_mode:
             _print_json(_failure_json(command, message, binary=args.binary))
         _note(message)
         return code
 
-    try:
-        return _dispatch(args)
-    except _UsageError as exc:
+    from ._errors import ExecClientError, ServerError, SpawnFailed
+
+    if isinstance(exc, _UsageError):
         _note(str(exc))
         return EXIT_USAGE
-    except (ValueError, TypeError) as exc:  # invalid arguments caught by the message validators
+    if isinstance(exc, (ValueError, TypeError)):  # invalid arguments caught by the message validators
         _note(f"invalid arguments: {exc}")
         return EXIT_USAGE
-    except Exception as exc:
-        from ._errors import ExecClientError, ServerError, SpawnFailed
-
-        if isinstance(exc, SpawnFailed):
-            return fail(*_spawn_exit(exc, command or ["?"], getattr(args, "cwd", None)))
-        if isinstance(exc, ServerError):
-            return fail(EXIT_CLIENT_FAILURE, f"server error: {exc}")
-        if isinstance(exc, ExecClientError):
-            return fail(EXIT_CLIENT_FAILURE, str(exc))
-        raise
+    if isinstance(exc, SpawnFailed):
+        return fail(*_spawn_exit(exc, command or ["?"], getattr(args, "cwd", None)))
+    if isinstance(exc, ServerError):
+        return fail(EXIT_CLIENT_FAILURE, f"server error: {exc}")
+    if isinstance(exc, ExecClientError):
+        return fail(EXIT_CLIENT_FAILURE, str(exc))
+    raise exc
 
 
 def main() -> NoReturn:

@@ -203,6 +203,11 @@ class Client:
     def state(self) -> ClientState:
         return self._lifecycle.state
 
+    async def wait_lost(self) -> None:
+        """Return once the session is over: it could not be resumed (``LOST``) or we closed it."""
+        while self.state not in (ClientState.LOST, ClientState.CLOSED):
+            await self._state_changed.wait()
+
     async def run(
         self,
         command: Command,

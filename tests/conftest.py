@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +14,10 @@ import trio
 from exec_server import Server, ServerConfig, serve_websocket
 from exec_server.sandbox import Sandbox, SandboxSettings
 from protocol import SandboxMode
+
+# The CLI's control master (exec_client/_control.py) outlives the call that starts it: here
+# each CLI call runs on its own unless its test asks for a master (tests/test_cli.py).
+os.environ["EXEC_CLIENT_CONTROL_PERSIST"] = "0"
 
 # Most protocol tests run commands unsandboxed so that they test the protocol alone; the
 # sandbox has its own tests, and `sandboxed_server` runs the real thing.

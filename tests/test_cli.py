@@ -6,7 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,72 @@ from nspid import descendant_running
 REPO: Path = Path(__file__).resolve().parent.parent
 
 
+# Set while a test of this module runs in its "master" round (the `server` fixture below):
+# its CLI calls then go through a control master, as a user's second and later calls do.
+_MASTER_ENV: dict[str, str] = {}
+
+
 def cli_env(env: dict[str, str] | None, home: Path) -> dict[str, str]:
     base = {key: value for key, value in os.environ.items() if not key.startswith("EXEC_SERVER_")}
     base["HOME"] = str(home)  # no ~/.config/exec-server/token unless a test writes one
     base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
+    base.update(_MASTER_ENV)
     base.update(env or {})
     return base
+
+
+@pytest.fixture(params=["direct", "master"])
+async def server(request: pytest.FixtureRequest, start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The real server; every test that takes it runs twice: each CLI call on its own, and
+    through a control master started (by a first call) before the test begins."""
+    running = await start_server()
+    if request.param == "direct":
+        yield running
+        return
+    home = tmp_path_factory.mktemp("master-home")
+    runtime = home / "run"
+    runtime.mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(runtime), "EXEC_CLIENT_CONTROL_PERSIST": "60"}
+    with trio.fail_after(30):
+        async with control_master(running.url, running.token, env, home) as _pid:
+            _MASTER_ENV.update(env)
+            try:
+                yield running
+            finally:
+                _MASTER_ENV.clear()
+
+
+def listening(path: Path) -> bool:
+    """Whether a unix socket at ``path`` takes connections (a dead master's does not)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@asynccontextmanager
+async def control_master(url: str, token: str, env: dict[str, str], home: Path) -> AsyncIterator[int]:
+    """A control master for ``url``/``token``, started the way a user's first call starts it;
+    its pid. On the way out it is stopped (``control stop``) and waited for."""
+    env = {**env, "EXEC_SERVER_URL": url, "EXEC_SERVER_TOKEN": token}
+    first = await exec_client(["run", "--", "true"], env=env, home=home)
+    assert first.returncode == 0, first.stderr
+    runtime = Path(env["XDG_RUNTIME_DIR"]) / "exec-client"
+    while not any(map(listening, runtime.glob("*.sock"))):  # the master imports the client, then listens
+        await trio.sleep(0.02)
+    (lock,) = runtime.glob("*.lock")
+    pid = int(lock.read_text())
+    try:
+        yield pid
+    finally:
+        stopped = await exec_client(["control", "stop"], env=env, home=home)
+        assert stopped.returncode == 0, stopped.stderr
+        while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower():
+            await trio.sleep(0.02)
 
 
 async def exec_client(
