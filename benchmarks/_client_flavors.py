@@ -6,7 +6,9 @@
   program would be), against the same server; the children run in alternating batches so
   machine drift lands on every arm alike. Each child times ``client.run`` itself.
 - **Cold start**: the whole ``exec-client run -- /usr/bin/true`` (interpreter start, imports,
-  connect, run, exit) next to a bare ``python3 -c pass``, interleaved.
+  connect, run, exit) next to a bare ``python3 -c pass``, interleaved, two ways: as shipped
+  (after a first call, through the control master it started: ``exec_client/_control.py``)
+  and each call on its own (``--control-persist 0``).
 
 Run alone: ``python -m benchmarks._client_flavors`` (starts its own server).
 """
@@ -15,9 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Final
 
@@ -69,7 +74,8 @@ print(json.dumps(samples))
 @attrs.frozen
 class FlavorResult:
     p50: dict[str, float]
-    cold_p50: float
+    cold_p50: float  # as shipped: through the control master
+    own_p50: float  # --control-persist 0: every call imports and connects by itself
     bare_p50: float
     samples: dict[str, list[float]]
     # `python -X importtime` of one CLI call: (module, cumulative µs, self µs), heaviest first.
@@ -83,6 +89,10 @@ class FlavorResult:
     @property
     def cold_over_bare(self) -> float:
         return self.cold_p50 / self.bare_p50
+
+    @property
+    def own_over_bare(self) -> float:
+        return self.own_p50 / self.bare_p50
 
 
 def _env(token: str) -> dict[str, str]:
@@ -124,24 +134,53 @@ def measure(url: str, token: str, *, batches: int, per_batch: int, cold_runs: in
         order = FLAVORS[batch % len(FLAVORS) :] + FLAVORS[: batch % len(FLAVORS)]
         for flavor in order:
             samples[flavor] += _flavor_batch(flavor, url, token, per_batch)
-    env = _env(token)
+    runtime = tempfile.mkdtemp(prefix="xc-")  # the control master's socket: ours, short
+    env = {**_env(token), "XDG_RUNTIME_DIR": runtime}
+    env.pop("EXEC_CLIENT_CONTROL_PERSIST", None)  # as shipped
     cli = [sys.executable, "-m", "exec_client", "run", "--url", url, "--", TRUE]
+    own = [*cli[:6], "--control-persist", "0", *cli[6:]]
     bare = [sys.executable, "-c", "pass"]
     cold: list[float] = []
+    alone: list[float] = []
     plain: list[float] = []
-    _wall(cli, env)  # page cache and .pyc files warm, like a build tool's second call
-    for _ in range(cold_runs):
-        cold.append(_wall(cli, env))
-        plain.append(_wall(bare, env))
-    imports, total = import_times(cli, env)
+    try:
+        _wall(own, env)  # page cache and .pyc files warm, like a build tool's second call
+        _wall(cli, env)  # ... and the control master started, as the first call starts it
+        _await_master(runtime)
+        for _ in range(cold_runs):
+            cold.append(_wall(cli, env))
+            alone.append(_wall(own, env))
+            plain.append(_wall(bare, env))
+    finally:
+        subprocess.run([*cli[:3], "control", "stop", "--url", url], env=env, capture_output=True, check=False, timeout=60)
+        shutil.rmtree(runtime, ignore_errors=True)
+    imports, total = import_times(own, env)
     return FlavorResult(
         p50={flavor: statistics.median(values) for flavor, values in samples.items()},
         cold_p50=statistics.median(cold),
+        own_p50=statistics.median(alone),
         bare_p50=statistics.median(plain),
         samples=samples,
         imports=imports,
         imports_total_us=total,
     )
+
+
+def _await_master(runtime: str, timeout: float = 30.0) -> None:
+    """Until the control master the warm-up call started takes connections."""
+    deadline = time.monotonic() + timeout
+    directory = os.path.join(runtime, "exec-client")
+    while time.monotonic() < deadline:
+        for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            if name.endswith(".sock"):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    try:
+                        probe.connect(os.path.join(directory, name))
+                        return
+                    except OSError:
+                        pass
+        time.sleep(0.02)
+    raise RuntimeError("the CLI's control master did not start")
 
 
 def import_times(cli: list[str], env: dict[str, str]) -> tuple[list[tuple[str, int, int]], int]:
@@ -174,19 +213,21 @@ def section(result: FlavorResult, *, batches: int, per_batch: int, cold_runs: in
     for flavor in FLAVORS:
         table.add(flavor, fmt_ms(result.p50[flavor] * 1000), f"{result.p50[flavor] / result.p50['trio']:.2f}×")
     cold = out.table("command", "p50 ms", caption=f"Whole-process wall time, {cold_runs} interleaved pairs")
-    cold.add(f"`exec-client run -- {TRUE}`", fmt_ms(result.cold_p50 * 1000))
+    cold.add(f"`exec-client run -- {TRUE}` (as shipped: through the control master)", fmt_ms(result.cold_p50 * 1000))
+    cold.add(f"`exec-client run --control-persist 0 -- {TRUE}` (on its own)", fmt_ms(result.own_p50 * 1000))
     cold.add("`python3 -c pass`", fmt_ms(result.bare_p50 * 1000))
     if result.imports:
         imports = out.table(
             "import (top level)", "cumulative ms", "self ms",
-            caption=f"`python -X importtime` of one CLI call: {result.imports_total_us / 1000:.0f} ms of imports in all; "
+            caption=f"`python -X importtime` of one CLI call on its own: {result.imports_total_us / 1000:.0f} ms of imports in all; "
             "the heaviest, nested ones with their importer",
         )  # fmt: skip
         for name, cumulative, self_us in result.imports[:16]:
             imports.add(f"`{name}`", f"{cumulative / 1000:.1f}", f"{self_us / 1000:.1f}")
     out.note(
         f"asyncio/trio p50 ratio {result.asyncio_over_trio:.2f}× (target ≤ 1.2×); the asyncio child asserts "
-        f"that trio was never imported. CLI cold start {result.cold_over_bare:.2f}× bare Python (target ≤ 4×)."
+        f"that trio was never imported. CLI cold start {result.cold_over_bare:.2f}× bare Python through the control "
+        f"master (target ≤ 4×), {result.own_over_bare:.2f}× on its own."
     )
     return out
 

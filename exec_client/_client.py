@@ -39,7 +39,6 @@ import anyio
 import anyio.abc
 
 import protocol as p
-from protocol import _codex as codex
 
 from ._arguments import (
     Command,
@@ -54,7 +53,7 @@ from ._arguments import (
 )
 from ._connection import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, CloseInfo, Connection
 from ._core import Backoff, GiveUp, after_close
-from ._dialect import CODEX_NAME, NATIVE_NAME, CodexDialect, dialect_for
+from ._dialect import CODEX_NAME, NATIVE_NAME, dialect_for
 from ._errors import (
     CommandFailed,
     ConnectionFailed,
@@ -74,6 +73,8 @@ from ._lifecycle import Lifecycle
 from ._transport import CommandTarget, Target, TransportClosed, open_transport, parse_target
 
 if TYPE_CHECKING:
+    from protocol import _codex as codex
+
     from ._files import DirEntry, FileStat, RemoteFiles
 
 # The file methods' ``sandbox``: as ``run``'s, or a Codex permissions profile (exec_client._files).
@@ -599,6 +600,8 @@ class Client:
                     raise
                 if not connection.dialect.can_list:
                     # No process/list to ask (Codex): "duplicate" after a resend means it runs.
+                    from protocol import _codex as codex
+
                     return codex.StartResult(process_id=params.process_id, sandbox_type="unknown")
                 for info in await self.list_processes():
                     if info.process_id == params.process_id:
@@ -696,6 +699,8 @@ class Client:
         try:
             with anyio.fail_after(self._connect_timeout):
                 if forced == CODEX_NAME:
+                    from ._codex_dialect import CodexDialect
+
                     connection.use_dialect(CodexDialect(None))  # Codex's own initialize, too
                 raw = await connection.request(
                     p.InitializeParams(
@@ -713,9 +718,12 @@ class Client:
                 await connection.notify(p.InitializedParams())
         except ServerError as exc:
             await connection.aclose()
-            if forced == CODEX_NAME and exc.code == codex.CodexErrorCode.SESSION_ALREADY_ATTACHED:
-                # Codex has not yet seen the old connection go: worth another attempt.
-                raise ConnectionFailed(f"initialize failed at {self.url}: {exc}") from None
+            if forced == CODEX_NAME:
+                from protocol._codex import CodexErrorCode
+
+                if exc.code == CodexErrorCode.SESSION_ALREADY_ATTACHED:
+                    # Codex has not yet seen the old connection go: worth another attempt.
+                    raise ConnectionFailed(f"initialize failed at {self.url}: {exc}") from None
             # Reachable and answering: its refusal is final (e.g. an unknown session).
             raise InitializeRefused(f"initialize failed at {self.url}: {exc}") from None
         except (ProtocolViolation, ConnectionLost, TimeoutError) as exc:

@@ -489,3 +489,27 @@ async def test_runs_with_no_stdin_at_all(server: Any, tmp_path: Path) -> None:
             check=False,
         )
     assert (done.returncode, done.stdout, done.stderr) == (0, b"ok\n", b"")
+
+
+_IMPORTED_BY_A_RUN = """
+import sys
+from exec_client._cli import run_cli
+code = run_cli(["run", "--", "true"])
+print(code, " ".join(sorted(name for name in ("protocol", "protocol._codex", "anyio", "asyncio", "trio", "wsproto") if name in sys.modules)))
+"""
+
+
+async def test_a_run_imports_only_what_it_needs(server: Any, tmp_path: Path) -> None:
+    """The cold start (a build tool calls the CLI once per command): through a control master a
+    call imports none of the client; on its own, no Codex message shapes and no trio."""
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-c", _IMPORTED_BY_A_RUN],
+            env=cli_env({"EXEC_SERVER_URL": server.url, "EXEC_SERVER_TOKEN": server.token}, tmp_path),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    through_master = bool(_MASTER_ENV)
+    assert done.stdout.decode().split(maxsplit=1) == (["0"] if through_master else ["0", "anyio asyncio protocol wsproto\n"])

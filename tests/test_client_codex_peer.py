@@ -27,7 +27,7 @@ import trio
 
 import exec_client
 import protocol as p
-from exec_client import _dialect
+from exec_client import _codex_dialect as _dialect
 from exec_client._core import Answer, Event, RequestTracker
 from protocol import _codex as codex
 
