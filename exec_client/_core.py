@@ -142,7 +142,7 @@ class RequestTracker:
     def outstanding(self) -> int:
         return len(self._calls)
 
-    def receive(self, frame: str | bytes) -> Incoming:
+    def receive(self, frame: str | bytes | bytearray) -> Incoming:
         """Classify one incoming frame."""
         try:
             message = self.dialect.decode_frame(frame)
