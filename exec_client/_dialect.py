@@ -80,7 +80,7 @@ class Dialect(Protocol):
         """The frame of one call. Raises ``NotSupported`` if the peer cannot do it."""
         ...
 
-    def decode_frame(self, frame: str | bytes) -> p.Message:
+    def decode_frame(self, frame: str | bytes | bytearray) -> p.Message:
         """One incoming frame, with events as our classes. Raises ``ProtocolError``."""
         ...
 
@@ -227,7 +227,7 @@ class CodexDialect:
 
     # --- answers and events ------------------------------------------------------------------
 
-    def decode_frame(self, frame: str | bytes) -> p.Message:
+    def decode_frame(self, frame: str | bytes | bytearray) -> p.Message:
         return codex.decode_from_server(frame)
 
     def decode_result(self, method: str, params: Any, raw: Any) -> Any:
