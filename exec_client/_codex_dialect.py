@@ -130,7 +130,7 @@ class CodexDialect:
 
     # --- answers and events ------------------------------------------------------------------
 
-    def decode_frame(self, frame: str | bytes) -> p.Message:
+    def decode_frame(self, frame: str | bytes | bytearray) -> p.Message:
         return codex.decode_from_server(frame)
 
     def decode_result(self, method: str, params: Any, raw: Any) -> Any:

@@ -218,7 +218,7 @@ class Connection:
         self.closed.set()
         self._on_closed(self, info)
 
-    def _dispatch(self, frame: str | bytes) -> None:
+    def _dispatch(self, frame: str | bytes | bytearray) -> None:
         incoming = self._tracker.receive(frame)
         if isinstance(incoming, Event):
             self._on_notification(incoming.notification)

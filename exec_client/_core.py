@@ -55,7 +55,7 @@ def decode_frame(frame: str | bytes) -> p.Message:
     return NATIVE.decode_frame(frame)
 
 
-def _process_id_of(frame: str | bytes) -> str | None:
+def _process_id_of(frame: str | bytes | bytearray) -> str | None:
     """The ``params.processId`` of a frame that failed to decode, if it has one."""
     try:
         payload = json.loads(frame)
@@ -142,7 +142,7 @@ class RequestTracker:
     def outstanding(self) -> int:
         return len(self._calls)
 
-    def receive(self, frame: str | bytes) -> Incoming:
+    def receive(self, frame: str | bytes | bytearray) -> Incoming:
         """Classify one incoming frame."""
         try:
             message = self.dialect.decode_frame(frame)

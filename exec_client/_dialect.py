@@ -72,7 +72,7 @@ class Dialect(Protocol):
         """The frame of one call. Raises ``NotSupported`` if the peer cannot do it."""
         ...
 
-    def decode_frame(self, frame: str | bytes) -> p.Message:
+    def decode_frame(self, frame: str | bytes | bytearray) -> p.Message:
         """One incoming frame, with events as our classes. Raises ``ProtocolError``."""
         ...
 
@@ -97,9 +97,9 @@ class NativeDialect:
     def encode_request(self, request_id: int, params: Any, method: str) -> str:
         return p.encode_request(request_id, params, method)
 
-    def decode_frame(self, frame: str | bytes) -> p.Message:
+    def decode_frame(self, frame: str | bytes | bytearray) -> p.Message:
         if isinstance(frame, bytes | bytearray):
-            return p.Notification("process/output", p.decode_binary_output(bytes(frame)))
+            return p.Notification("process/output", p.decode_binary_output(frame))
         return p.decode(frame, tolerant=True)
 
     def decode_result(self, method: str, params: Any, raw: Any) -> Any:

@@ -43,8 +43,9 @@ class ClientTransport(Protocol):
         """Write one message. Raises ``TransportClosed`` if the wire is gone."""
         ...
 
-    async def receive(self) -> str | bytes:
-        """The next whole message. Raises ``TransportClosed`` at the end."""
+    async def receive(self) -> str | bytes | bytearray:
+        """The next whole message (a binary one may be a bytearray, handed on without a copy).
+        Raises ``TransportClosed`` at the end."""
         ...
 
     async def ping(self, timeout: float) -> bool:

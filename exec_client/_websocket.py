@@ -94,7 +94,7 @@ class WebSocketTransport:
         self._url = url
         self._max_message_bytes = max_message_bytes
         self._send_lock = anyio.Lock()
-        self._pieces: list[str | bytes] = []
+        self._pieces: list[str | bytes | bytearray] = []
         self._piece_bytes = 0
         self._closed: TransportClosed | None = None
         self._closed_event = anyio.Event()
@@ -182,7 +182,7 @@ class WebSocketTransport:
         event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
         await self._send_event(event)
 
-    async def receive(self) -> str | bytes:
+    async def receive(self) -> str | bytes | bytearray:
         while True:
             if self._closed is not None:
                 raise self._closed
@@ -262,9 +262,11 @@ class WebSocketTransport:
                 self._set_closed(CLOSE_ABNORMAL, f"connection lost: {_os_reason(exc)}")
                 raise self._closed from None  # type: ignore[misc]
 
-    async def _handle(self, event: object) -> str | bytes | None:
+    async def _handle(self, event: object) -> str | bytes | bytearray | None:
         if isinstance(event, TextMessage | BytesMessage):
-            self._pieces.append(bytes(event.data) if isinstance(event.data, bytearray) else event.data)
+            # A binary frame's data stays the bytearray wsproto made (no copy per piece): a
+            # message of several pieces is joined into bytes, a whole one is handed on as is.
+            self._pieces.append(event.data)
             self._piece_bytes += len(event.data)
             if self._piece_bytes > self._max_message_bytes:
                 await self._too_big()

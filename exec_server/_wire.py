@@ -7,8 +7,9 @@ codec would produce.
 
 from __future__ import annotations
 
-import base64
 import json
+
+import pybase64
 
 import protocol as p
 
@@ -25,7 +26,7 @@ def encode_event(event: p.ProcessEvent, binary_output: bool = False) -> str | by
             + ',"stream":"'
             + event.stream.value
             + '","chunk":"'
-            + base64.b64encode(event.chunk).decode("ascii")
+            + pybase64.b64encode(event.chunk).decode("ascii")
             + '"}}'
         )
     return p.encode_notification(event)

@@ -17,6 +17,7 @@ from typing import Any, Final, cast
 
 import attrs
 import cattrs
+import pybase64
 from cattrs.errors import ClassValidationError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
@@ -140,6 +141,13 @@ def _structure_bytes(value: Any, _type: type) -> bytes:
     if not isinstance(value, str):
         raise TypeError(f"expected a base64 string, got {type(value).__name__}")
     try:
+        # pybase64 (SIMD) decodes ~40x faster than binascii: base64 was 45% of the client's
+        # time on a text-framed stream. It refuses a little more (excess padding such as
+        # "AAAA="); what it refuses goes to the standard decoder, which keeps the last word.
+        return pybase64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("invalid base64") from None
@@ -178,7 +186,7 @@ def _make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
     ):
         converter.register_structure_hook(exact_type, hook)
     converter.register_structure_hook(Any, _structure_any)
-    converter.register_unstructure_hook(bytes, lambda value: base64.b64encode(value).decode("ascii"))
+    converter.register_unstructure_hook(bytes, lambda value: pybase64.b64encode(value).decode("ascii"))
 
     converter.register_unstructure_hook_factory(_is_enum, lambda _type: lambda value: value.value)
 

@@ -630,7 +630,7 @@ _EVENT_DECODERS: Final[dict[str, Any]] = {
 }
 
 
-def decode_from_server(text: str | bytes) -> Message:
+def decode_from_server(text: str | bytes | bytearray) -> Message:
     """Decode one frame a Codex server sent to our client.
 
     Responses keep a raw ``result`` (``decode_*_result`` below know the method); process

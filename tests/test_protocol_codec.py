@@ -368,6 +368,16 @@ def test_output_is_binary_safe_base64() -> None:
     assert decoded.params.chunk == b"\x00\xff\n\r"
 
 
+
+@pytest.mark.parametrize("chunk", ["AAAA=", "AAAA==", "YWJj==", "AP8KDQ==", ""])
+def test_base64_accepted_as_the_standard_decoder_does(chunk: str) -> None:
+    """The fast decoder refuses excess padding; the standard one (the reference) accepts it."""
+    text = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "process/write", "params": {"processId": "a", "chunk": chunk}})
+    decoded = p.decode(text)
+    assert isinstance(decoded, p.Request)
+    assert decoded.params.chunk == base64.b64decode(chunk, validate=True)
+
+
 # --- defaults and optional members ----------------------------------------------------------
 
 
