@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from exec_server.sandbox._audit import (
     AUDIT_LANDLOCK_ACCESS,
@@ -30,6 +31,7 @@ from exec_server.sandbox._audit import (
     AUDIT_PATH,
     AUDIT_SYSCALL,
     DEFAULT_LOCK_PATH,
+    AuditBacklogProbe,
     AuditControl,
     AuditStatus,
     AuditUnavailable,
@@ -105,6 +107,52 @@ def record(record_type: int, line: bytes, **overrides: str):  # type: ignore[no-
             fields={**parsed.fields, **overrides},
         )
     return parsed
+
+
+class _HeldKernel(AuditBacklogProbe):
+    """A probe whose kernel answers only when the test says so; question k answers k."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+        self.release = trio.Event()
+
+    async def _ask(self) -> int | None:
+        self.asked += 1
+        await self.release.wait()
+        self.release = trio.Event()
+        return self.asked
+
+
+async def test_backlog_questions_are_shared_only_by_callers_that_asked_before_they_were_sent() -> None:
+    probe = _HeldKernel()
+    answers: dict[str, int | None] = {}
+
+    async def ask(name: str) -> None:
+        answers[name] = await probe.backlog()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe.run)
+            nursery.start_soon(ask, "first")
+            await trio.testing.wait_all_tasks_blocked()
+            assert probe.asked == 1  # in flight
+            for name in ("second", "third", "fourth"):
+                nursery.start_soon(ask, name)
+            async with trio.open_nursery() as gone:
+                gone.start_soon(ask, "cancelled")
+                await trio.testing.wait_all_tasks_blocked()
+                gone.cancel_scope.cancel()
+            probe.release.set()
+            await trio.testing.wait_all_tasks_blocked()
+            # The three who came while question 1 was out share question 2, not answer 1.
+            assert (probe.asked, answers) == (2, {"first": 1})
+            probe.release.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert answers == {"first": 1, "second": 2, "third": 2, "fourth": 2}
+            assert probe.asked == 2  # nobody waits: no third question
+            nursery.cancel_scope.cancel()
+    probe.close()
 
 
 # ---- parsing ----------------------------------------------------------------------------

@@ -403,11 +403,34 @@ def denial_rules() -> list[bytes]:
 _BACKLOG_ANSWER_S: Final = 0.05
 
 
+@attrs.define(eq=False)
+class _Round:
+    """One ``AUDIT_GET``, shared by every caller that joined it before it was sent."""
+
+    answered: trio.Event = attrs.Factory(trio.Event)
+    backlog: int | None = None
+
+
 class AuditBacklogProbe:
     """Asks the kernel, without blocking trio, how many records still wait in its audit queue.
 
     When that backlog is 0, every record emitted so far has been handed to the read-log
     group, so a reaped process's records are already on our socket.
+
+    Single flight: one question at a time, asked by :meth:`run`, and every :meth:`backlog`
+    caller that arrives while a question is in flight shares the *next* one. Each answer costs
+    the kernel a kthread (0.15-0.85 ms here), and concurrent exits used to queue behind each
+    other for one round trip each.
+
+    Why a shared answer is as exact as a private one: a caller joins ``_next``, the round whose
+    question is not sent yet. :meth:`run` swaps ``_next`` for a fresh round and sends that
+    round's question in one synchronous step (no checkpoint in between), so every caller of a
+    round joined it -- and so was reaped, since callers ask only after the reap -- before its
+    question left. A process's records are queued in its own context before it exits; the
+    kernel counts the backlog when the question arrives, later still. So an answer of 0 means
+    the same for every caller of the round as it would for a question of its own: each
+    caller's records have been multicast. A caller never gets the answer of a question sent
+    before it asked (that is the one in flight when it arrives).
     """
 
     def __init__(self) -> None:
@@ -418,16 +441,26 @@ class AuditBacklogProbe:
             raise AuditUnavailable(f"cannot open a NETLINK_AUDIT socket: {exc.strerror}") from exc
         self._sock.setblocking(False)
         self._seq = 0
-        # One question at a time on the one socket: trio allows a single waiter per fd, and
-        # concurrent exits all ask.
-        self._lock = trio.Lock()
+        self._next = _Round()
+        self._wanted = trio.Event()  # set once ``_next`` has a caller
 
     async def backlog(self) -> int | None:
-        """The kernel's audit backlog, or None if it could not be read (never raises)."""
-        async with self._lock:
+        """The kernel's audit backlog, from a question sent after this call began, or None if
+        it could not be read (never raises). Needs :meth:`run` to be running."""
+        joined = self._next
+        self._wanted.set()
+        await joined.answered.wait()
+        return joined.backlog
+
+    async def run(self) -> None:
+        """Ask one round after another while callers wait; until cancelled."""
+        while True:
+            await self._wanted.wait()
+            self._wanted = trio.Event()
+            asked, self._next = self._next, _Round()
             with trio.move_on_after(_BACKLOG_ANSWER_S):
-                return await self._ask()
-            return None
+                asked.backlog = await self._ask()  # sends before its first checkpoint
+            asked.answered.set()
 
     async def _ask(self) -> int | None:
         self._seq += 1

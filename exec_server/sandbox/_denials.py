@@ -568,6 +568,8 @@ class DenialMonitor:
                 await trio.sleep_forever()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_records, self._readlog)
+                if self._probe is not None:
+                    nursery.start_soon(self._probe.run)
                 if self._forks is not None:
                     nursery.start_soon(self._follow_forks, self._forks)
         finally:
