@@ -247,6 +247,7 @@ def _user_exists(name: str) -> bool:
 _SERVER_MODULES: Final = (
     "protocol", "exec_server", "exec_client", "attr", "attrs", "cattrs", "trio", "trio_websocket", "wsproto",
     "h11", "outcome", "sniffio", "sortedcontainers", "idna", "psutil", "prometheus_client", "typing_extensions",
+    "pybase64",
     "anyio",  # the client's (tests/test_cli_master.py runs one as the test user)
 )  # fmt: skip
 
