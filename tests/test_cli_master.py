@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from nspid import descendant_running
-from test_cli import cli_env, control_master, exec_client, one_line
+from test_cli import cli_env, control_master, exec_client, listening, one_line
 from test_sandbox_view import IS_ROOT, TEST_USER, _copy_for_the_test_user
 
 
@@ -139,16 +139,21 @@ async def test_a_master_serves_only_callers_of_its_own_uid(server: Any, tmp_path
         shutil.rmtree(site, ignore_errors=True)
 
 
+async def first_call_starts_a_master(env: dict[str, str], home: Path, directory: Path) -> int:
+    """Make the first call, as a user would; the pid of the master it started (from its lock,
+    which it writes before it listens, and which stays after it ends)."""
+    first = await exec_client(["run", "--", "true"], env=env, home=home)
+    assert first.returncode == 0, first.stderr
+    while not (locks := list(directory.glob("*.lock"))) or not locks[0].read_text().strip():
+        await trio.sleep(0.02)
+    return int(locks[0].read_text())
+
+
 async def test_an_idle_master_ends_by_itself(server: Any, tmp_path: Path, runtime: Path) -> None:
     env = master_env(runtime, server, persist="0.5")
     directory = runtime / "exec-client"
     with trio.fail_after(60):
-        first = await exec_client(["run", "--", "true"], env=env, home=tmp_path)
-        assert first.returncode == 0, first.stderr
-        while not list(directory.glob("*.sock")):
-            await trio.sleep(0.02)
-        (lock,) = directory.glob("*.lock")
-        await gone(int(lock.read_text()))
+        await gone(await first_call_starts_a_master(env, tmp_path, directory))
     assert list(directory.glob("*.sock")) == []
 
 
@@ -156,12 +161,9 @@ async def test_a_dead_masters_socket_is_replaced(server: Any, tmp_path: Path, ru
     env = master_env(runtime, server)
     directory = runtime / "exec-client"
     with trio.fail_after(60):
-        first = await exec_client(["run", "--", "true"], env=env, home=tmp_path)
-        assert first.returncode == 0, first.stderr
-        while not list(directory.glob("*.sock")):
+        old = await first_call_starts_a_master(env, tmp_path, directory)
+        while not any(map(listening, directory.glob("*.sock"))):
             await trio.sleep(0.02)
-        (lock,) = directory.glob("*.lock")
-        old = int(lock.read_text())
         os.kill(old, signal.SIGKILL)
         await gone(old)
         assert list(directory.glob("*.sock"))  # left behind
