@@ -529,47 +529,53 @@ def _open(args: argparse.Namespace, url: str, **kwargs: Any) -> Any:
     )
 
 
-async def _run(args: argparse.Namespace, command: list[str]) -> int:
+async def _run(args: argparse.Namespace, command: list[str], master: _MasterAddress | None) -> int:
     url = _url(args)
     async with _open(args, url) as client:
-        _start_master(args)  # the server answers: later calls can share a connection
+        if master is not None:
+            _start_master(args, master)  # the server answers: later calls can share a connection
         return await _run_command(client, args, command)
 
 
 # --- the control master (``_control.py``): later calls share one warm client ----------------
 
 
-def _master_address(args: argparse.Namespace) -> tuple[Any, str | None, float] | None:
-    """The control master's address for our connection options, the token, and how long a
-    master persists; None if masters are off (``--control-persist 0``) or unusable here."""
+# The control master's address (a ``_control.ControlAddress``), the token, how long it persists.
+_MasterAddress = tuple[Any, str | None, float]
+
+
+def _control_address(args: argparse.Namespace) -> tuple[Any, str | None] | None:
+    """The control master's address for our connection options, and the token; None where
+    no master can be used (``ControlAddress.for_options``)."""
     from . import _control
 
-    persist = _control.persist_seconds(args.control_persist)
-    if persist <= 0:
-        return None
     url = _url(args)
     token = _resolve_token(args.token_file) if _needs_token(url) and not args.no_token else None
     address = _control.ControlAddress.for_options(url, token, args.ca_file, not args.no_resume)
-    return None if address is None else (address, token, persist)
+    return None if address is None else (address, token)
 
 
-def _through_master(args: argparse.Namespace) -> int | None:
-    """Run through a control master if one serves our options: its exit status, else None."""
-    found = _master_address(args)
-    if found is None:
-        return None
+def _master_address(args: argparse.Namespace) -> _MasterAddress | None:
+    """``_control_address`` and how long a master persists; None if masters are off
+    (``--control-persist 0``) or unusable here."""
     from . import _control
 
-    return _control.call_master(found[0], {"argv": args.argv})
+    persist = _control.persist_seconds(args.control_persist)
+    found = _control_address(args) if persist > 0 else None
+    return None if found is None else (*found, persist)
 
 
-def _start_master(args: argparse.Namespace) -> None:
-    found = _master_address(args)
-    if found is None:
-        return
+def _through_master(args: argparse.Namespace, master: _MasterAddress) -> int | None:
+    """Run through the control master at ``master`` if one serves there: its exit status, else None."""
     from . import _control
 
-    address, token, persist = found
+    return _control.call_master(master[0], {"argv": args.argv})
+
+
+def _start_master(args: argparse.Namespace, master: _MasterAddress) -> None:
+    from . import _control
+
+    address, token, persist = master
     ca_file = os.path.abspath(args.ca_file) if args.ca_file else None
     _control.start_master(address, {"url": _url(args), "ca_file": ca_file, "resume": not args.no_resume, "persist": persist}, token)
 
@@ -613,11 +619,9 @@ def _control(args: argparse.Namespace) -> int:
     """``control stop``: the master for these connection options finishes its calls and ends."""
     from . import _control
 
-    url = _url(args)
-    token = _resolve_token(args.token_file) if _needs_token(url) and not args.no_token else None
-    address = _control.ControlAddress.for_options(url, token, args.ca_file, not args.no_resume)
-    if address is None or not _control.stop_master(address):
-        _note(f"no control master for {url}")
+    found = _control_address(args)
+    if found is None or not _control.stop_master(found[0]):
+        _note(f"no control master for {_url(args)}")
         return 1
     return 0
 
@@ -1049,9 +1053,11 @@ def _command_of(args: argparse.Namespace) -> list[str]:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    master = None
     if args.subcommand == "run" and not args.tty:
         _command_of(args)  # a usage error is ours to say, not a master's
-        code = _through_master(args)
+        master = _master_address(args)
+        code = None if master is None else _through_master(args, master)
         if code is not None:
             return code
     if args.subcommand == "control":
@@ -1071,7 +1077,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return anyio.run(_kill, args)
     if args.subcommand == "cp":
         return anyio.run(_cp, args)
-    return anyio.run(_run, args, _command_of(args))
+    return anyio.run(_run, args, _command_of(args), master)
 
 
 def run_cli(argv: list[str]) -> int:

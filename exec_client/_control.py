@@ -196,7 +196,7 @@ def stop_master(address: ControlAddress) -> bool:
         sock.sendall(b'{"stop": true}\n')
         sock.shutdown(socket.SHUT_WR)
         while sock.recv(_RECEIVE_BYTES):
-            pass  # the master closes its end once it has stopped listening
+            pass  # the master closes its end once it has taken the request
     except OSError:
         return False
     finally:
@@ -283,6 +283,11 @@ class _Master:
         self.activity = anyio.Event()  # set when a call starts or ends, or a stop is asked for
         self.stopping = False
 
+    def stop(self) -> None:
+        """No new calls; the master ends once those in flight are done."""
+        self.stopping = True
+        self.changed()
+
     def changed(self) -> None:
         import anyio
 
@@ -308,8 +313,7 @@ class _Master:
         """A lost session ends the master (calls in flight get their failure): the next
         caller runs on its own and starts a new one."""
         await self.client.wait_lost()
-        self.stopping = True
-        self.changed()
+        self.stop()
 
     async def serve_one(self, stream: anyio.abc.SocketStream) -> None:
         from . import _cli
@@ -328,8 +332,7 @@ class _Master:
                 if request is None:
                     return
                 if request.get("stop") is True:
-                    self.stopping = True
-                    self.changed()
+                    self.stop()
                     return
                 run = request.get("run")
                 if not isinstance(run, dict) or len(fds) != 3:
